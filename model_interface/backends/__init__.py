@@ -1,0 +1,1 @@
+"""One module per inference framework. Each is imported only when a model asks for it."""

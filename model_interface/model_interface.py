@@ -1,0 +1,188 @@
+"""The base class every vision-language model wrapper inherits.
+
+A wrapper implements one of two things:
+
+* ``predict_batch(requests)``: the batch entry point, for backends that batch for real;
+* ``predict_on_images(images, prompt)`` (and optionally ``predict_on_image``): the upstream
+  model_interface 0.1 API, one request at a time.
+
+Everything else is derived from whichever one a wrapper implements, so a wrapper written
+against the upstream API works wherever the batch path is used, and vice versa.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from abc import ABC
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_interface.images import ImageInput
+
+
+@dataclass(frozen=True)
+class PredictionRequest:
+    """One prompt about one or more images."""
+
+    images: Sequence[ImageInput]
+    prompt: str
+
+
+@dataclass
+class Prediction:
+    """A model's answer to one request; token counts are ``None`` where a backend can't know them.
+
+    ``error`` is set (and ``text`` empty) when a backend failed this one request but not the
+    whole batch, e.g. an HTTP request that still failed after its retries.
+    """
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings shared by every backend. Greedy unless ``temperature`` > 0."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific generation options passed through untouched (e.g. ``num_beams``)."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+GENERATION_PARAMETERS = tuple(f.name for f in dataclasses.fields(GenerationSettings))
+
+
+def _accept_prompt_or_question(method: Callable[..., str]) -> Callable[..., str]:
+    """Let callers name the prompt ``prompt=`` or, as older wrappers do, ``question=``.
+
+    The call reaches the wrapped method with the text as its second positional argument, so
+    it works whatever the subclass named that parameter.
+    """
+
+    @functools.wraps(method)
+    def call(self: ModelInterface, images: Any, *args: Any, **kwargs: Any) -> str:
+        given = [key for key in ("prompt", "question") if key in kwargs]
+        if len(given) > 1:
+            raise TypeError(f"{method.__name__}() got both prompt= and question=; pass one")
+        if given and not args:
+            args = (kwargs.pop(given[0]),)
+        return method(self, images, *args, **kwargs)
+
+    call.__accepts_prompt_or_question__ = True  # type: ignore[attr-defined]
+    return call
+
+
+class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of two methods is required)
+    """Abstract base of every VLM wrapper: images and a text prompt in, text out.
+
+    Subclasses set ``framework`` (as a class attribute, or on the instance as upstream wrappers
+    do after calling ``super().__init__``) and implement ``predict_batch`` or
+    ``predict_on_images``.
+    """
+
+    framework: str = ""
+    """Which inference framework runs the model: "Hugging Face", "vLLM", "SGLang", ..."""
+
+    cache_hit: bool | None = None
+    """Whether the weights came from ``cache_dir`` without a download; ``None`` if unknown."""
+
+    def __init__(
+        self,
+        model_name: str,
+        system_prompt: str = "",
+        cache_dir: str = "model_cache",
+        **generation: Any,
+    ) -> None:
+        unknown = sorted(set(generation) - set(GENERATION_PARAMETERS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown init parameter(s) {unknown}; generation "
+                f"settings are {list(GENERATION_PARAMETERS)}, other options belong to the "
+                "backend's own __init__"
+            )
+        self.model_name = model_name
+        self.system_prompt = system_prompt or ""
+        self.cache_dir = str(cache_dir)
+        self.generation = GenerationSettings(**generation)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("predict_on_image", "predict_on_images"):
+            method = cls.__dict__.get(name)
+            if callable(method) and not hasattr(method, "__accepts_prompt_or_question__"):
+                setattr(cls, name, _accept_prompt_or_question(method))
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ModelInterface:
+        if not (_overrides(cls, "predict_batch") or _overrides(cls, "predict_on_images")):
+            raise TypeError(
+                f"Can't instantiate {cls.__name__}: implement predict_batch(self, requests) "
+                "(batched backends) or predict_on_images(self, images, prompt) (one request "
+                "at a time; predict_on_image then defaults to it)"
+            )
+        return super().__new__(cls)
+
+    @_accept_prompt_or_question
+    def predict_on_image(self, image: ImageInput, prompt: str) -> str:
+        """Answer ``prompt`` about one image."""
+        return self.predict_on_images([image], prompt)
+
+    @_accept_prompt_or_question
+    def predict_on_images(self, images: Sequence[ImageInput], prompt: str) -> str:
+        """Answer ``prompt`` about several images shown together."""
+        (prediction,) = self.predict_batch([PredictionRequest(list(images), prompt)])
+        if prediction.error is not None:
+            raise RuntimeError(prediction.error)
+        return prediction.text
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        """Answer many requests; returns one :class:`Prediction` per request, in order.
+
+        The default loops over the one-request methods; batching backends override it.
+        """
+        predictions = []
+        for request in requests:
+            if len(request.images) == 1:
+                text = self.predict_on_image(request.images[0], request.prompt)
+            else:
+                text = self.predict_on_images(request.images, request.prompt)
+            predictions.append(Prediction(text=text))
+        return predictions
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release what the model holds (GPU memory, server connections). Safe to call twice."""
+
+    def __enter__(self) -> ModelInterface:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(model_name={self.model_name!r}, framework={self.framework!r})"
+
+
+def _overrides(cls: type, name: str) -> bool:
+    return inspect.getattr_static(cls, name) is not inspect.getattr_static(ModelInterface, name)

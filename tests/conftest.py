@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests never reach the network: hub access is switched off for the session."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def clean_registry():
+    """Give a test its own ModelFactory registry and put the shared one back afterwards."""
+    from model_interface.model_factory import ModelFactory
+
+    saved = copy.deepcopy(ModelFactory._registry), ModelFactory._entry_points_loaded
+    yield ModelFactory
+    ModelFactory._registry, ModelFactory._entry_points_loaded = saved
