@@ -27,6 +27,9 @@ ENTRY_POINT_GROUP = "model_interface.models"
 
 BUILTIN_MODELS: dict[str, str] = {
     "dummy": "model_interface.backends.dummy:DummyModel",
+    "hf": "model_interface.backends.hf:HFModel",
+    "vllm": "model_interface.backends.vllm:VLLMModel",
+    "sglang": "model_interface.backends.sglang:SGLangModel",
 }
 
 CONFIG_KEYS = ("name", "class_path", "_target_", "init_params")

@@ -1,0 +1,233 @@
+"""Dataset readers: a dataset on disk becomes a stream of :class:`Sample` (text only).
+
+Images are not read here: the pipeline decodes them a few batches ahead of the model, so a
+dataset of any size streams through in constant memory (unless ``shuffle`` is on, which needs
+every row's text, never its images).
+
+Formats:
+
+* ``vlmhyperbench``: ``annotation.csv``, ``;``-separated, UTF-8 with or without BOM, columns
+  ``data_index;split;image_path;question;answer;doc_class;question_type[;answer_bbox]``.
+* ``csv``: comma-separated, columns ``id, image, prompt, answer`` (a JSON list in ``image``
+  gives several images), optional ``split, doc_class, question_type``.
+* ``jsonl``: one object per line with the same keys as ``csv``; ``image`` a string or a list.
+
+Image paths are relative to the dataset root and may not leave it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model_interface.images import ImageLoadError
+
+FILTER_FIELDS = ("split", "doc_class", "question_type")
+
+
+class DatasetError(ValueError):
+    """The dataset can't be read as configured; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    images: tuple[str, ...]  # as written in the dataset, relative to its root
+    prompt: str  # after the prompt template
+    reference: str | None  # ground-truth answer, if the dataset has one
+    split: str | None = None
+    doc_class: str | None = None
+    question_type: str | None = None
+
+
+@dataclass(frozen=True)
+class _Format:
+    default_file: str
+    # dataset column -> Sample field; the rest of a row is only available to the template
+    columns: Mapping[str, str]
+    required: tuple[str, ...]
+
+
+FORMATS = {
+    "vlmhyperbench": _Format(
+        "annotation.csv",
+        {"data_index": "id", "image_path": "images", "question": "prompt", "answer": "reference"},
+        ("data_index", "image_path", "question", "answer"),
+    ),
+    "csv": _Format(
+        "data.csv",
+        {"id": "id", "image": "images", "prompt": "prompt", "answer": "reference"},
+        ("image", "prompt"),
+    ),
+    "jsonl": _Format(
+        "data.jsonl",
+        {"id": "id", "image": "images", "prompt": "prompt", "answer": "reference"},
+        ("image", "prompt"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    format: str
+    root: Path
+    file: Path
+    prompt_template: str = "{prompt}"
+    filters: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    limit: int | None = None
+    shuffle: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Dataset:
+        """Build from a ``dataset`` config group entry, checking it before any sample is read."""
+        data_format = config.get("format") or "vlmhyperbench"
+        if data_format not in FORMATS:
+            raise DatasetError(
+                f"unknown dataset format {data_format!r}; choose one of {sorted(FORMATS)}"
+            )
+        if not config.get("root"):
+            raise DatasetError("dataset.root is not set; pass dataset.root=/path/to/dataset")
+        root = Path(config["root"]).expanduser().resolve()
+        if not root.is_dir():
+            raise DatasetError(f"dataset root {str(root)!r} is not a directory; fix dataset.root")
+        file = root / (config.get("file") or FORMATS[data_format].default_file)
+        if not file.is_file():
+            raise DatasetError(
+                f"dataset file {str(file)!r} does not exist; fix dataset.file or dataset.root"
+            )
+        filters = {
+            name: frozenset(str(value) for value in _as_list(config[name]))
+            for name in FILTER_FIELDS
+            if config.get(name) is not None
+        }
+        limit = config.get("limit")
+        if limit is not None and int(limit) < 0:
+            raise DatasetError(f"dataset.limit must be >= 0 or null, got {limit}")
+        return cls(
+            name=config.get("name") or root.name,
+            format=data_format,
+            root=root,
+            file=file,
+            prompt_template=config.get("prompt_template") or "{prompt}",
+            filters=filters,
+            limit=None if limit is None else int(limit),
+            shuffle=bool(config.get("shuffle", False)),
+            seed=int(config.get("seed") or 0),
+        )
+
+    def samples(self) -> Iterator[Sample]:
+        """The dataset's samples after filters, shuffling and ``limit``."""
+        samples = filter(self._keep, self._read())
+        if self.shuffle:
+            samples = list(samples)
+            random.Random(self.seed).shuffle(samples)
+        for count, sample in enumerate(samples):
+            if self.limit is not None and count >= self.limit:
+                return
+            yield sample
+
+    def image_path(self, relative: str) -> Path:
+        """The file behind an image entry; refuses paths that leave the dataset root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise ImageLoadError(
+                f"image path {relative!r} leaves the dataset root {str(self.root)!r}; "
+                "image paths must be relative to the root and stay inside it"
+            )
+        return path
+
+    def _keep(self, sample: Sample) -> bool:
+        return all(getattr(sample, name) in values for name, values in self.filters.items())
+
+    def _read(self) -> Iterator[Sample]:
+        spec = FORMATS[self.format]
+        seen: set[str] = set()
+        for line, row in self._rows():
+            where = f"{self.file.name} line {line}"
+            missing = [column for column in spec.required if not _present(row.get(column))]
+            if missing:
+                raise DatasetError(f"{where} has no {missing}; required columns: {spec.required}")
+            fields = {name: row.get(column) for column, name in spec.columns.items()}
+            sample_id = str(fields["id"]) if _present(fields["id"]) else str(line)
+            if sample_id in seen:
+                raise DatasetError(
+                    f"{where}: duplicate sample id {sample_id!r}; ids must be unique"
+                )
+            seen.add(sample_id)
+            yield Sample(
+                id=sample_id,
+                images=_image_list(fields["images"], where),
+                prompt=self._render_prompt(row, str(fields["prompt"]), where),
+                reference=None if fields["reference"] is None else str(fields["reference"]),
+                **{name: _optional_str(row.get(name)) for name in FILTER_FIELDS},
+            )
+
+    def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.format == "jsonl":
+            with self.file.open(encoding="utf-8-sig") as handle:
+                for line, text in enumerate(handle, start=1):
+                    if not text.strip():
+                        continue
+                    try:
+                        row = json.loads(text)
+                    except json.JSONDecodeError as error:
+                        raise DatasetError(
+                            f"{self.file.name} line {line}: bad JSON: {error}"
+                        ) from None
+                    if not isinstance(row, dict):
+                        raise DatasetError(f"{self.file.name} line {line}: expected a JSON object")
+                    yield line, row
+            return
+        delimiter = ";" if self.format == "vlmhyperbench" else ","
+        with self.file.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            required = FORMATS[self.format].required
+            absent = [column for column in required if column not in (reader.fieldnames or [])]
+            if absent:
+                raise DatasetError(
+                    f"{self.file} has no column(s) {absent}; its header is {reader.fieldnames} "
+                    f"(the {self.format} format needs {list(required)}, separated by "
+                    f"{delimiter!r})"
+                )
+            for row in reader:
+                yield reader.line_num, row
+
+    def _render_prompt(self, row: Mapping[str, Any], prompt: str, where: str) -> str:
+        try:
+            return self.prompt_template.format_map({**row, "prompt": prompt})
+        except (KeyError, IndexError, ValueError) as error:
+            raise DatasetError(
+                f"dataset.prompt_template {self.prompt_template!r} failed on {where}: {error!r}; "
+                f"placeholders may name {{prompt}} or a column: {sorted(row)}"
+            ) from None
+
+
+def _image_list(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{where}: image list is not valid JSON: {error}") from None
+    images = tuple(str(item) for item in _as_list(value))
+    if not images or not all(images):
+        raise DatasetError(f"{where}: a sample needs at least one image path, got {value!r}")
+    return images
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value != ""
+
+
+def _optional_str(value: Any) -> str | None:
+    return str(value) if _present(value) else None

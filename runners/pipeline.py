@@ -1,0 +1,157 @@
+"""The loop around a model: decode images ahead, batch, call the model, time it.
+
+Images of the next window of samples are decoded by a thread pool while the model works on the
+current one (PIL releases the GIL while decoding). Within a window, samples are sorted by size
+so each batch pads little; the caller restores dataset order at the end.
+
+Failures stay with their sample: an image that can't be loaded fails only its sample, and a
+batch the model fails on is retried one sample at a time before any sample is marked failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image
+
+from model_interface.images import load_image
+from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
+from runners.datasets import Dataset, Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Answer:
+    """One sample's outcome."""
+
+    sample: Sample
+    index: int  # position in the dataset stream: the output is sorted back by it
+    prediction: Prediction
+    latency_s: float | None
+    batch_size: int
+
+
+@dataclass
+class _Loaded:
+    sample: Sample
+    index: int
+    images: list[Image.Image] | None
+    error: str | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        pixels = sum(image.width * image.height for image in self.images or [])
+        return pixels, len(self.sample.prompt)
+
+
+def answer_samples(
+    model: ModelInterface,
+    dataset: Dataset,
+    samples: Iterable[tuple[int, Sample]],
+    *,
+    batch_size: int,
+    sort_window_batches: int = 8,
+    prefetch_workers: int = 4,
+    max_image_pixels: int | None = None,
+) -> Iterator[list[Answer]]:
+    """Yield the answers batch by batch, in size-sorted order within each window."""
+    if batch_size < 1:
+        raise ValueError(f"runner.batch_size must be >= 1, got {batch_size}")
+    window = batch_size * max(1, sort_window_batches)
+    load = _image_loader(dataset, max_image_pixels)
+    with ThreadPoolExecutor(max(1, prefetch_workers), thread_name_prefix="decode") as pool:
+        for loaded in _prefetched_windows(samples, window, pool, load):
+            if sort_window_batches > 1:
+                loaded.sort(key=lambda item: item.size)
+            for start in range(0, len(loaded), batch_size):
+                yield _answer_batch(model, loaded[start : start + batch_size])
+
+
+def _image_loader(
+    dataset: Dataset, max_image_pixels: int | None
+) -> Callable[[int, Sample], _Loaded]:
+    def load(index: int, sample: Sample) -> _Loaded:
+        try:
+            images = [
+                load_image(dataset.image_path(path), max_pixels=max_image_pixels)
+                for path in sample.images
+            ]
+        except Exception as error:  # one bad image fails its sample, never the run
+            return _Loaded(sample, index, None, f"{type(error).__name__}: {error}")
+        return _Loaded(sample, index, images, None)
+
+    return load
+
+
+def _prefetched_windows(
+    samples: Iterable[tuple[int, Sample]],
+    window: int,
+    pool: ThreadPoolExecutor,
+    load: Callable[[int, Sample], _Loaded],
+) -> Iterator[list[_Loaded]]:
+    """Windows of loaded samples; the next window is being decoded while one is used."""
+    chunks = _chunks(samples, window)
+    pending: list[Future[_Loaded]] | None = None
+    for chunk in itertools.chain(chunks, [None]):
+        submitted = None if chunk is None else [pool.submit(load, *item) for item in chunk]
+        if pending is not None:
+            yield [future.result() for future in pending]
+        pending = submitted
+
+
+def _chunks(items: Iterable[tuple[int, Sample]], size: int) -> Iterator[list[tuple[int, Sample]]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _answer_batch(model: ModelInterface, batch: Sequence[_Loaded]) -> list[Answer]:
+    ready = [item for item in batch if item.error is None]
+    answers = {answer.index: answer for answer in _answer_loaded(model, ready)}
+    for item in batch:
+        if item.error is not None:
+            failed = Prediction("", error=item.error)
+            answers[item.index] = Answer(item.sample, item.index, failed, None, 0)
+    return [answers[item.index] for item in batch]
+
+
+def _answer_loaded(model: ModelInterface, ready: Sequence[_Loaded]) -> list[Answer]:
+    """Answers for samples whose images loaded; a failed batch is retried one by one."""
+    if not ready:
+        return []
+    requests = [PredictionRequest(item.images, item.sample.prompt) for item in ready]
+    predictions, latency, error = _predict(model, requests)
+    if error is None:
+        return [
+            Answer(item.sample, item.index, prediction, latency, len(ready))
+            for item, prediction in zip(ready, predictions, strict=True)
+        ]
+    if len(ready) > 1:
+        log.warning("model failed on a batch of %d (%s); retrying one by one", len(ready), error)
+        return [answer for item in ready for answer in _answer_loaded(model, [item])]
+    (item,) = ready
+    log.warning("model failed on sample %s: %s", item.sample.id, error)
+    return [Answer(item.sample, item.index, Prediction("", error=error), latency, 1)]
+
+
+def _predict(
+    model: ModelInterface, requests: list[PredictionRequest]
+) -> tuple[list[Prediction], float, str | None]:
+    """The model's predictions, the wall time, and the error message if it failed."""
+    start = time.perf_counter()
+    try:
+        predictions = list(model.predict_batch(requests))
+        if len(predictions) != len(requests):
+            raise RuntimeError(
+                f"{type(model).__name__}.predict_batch returned {len(predictions)} predictions "
+                f"for {len(requests)} requests"
+            )
+    except Exception as error:
+        return [], time.perf_counter() - start, f"{type(error).__name__}: {error}"
+    return predictions, time.perf_counter() - start, None

@@ -1,0 +1,187 @@
+"""Metric values checked against hand-computed numbers; no mocks."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runners.metrics import METRICS, anls, cer, exact_match, normalize, score, summarize, wer
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  Hello\t\n  WORLD  ", "hello world"),
+        ("$5.00.", "$5.00"),
+        ('"$5.00."', "$5.00"),
+        ("“Paris”!", "paris"),
+        ("  'yes' ,", "yes"),
+        ("Total: $5.00.", "total: $5.00"),  # prefixes stay; only edge punctuation goes
+        ("-3.5%", "-3.5%"),  # sign and percent are part of the answer
+        ("(a)", "(a)"),
+        ("U.S.A.", "u.s.a"),
+        ("１２３", "123"),  # NFKC: full-width digits
+        ("ﬁle", "file"),  # NFKC: ligature
+        ("e\u0301", "\u00e9"),  # NFKC composes e + combining acute
+        ("a\u00a0b", "a b"),  # NFKC: no-break space
+        ("Straße", "strasse"),  # casefold
+        ("ИТОГО:  5 руб.", "итого: 5 руб"),
+        ("?", "?"),  # punctuation-only answers are kept rather than emptied
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_normalize(raw: str | None, expected: str) -> None:
+    assert normalize(raw) == expected
+
+
+def test_exact_match() -> None:
+    assert exact_match("  $5.00. ", "$5.00") == 1.0
+    assert exact_match("PARIS", "paris") == 1.0
+    assert exact_match("Привет", "ПРИВЕТ") == 1.0
+    assert exact_match("Total: $5.00.", "$5.00") == 0.0
+    assert exact_match("5.00", "$5.00") == 0.0  # "$" is not stripped
+    assert exact_match("?", "!") == 0.0
+    assert exact_match("", "") == 1.0
+    assert exact_match("five", ["5", "Five"]) == 1.0
+
+
+def test_anls() -> None:
+    assert anls("$2,164.88", "$2,164.68") == pytest.approx(1 - 1 / 9)
+    assert anls("abxd", "abcd") == pytest.approx(0.75)
+    assert anls("ax", "ab") == 0.0  # distance exactly 0.5 is not below the threshold
+    assert anls("xyz", "abc") == 0.0
+    assert anls("  HELLO   World. ", "hello world") == 1.0
+    assert anls("", "") == 1.0
+    assert anls("", "abc") == 0.0
+    assert anls("abc", "") == 0.0
+    assert anls("москва", "Москвы") == pytest.approx(1 - 1 / 6)
+    # Several acceptable answers: the best one counts.
+    assert anls("$5", ["5 dollars", "$5"]) == 1.0
+    assert anls("abxd", ["zzzz", "abcd"]) == pytest.approx(0.75)
+
+
+def test_cer() -> None:
+    assert cer("abxd", "abcd") == pytest.approx(0.25)
+    assert cer("ab", "abcdef") == pytest.approx(4 / 6)  # 4 deletions over 6 reference chars
+    assert cer("abcdef", "ab") == pytest.approx(2.0)  # 4 insertions over 2: can exceed 1
+    assert cer("ABCD.", "abcd") == 0.0
+    assert cer("привет", "привод") == pytest.approx(2 / 6)
+
+
+def test_wer() -> None:
+    assert wer("the dog sat down", "the cat sat down") == pytest.approx(0.25)
+    assert wer("The  cat sat down.", "the cat sat down") == 0.0
+    assert wer("a b c d e", "a") == pytest.approx(4.0)
+    assert wer("мама мыла раму", "мама мыла окно") == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("metric", [cer, wer])
+def test_error_rate_edge_cases(metric) -> None:
+    assert metric("", "") == 0.0
+    assert metric("...", "") == 1.0  # "..." is kept (not emptied), so it is an extra answer
+    assert metric("anything", "") == 1.0
+    assert metric("", "abc") == 1.0
+    assert metric(None, "abc") == 1.0
+    assert metric("abc", ["xyz", "abc"]) == 0.0
+
+
+def test_score() -> None:
+    assert score("abxd", "abcd", ["exact_match", "anls", "cer", "wer"]) == pytest.approx(
+        {"exact_match": 0.0, "anls": 0.75, "cer": 0.25, "wer": 1.0}
+    )
+    assert list(score("a", "a", ["wer", "anls"])) == ["wer", "anls"]
+    assert set(METRICS) == {"exact_match", "anls", "cer", "wer"}
+
+
+@pytest.mark.parametrize("reference", [None, math.nan, []])
+def test_score_without_reference(reference) -> None:
+    assert score("anything", reference, ["anls", "cer"]) == {}
+
+
+@pytest.mark.parametrize(("typo", "suggestion"), [("anl", "anls"), ("exact-match", "exact_match")])
+def test_unknown_metric_suggests_closest(typo: str, suggestion: str) -> None:
+    with pytest.raises(ValueError, match=f"Did you mean '{suggestion}'") as info:
+        score("a", "a", ["cer", typo])
+    assert "anls, cer, exact_match, wer" in str(info.value)
+    with pytest.raises(ValueError, match="Unknown metric"):
+        score("a", None, [typo])  # a typo fails even on samples without ground truth
+
+
+def test_unknown_metric_without_close_match() -> None:
+    with pytest.raises(ValueError, match=r"Unknown metric 'bleu'\. Valid") as info:
+        score("a", "a", ["bleu"])
+    assert "Did you mean" not in str(info.value)
+
+
+def _frame() -> pd.DataFrame:
+    rows = [
+        ("form", "date", "2021-01-01", "2021-01-01"),
+        ("form", "date", "2021-01-02", "2021-01-01"),
+        ("form", "amount", "$5.00", "$5.00"),
+        ("receipt", "amount", "$2,164.88", "$2,164.68"),
+        ("receipt", "amount", "no idea", None),  # no ground truth
+        (None, "amount", "7", "7"),  # missing document class
+    ]
+    records = []
+    for doc_class, question_type, prediction, reference in rows:
+        scores = score(prediction, reference, ["exact_match", "anls"])
+        records.append({"doc_class": doc_class, "question_type": question_type, **scores})
+    return pd.DataFrame(records)
+
+
+def test_summarize_overall() -> None:
+    out = summarize(_frame(), ["exact_match", "anls"])
+    assert list(out.columns) == ["n", "n_scored", "exact_match", "anls"]
+    assert len(out) == 1
+    row = out.iloc[0]
+    assert (row["n"], row["n_scored"]) == (6, 5)
+    assert row["exact_match"] == pytest.approx(3 / 5)  # the unscored row is not a zero
+    assert row["anls"] == pytest.approx((1 + 0.9 + 1 + 8 / 9 + 1) / 5)
+
+
+def test_summarize_grouped() -> None:
+    out = summarize(_frame(), ["exact_match"], by=["doc_class", "question_type"])
+    assert list(out.columns) == ["doc_class", "question_type", "n", "n_scored", "exact_match"]
+    got = {
+        (r.doc_class if isinstance(r.doc_class, str) else None, r.question_type): (
+            r.n,
+            r.n_scored,
+            r.exact_match,
+        )
+        for r in out.itertuples()
+    }
+    assert got == {
+        ("form", "amount"): (1, 1, 1.0),
+        ("form", "date"): (2, 2, 0.5),
+        ("receipt", "amount"): (2, 1, 0.0),
+        (None, "amount"): (1, 1, 1.0),  # rows with a missing group value are kept
+    }
+
+
+def test_summarize_skips_absent_and_empty_group_columns() -> None:
+    frame = _frame().assign(language=None, source="")
+    out = summarize(frame, ["anls"], by=["language", "layout", "source", "question_type"])
+    assert list(out.columns) == ["question_type", "n", "n_scored", "anls"]
+    assert out.set_index("question_type")["n"].to_dict() == {"amount": 4, "date": 2}
+    # Nothing usable to group by: one overall row.
+    assert len(summarize(frame, ["anls"], by=["language", "layout"])) == 1
+
+
+def test_summarize_metric_never_scored() -> None:
+    frame = pd.DataFrame({"doc_class": ["a", "b"], "prediction": ["x", "y"]})
+    out = summarize(frame, ["anls"], by=["doc_class"])
+    assert out["n_scored"].tolist() == [0, 0]
+    assert out["anls"].isna().all()
+    empty = summarize(frame.iloc[:0], ["anls"])
+    assert (empty.loc[0, "n"], empty.loc[0, "n_scored"]) == (0, 0)
+
+
+def test_import_does_not_load_pandas() -> None:
+    code = "import sys, runners.metrics; assert 'pandas' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
