@@ -18,12 +18,13 @@ Image paths are relative to the dataset root and may not leave it.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from model_interface.images import ImageLoadError
 
@@ -50,7 +51,8 @@ class _Format:
     default_file: str
     # dataset column -> Sample field; the rest of a row is only available to the template
     columns: Mapping[str, str]
-    required: tuple[str, ...]
+    required: tuple[str, ...]  # columns every row must have
+    non_empty: tuple[str, ...]  # ... and may not leave empty
 
 
 FORMATS = {
@@ -58,15 +60,18 @@ FORMATS = {
         "annotation.csv",
         {"data_index": "id", "image_path": "images", "question": "prompt", "answer": "reference"},
         ("data_index", "image_path", "question", "answer"),
+        ("image_path", "question"),
     ),
     "csv": _Format(
         "data.csv",
         {"id": "id", "image": "images", "prompt": "prompt", "answer": "reference"},
         ("image", "prompt"),
+        ("image", "prompt"),
     ),
     "jsonl": _Format(
         "data.jsonl",
         {"id": "id", "image": "images", "prompt": "prompt", "answer": "reference"},
+        ("image", "prompt"),
         ("image", "prompt"),
     ),
 }
@@ -110,7 +115,7 @@ class Dataset:
         limit = config.get("limit")
         if limit is not None and int(limit) < 0:
             raise DatasetError(f"dataset.limit must be >= 0 or null, got {limit}")
-        return cls(
+        dataset = cls(
             name=config.get("name") or root.name,
             format=data_format,
             root=root,
@@ -121,6 +126,10 @@ class Dataset:
             shuffle=bool(config.get("shuffle", False)),
             seed=int(config.get("seed") or 0),
         )
+        if data_format != "jsonl":
+            with dataset._open() as handle:
+                dataset._csv_reader(handle)  # a wrong header or separator fails here, early
+        return dataset
 
     def samples(self) -> Iterator[Sample]:
         """The dataset's samples after filters, shuffling and ``limit``."""
@@ -128,10 +137,7 @@ class Dataset:
         if self.shuffle:
             samples = list(samples)
             random.Random(self.seed).shuffle(samples)
-        for count, sample in enumerate(samples):
-            if self.limit is not None and count >= self.limit:
-                return
-            yield sample
+        yield from itertools.islice(samples, self.limit)
 
     def image_path(self, relative: str) -> Path:
         """The file behind an image entry; refuses paths that leave the dataset root."""
@@ -151,9 +157,21 @@ class Dataset:
         seen: set[str] = set()
         for line, row in self._rows():
             where = f"{self.file.name} line {line}"
-            missing = [column for column in spec.required if not _present(row.get(column))]
+            if None in row:  # csv.DictReader files surplus fields under the key None
+                raise DatasetError(
+                    f"{where} has more fields than the header {list(spec.required)}...; quote "
+                    "values that contain the separator"
+                )
+            missing = [
+                column
+                for column in spec.required
+                if row.get(column) is None or (column in spec.non_empty and row[column] == "")
+            ]
             if missing:
-                raise DatasetError(f"{where} has no {missing}; required columns: {spec.required}")
+                raise DatasetError(
+                    f"{where} has no {missing}; required columns: {list(spec.required)}, "
+                    f"of which {list(spec.non_empty)} may not be empty"
+                )
             fields = {name: row.get(column) for column, name in spec.columns.items()}
             sample_id = str(fields["id"]) if _present(fields["id"]) else str(line)
             if sample_id in seen:
@@ -170,8 +188,37 @@ class Dataset:
             )
 
     def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        try:
+            yield from self._decoded_rows()
+        except UnicodeDecodeError as error:
+            raise DatasetError(
+                f"{self.file} is not UTF-8 ({error}); re-save it as UTF-8 (with or without BOM)"
+            ) from None
+
+    def _open(self) -> TextIO:
+        return self.file.open(encoding="utf-8-sig", newline="")
+
+    def _csv_reader(self, handle: TextIO) -> csv.DictReader:
+        delimiter = ";" if self.format == "vlmhyperbench" else ","
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        required = FORMATS[self.format].required
+        try:
+            header = reader.fieldnames or []
+        except UnicodeDecodeError as error:
+            raise DatasetError(
+                f"{self.file} is not UTF-8 ({error}); re-save it as UTF-8 (with or without BOM)"
+            ) from None
+        absent = [column for column in required if column not in header]
+        if absent:
+            raise DatasetError(
+                f"{self.file} has no column(s) {absent}; its header is {header} (the "
+                f"{self.format} format needs {list(required)}, separated by {delimiter!r})"
+            )
+        return reader
+
+    def _decoded_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         if self.format == "jsonl":
-            with self.file.open(encoding="utf-8-sig") as handle:
+            with self._open() as handle:
                 for line, text in enumerate(handle, start=1):
                     if not text.strip():
                         continue
@@ -185,27 +232,18 @@ class Dataset:
                         raise DatasetError(f"{self.file.name} line {line}: expected a JSON object")
                     yield line, row
             return
-        delimiter = ";" if self.format == "vlmhyperbench" else ","
-        with self.file.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            required = FORMATS[self.format].required
-            absent = [column for column in required if column not in (reader.fieldnames or [])]
-            if absent:
-                raise DatasetError(
-                    f"{self.file} has no column(s) {absent}; its header is {reader.fieldnames} "
-                    f"(the {self.format} format needs {list(required)}, separated by "
-                    f"{delimiter!r})"
-                )
+        with self._open() as handle:
+            reader = self._csv_reader(handle)
             for row in reader:
                 yield reader.line_num, row
 
     def _render_prompt(self, row: Mapping[str, Any], prompt: str, where: str) -> str:
         try:
             return self.prompt_template.format_map({**row, "prompt": prompt})
-        except (KeyError, IndexError, ValueError) as error:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as error:
             raise DatasetError(
                 f"dataset.prompt_template {self.prompt_template!r} failed on {where}: {error!r}; "
-                f"placeholders may name {{prompt}} or a column: {sorted(row)}"
+                f"placeholders may name {{prompt}} or a column: {sorted(map(str, row))}"
             ) from None
 
 

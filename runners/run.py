@@ -111,6 +111,12 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         raise RunnerError(str(error)) from error
     samples = itertools.islice(dataset.samples(), runner["limit"])
     todo = [(index, sample) for index, sample in enumerate(samples) if sample.id not in done]
+    if not todo and not done:
+        raise RunnerError(
+            f"dataset {dataset.name!r} has no samples to run: check its filters "
+            f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
+            "dataset.limit and runner.limit"
+        )
     if done:
         log.info("resuming: %d samples already answered, %d to go", len(done), len(todo))
     log.info(
