@@ -25,10 +25,15 @@ from model_interface.images import ImageInput
 
 @dataclass(frozen=True)
 class PredictionRequest:
-    """One prompt about one or more images."""
+    """One prompt about one or more images.
+
+    ``system_prompt`` overrides the model's own for this request (a server passes on what its
+    client sent); ``None`` means the model's.
+    """
 
     images: Sequence[ImageInput]
     prompt: str
+    system_prompt: str | None = None
 
 
 @dataclass
@@ -61,6 +66,26 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+    def sampling_options(self, *, max_tokens_key: str = "max_tokens") -> dict[str, Any]:
+        """These settings in the vocabulary vLLM, SGLang and OpenAI-compatible servers share.
+
+        Greedy is ``temperature=0`` with no other sampling options; unset options are left out,
+        and ``generation_kwargs`` are merged last, so they can override anything.
+        """
+        options: dict[str, Any] = {max_tokens_key: self.max_new_tokens}
+        if self.greedy:
+            options["temperature"] = 0.0
+        else:
+            options.update(temperature=self.temperature, top_p=self.top_p)
+            if self.top_k is not None:
+                options["top_k"] = self.top_k
+        if self.repetition_penalty is not None:
+            options["repetition_penalty"] = self.repetition_penalty
+        if self.seed is not None:
+            options["seed"] = self.seed
+        options.update(self.generation_kwargs)
+        return options
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -169,6 +194,10 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of two method
                 text = self.predict_on_images(request.images, request.prompt)
             predictions.append(Prediction(text=text))
         return predictions
+
+    def system_prompt_for(self, request: PredictionRequest) -> str:
+        """The system prompt that applies to ``request``."""
+        return self.system_prompt if request.system_prompt is None else request.system_prompt
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release what the model holds (GPU memory, server connections). Safe to call twice."""

@@ -35,3 +35,9 @@ def clean_registry():
     saved = copy.deepcopy(ModelFactory._registry), ModelFactory._entry_points_loaded
     yield ModelFactory
     ModelFactory._registry, ModelFactory._entry_points_loaded = saved
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One cache_dir for the whole session, so each tiny model is built once."""
+    return tmp_path_factory.mktemp("model_cache")

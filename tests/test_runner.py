@@ -31,10 +31,9 @@ METRICS_COLUMNS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One model cache for the whole session: tiny models are built once."""
-    return tmp_path_factory.mktemp("model_cache")
+@pytest.fixture
+def cache_dir(model_cache: Path) -> Path:
+    return model_cache
 
 
 def make_config(cache_dir: Path, *overrides: str):

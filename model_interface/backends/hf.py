@@ -1,0 +1,216 @@
+"""Hugging Face transformers backend: any chat-template VLM that ``AutoModelForImageTextToText``
+loads, batched for real (left padding, one ``generate`` per batch).
+
+Nothing here is specific to a model family: the prompt comes from the model's own chat template
+and the inputs from its own processor. Family options (e.g. Qwen's ``min_pixels`` /
+``max_pixels``) go through ``processor_kwargs``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from model_interface.cache import resolve_model
+from model_interface.chat import template_messages
+from model_interface.images import load_image
+from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
+
+try:
+    import torch
+    import transformers
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"the Hugging Face backend needs torch and transformers ({error}); "
+        "install them with: pip install 'model-interface[hf]'"
+    ) from error
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "auto": "auto",
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+ATTENTION_FALLBACK = ("flash_attention_2", "sdpa", "eager")
+
+
+class HFModel(ModelInterface):
+    """A vision-language model run by Hugging Face transformers.
+
+    Args:
+        model_name: a hub repo id (``Qwen/Qwen2-VL-2B-Instruct``), a local directory, or a tiny
+            offline model name (``tiny-qwen2-vl``).
+        system_prompt: sent as the system message when non-empty.
+        cache_dir: where weights are downloaded to and loaded from.
+        dtype: ``auto`` (the checkpoint's), ``bfloat16``, ``float16`` or ``float32``.
+        device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
+        device_map: passed to ``from_pretrained`` instead of ``device`` (e.g. ``auto`` to shard
+            a large model over several GPUs; needs ``accelerate``).
+        attn_implementation: ``flash_attention_2``, ``sdpa`` or ``eager``; by default the first
+            of those that is installed and that the model supports.
+        processor_kwargs: passed to ``AutoProcessor.from_pretrained``.
+        revision: hub revision (branch, tag or commit) to load.
+        trust_remote_code: allow the model repo's own Python code to run. Off by default.
+        **generation: ``max_new_tokens``, ``temperature``, ... (see ``GenerationSettings``).
+    """
+
+    framework = "Hugging Face"
+
+    def __init__(
+        self,
+        model_name: str,
+        system_prompt: str = "",
+        cache_dir: str = "model_cache",
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        device_map: str | dict[str, Any] | None = None,
+        attn_implementation: str | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        **generation: Any,
+    ) -> None:
+        super().__init__(model_name, system_prompt, cache_dir, **generation)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        self.device = _pick_device(device) if device_map is None else None
+        resolved = resolve_model(model_name, cache_dir, revision=revision)
+        self.cache_hit = resolved.cache_hit
+        self.model_path = resolved.path
+
+        self.processor = transformers.AutoProcessor.from_pretrained(
+            resolved.path, trust_remote_code=trust_remote_code, **(processor_kwargs or {})
+        )
+        # Batched generation appends new tokens on the right, so prompts are padded on the left.
+        self.processor.tokenizer.padding_side = "left"
+        load_options: dict[str, Any] = {
+            "dtype": DTYPES[dtype],
+            "trust_remote_code": trust_remote_code,
+        }
+        if device_map is not None:
+            load_options["device_map"] = device_map
+        on_cuda = torch.cuda.is_available() if self.device is None else "cuda" in self.device
+        self.model, self.attn_implementation = _load_with_attention_fallback(
+            resolved.path, load_options, attn_implementation, on_cuda=on_cuda
+        )
+        if self.device is not None:
+            self.model.to(self.device)
+        self.model.eval()
+        self._generate_options = self._generation_options()
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        if not requests:
+            return []
+        texts = [
+            self.processor.apply_chat_template(
+                template_messages(self.system_prompt, request),
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for request in requests
+        ]
+        images = [[load_image(image) for image in request.images] for request in requests]
+        # A template that writes the BOS token itself must not get a second one from the
+        # tokenizer (the rule transformers' own apply_chat_template(tokenize=True) follows).
+        bos = self.processor.tokenizer.bos_token
+        add_special_tokens = not (bos and texts[0].startswith(bos))
+        inputs = self.processor(
+            text=texts,
+            images=images,
+            padding=True,
+            add_special_tokens=add_special_tokens,
+            return_tensors="pt",
+        ).to(self.model.device, dtype=self.model.dtype)
+
+        if not self.generation.greedy and self.generation.seed is not None:
+            torch.manual_seed(self.generation.seed)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **self._generate_options)
+
+        prompt_length = inputs["input_ids"].shape[1]
+        new_tokens = output[:, prompt_length:]
+        texts_out = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        return [
+            Prediction(
+                text.strip(),
+                prompt_tokens=int(prompt_tokens[row]),
+                completion_tokens=self._count_generated(new_tokens[row]),
+            )
+            for row, text in enumerate(texts_out)
+        ]
+
+    def close(self) -> None:
+        if getattr(self, "model", None) is None:
+            return
+        on_cuda = self.model.device.type == "cuda"
+        self.model = None
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+    def _generation_options(self) -> dict[str, Any]:
+        settings = self.generation
+        options: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens}
+        if settings.greedy:
+            # Greedy decoding ignores sampling settings; clearing them avoids transformers'
+            # warnings about a checkpoint's default temperature / top_p being unused.
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            options.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+            if settings.top_k is not None:
+                options["top_k"] = settings.top_k
+        if settings.repetition_penalty is not None:
+            options["repetition_penalty"] = settings.repetition_penalty
+        tokenizer = self.processor.tokenizer
+        if self.model.generation_config.pad_token_id is None:
+            options["pad_token_id"] = tokenizer.pad_token_id or tokenizer.eos_token_id
+        options.update(settings.generation_kwargs)
+        return options
+
+    def _count_generated(self, tokens: torch.Tensor) -> int:
+        """Tokens generated up to and including the first end-of-sequence token."""
+        stop_ids = self.model.generation_config.eos_token_id
+        stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids or [])
+        if not stop_ids:
+            return len(tokens)
+        stops = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)).nonzero()
+        return int(stops[0, 0]) + 1 if len(stops) else len(tokens)
+
+
+def _pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def _load_with_attention_fallback(
+    path: str, load_options: dict[str, Any], requested: str | None, *, on_cuda: bool
+) -> tuple[Any, str]:
+    """Load the model with the first attention implementation that works."""
+    if requested is not None:
+        candidates = [requested]
+    else:
+        candidates = [
+            name
+            for name in ATTENTION_FALLBACK
+            if name != "flash_attention_2"
+            or (on_cuda and importlib.util.find_spec("flash_attn") is not None)
+        ]
+    for index, name in enumerate(candidates):
+        try:
+            model = transformers.AutoModelForImageTextToText.from_pretrained(
+                path, attn_implementation=name, **load_options
+            )
+            return model, name
+        except (ValueError, ImportError) as error:
+            if index == len(candidates) - 1:
+                raise
+            log.info("attn_implementation=%s unavailable (%s); trying the next", name, error)
+    raise AssertionError("unreachable")
