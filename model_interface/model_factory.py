@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "model_interface.models"
 BUILTIN_MODELS: dict[str, str] = {
     "dummy": "model_interface.backends.dummy:DummyModel",
     "hf": "model_interface.backends.hf:HFModel",
+    "openai": "model_interface.backends.openai_api:OpenAIModel",
     "vllm": "model_interface.backends.vllm:VLLMModel",
     "sglang": "model_interface.backends.sglang:SGLangModel",
 }

@@ -1,0 +1,548 @@
+"""OpenAIModel against real HTTP servers on 127.0.0.1: a scripted fault-injecting server written
+here, runners.serve in a thread, and runners.serve as a subprocess serving a tiny model.
+
+Nothing is mocked: every request goes through httpx and a real socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from PIL import Image
+
+from model_interface.backends.dummy import DummyModel
+from model_interface.backends.openai_api import OpenAIModel
+from model_interface.model_interface import Prediction, PredictionRequest
+from runners.run import PROJECT_ROOT
+
+SAMPLE_IMAGES = sorted((PROJECT_ROOT / "data" / "sample_docs" / "images").glob("*.png"))
+SECRET = "sk-test-SECRET-5f1e0c9a7b"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def small_image(shade: int = 0) -> Image.Image:
+    return Image.new("RGB", (8, 8), (shade, 0, 0))
+
+
+def requests_for(prompts: list[str]) -> list[PredictionRequest]:
+    return [PredictionRequest([small_image(index)], prompt) for index, prompt in enumerate(prompts)]
+
+
+# --- a scripted OpenAI-compatible server -----------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """What the server does with one request instead of answering it."""
+
+    status: int | None = None  # answer with this status and an OpenAI-style error body
+    message: str = "injected failure"
+    retry_after: str | None = None
+    hang_s: float = 0.0  # wait this long before answering (past the client's timeout)
+    drop: bool = False  # close the connection without a response
+
+
+@dataclass
+class FakeServer:
+    """Answers chat completions with ``echo: <the user's text>``; the first requests get the
+    scripted faults. Records every request's headers and body, and how many overlapped."""
+
+    faults: list[Fault] = field(default_factory=list)
+    delay_s: Any = 0.0  # seconds per request, or a function of the prompt
+    model_id: str = "fake-model"
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)  # prompts, in the order answered
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.clients: list[OpenAIModel] = []  # closed with the server
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+        disable_nagle_algorithm = True  # headers and body go out in separate writes
+
+        def log_message(self, *args: Any) -> None:  # keep pytest's output clean
+            pass
+
+        def do_GET(self) -> None:
+            self._json(200, {"object": "list", "data": [{"id": server.model_id}]})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"][-1]["text"]
+            with server.lock:
+                server.requests.append({"headers": dict(self.headers), "body": body})
+                fault = server.faults.pop(0) if server.faults else None
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                delay = server.delay_s(prompt) if callable(server.delay_s) else server.delay_s
+                time.sleep(delay + (fault.hang_s if fault else 0))
+                if fault is not None and fault.drop:
+                    self.close_connection = True
+                    return
+                if fault is not None and fault.status is not None:
+                    headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                    error = {"error": {"message": fault.message, "type": "test"}}
+                    self._json(fault.status, error, headers)
+                    return
+                with server.lock:
+                    server.finished.append(prompt)
+                self._json(200, _completion(f"echo: {prompt}", server.model_id))
+            except OSError:  # the client gave up (timeout) and closed the connection
+                pass
+            finally:
+                with server.lock:
+                    server.in_flight -= 1
+
+        def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def _completion(text: str, model_id: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": model_id,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": len(text.split())},
+    }
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    server = FakeServer()
+    yield server
+    server.close()
+
+
+def client_for(server: FakeServer, **options: Any) -> OpenAIModel:
+    options = {"retry_backoff_s": 0.01, "timeout": 5, **options}
+    model = OpenAIModel(base_url=server.base_url, **options)
+    server.clients.append(model)
+    return model
+
+
+# --- requests and answers --------------------------------------------------------------------
+
+
+def test_empty_model_name_takes_the_first_listed_model_and_the_body_is_complete(
+    fake_server,
+) -> None:
+    model = client_for(
+        fake_server,
+        system_prompt="Be brief.",
+        max_new_tokens=7,
+        seed=3,
+        generation_kwargs={"stop": ["\n"]},
+    )
+    assert model.model_name == "fake-model" and model.framework == "OpenAI API"
+    (prediction,) = model.predict_batch([PredictionRequest([small_image(), small_image()], "Q?")])
+    model.close()
+
+    assert prediction.text == "echo: Q?" and prediction.error is None
+    assert (prediction.prompt_tokens, prediction.completion_tokens) == (11, 2)
+    (sent,) = fake_server.requests
+    body = sent["body"]
+    assert body["model"] == "fake-model"
+    assert (body["max_tokens"], body["temperature"]) == (7, 0.0)
+    assert body["seed"] == 3 and body["stop"] == ["\n"]
+    # greedy: no sampling options; unset ones are never sent
+    assert {"top_p", "top_k", "repetition_penalty"}.isdisjoint(body)
+    system, user = body["messages"]
+    assert system == {"role": "system", "content": "Be brief."}
+    kinds = [part["type"] for part in user["content"]]
+    assert kinds == ["image_url", "image_url", "text"]
+    assert user["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert "authorization" not in {name.lower() for name in sent["headers"]}  # no key: no header
+
+
+def test_a_request_system_prompt_overrides_the_clients(fake_server) -> None:
+    model = client_for(fake_server, model_name="m", system_prompt="Mine.")
+    model.predict_batch([PredictionRequest([small_image()], "Q", system_prompt="")])
+    model.close()
+    messages = fake_server.requests[0]["body"]["messages"]
+    assert [message["role"] for message in messages] == ["user"]  # "" means no system message
+
+
+# --- retries and failures --------------------------------------------------------------------
+
+
+def test_5xx_answers_are_retried_until_one_succeeds(fake_server) -> None:
+    fake_server.faults = [Fault(500), Fault(502), Fault(503)]
+    model = client_for(fake_server, model_name="m", max_retries=3)
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert prediction.error is None and prediction.text == "echo: Q"
+    assert len(fake_server.requests) == 4
+
+
+def test_a_429_is_retried_after_the_servers_retry_after(fake_server) -> None:
+    fake_server.faults = [Fault(429, "slow down", retry_after="0.4")]
+    model = client_for(fake_server, model_name="m", retry_backoff_s=0.001)
+    started = time.monotonic()
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert prediction.text == "echo: Q"
+    assert time.monotonic() - started >= 0.4  # the backoff alone would be ~1 ms
+    assert len(fake_server.requests) == 2
+
+
+def test_a_request_that_times_out_is_retried(fake_server) -> None:
+    fake_server.faults = [Fault(hang_s=1.5)]
+    model = client_for(fake_server, model_name="m", timeout=0.3)
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert prediction.error is None and prediction.text == "echo: Q"
+    assert len(fake_server.requests) == 2
+
+
+def test_a_dropped_connection_is_retried(fake_server) -> None:
+    fake_server.faults = [Fault(drop=True)]
+    model = client_for(fake_server, model_name="m")
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert prediction.error is None and prediction.text == "echo: Q"
+    assert len(fake_server.requests) == 2
+
+
+def test_a_400_is_not_retried_and_says_the_servers_message(fake_server) -> None:
+    fake_server.faults = [Fault(400, "image too large for this model")]
+    model = client_for(fake_server, model_name="m")
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert prediction.text == ""
+    assert prediction.error == (
+        f"POST {fake_server.base_url}/chat/completions failed with HTTP 400: "
+        "image too large for this model (not retried)"
+    )
+    assert len(fake_server.requests) == 1
+
+
+def test_when_retries_run_out_only_that_request_fails(fake_server) -> None:
+    # One at a time: the first request meets three 500s, the second two and then succeeds.
+    fake_server.faults = [Fault(500, "overloaded")] * 5
+    model = client_for(fake_server, model_name="m", max_retries=2, concurrency=1)
+    first, second = model.predict_batch(requests_for(["A", "B"]))
+    assert first.text == "" and first.error is not None
+    assert "failed after 3 attempt(s); last: HTTP 500: overloaded" in first.error
+    assert second.error is None and second.text == "echo: B"
+    assert len(fake_server.requests) == 6
+
+
+def test_a_dead_server_gives_each_request_an_error_and_the_batch_returns() -> None:
+    port = free_port()  # nothing listens there
+    base_url = f"http://127.0.0.1:{port}/v1"
+    model = OpenAIModel("m", base_url=base_url, max_retries=2, retry_backoff_s=0.01)
+    predictions = model.predict_batch(requests_for(["A", "B", "C"]))
+    assert [prediction.text for prediction in predictions] == ["", "", ""]
+    for prediction in predictions:
+        assert prediction.error.startswith(f"POST {base_url}/chat/completions failed after 3")
+        assert "ConnectError" in prediction.error
+
+    with pytest.raises(RuntimeError, match=rf"GET {base_url}/models failed after 3 attempt"):
+        OpenAIModel(base_url=base_url, max_retries=2, retry_backoff_s=0.01)  # no name to list
+
+
+def test_a_closed_model_answers_with_errors_and_closes_twice_safely(fake_server) -> None:
+    model = client_for(fake_server, model_name="m")
+    model.close()
+    model.close()
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert "closed" in prediction.error and fake_server.requests == []
+
+
+# --- concurrency and order -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrency_bounds_the_requests_in_flight(fake_server, concurrency) -> None:
+    fake_server.delay_s = 0.05  # each request holds the server long enough to overlap
+    model = client_for(fake_server, model_name="m", concurrency=concurrency)
+    predictions = model.predict_batch(requests_for([f"Q{i}" for i in range(8)]))
+    assert all(prediction.error is None for prediction in predictions)
+    if concurrency == 1:
+        assert fake_server.max_in_flight == 1
+    else:
+        assert 1 < fake_server.max_in_flight <= concurrency
+
+
+def test_answers_come_back_in_request_order_when_the_server_answers_out_of_order(
+    fake_server,
+) -> None:
+    # Later prompts are answered sooner, plus a little jitter.
+    fake_server.delay_s = lambda prompt: (16 - int(prompt[1:])) * 0.01
+    model = client_for(fake_server, model_name="m", concurrency=8)
+    prompts = [f"Q{i}" for i in range(16)]
+    predictions = model.predict_batch(requests_for(prompts))
+    assert fake_server.finished != prompts  # the server really answered out of order
+    assert [prediction.text for prediction in predictions] == [f"echo: {p}" for p in prompts]
+
+
+# --- the API key -----------------------------------------------------------------------------
+
+
+def test_the_api_key_is_sent_as_a_bearer_token_and_never_shown(fake_server, monkeypatch) -> None:
+    monkeypatch.setenv("MY_KEY", SECRET)
+    model = client_for(fake_server, api_key_env="MY_KEY")
+    model.predict_batch(requests_for(["Q"]))
+    for request in fake_server.requests:
+        headers = {name.lower(): value for name, value in request["headers"].items()}
+        assert headers["authorization"] == f"Bearer {SECRET}"
+    assert len(fake_server.requests) == 1  # the POST (GET /models isn't recorded)
+    shown = [repr(model), str(model), repr(vars(model)), repr(model._client.headers)]
+    assert not any(SECRET in text for text in shown)
+    assert model.api_key_env == "MY_KEY"  # the name, not the value, is what the model keeps
+    model.close()
+
+
+def test_an_unset_api_key_variable_is_named_in_the_error(monkeypatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_VARIABLE", raising=False)
+    with pytest.raises(ValueError, match="environment variable NO_SUCH_KEY_VARIABLE is not set"):
+        OpenAIModel("m", base_url="http://127.0.0.1:9/v1", api_key_env="NO_SUCH_KEY_VARIABLE")
+
+
+def run_runner(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runners.run", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "HF_HUB_OFFLINE": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_the_runner_never_writes_the_api_key_anywhere(fake_server, tmp_path) -> None:
+    result = run_runner(
+        "model=openai_compatible",
+        f"model.init_params.base_url={fake_server.base_url}",
+        "model.init_params.api_key_env=MY_KEY",
+        "runner.limit=4",
+        "runner.progress=false",
+        "run_name=keyed",
+        cwd=tmp_path,
+        env={"MY_KEY": SECRET, "MODEL_INTERFACE_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(fake_server.requests) == 4
+    assert all(r["headers"]["Authorization"] == f"Bearer {SECRET}" for r in fake_server.requests)
+
+    run_dir = tmp_path / "outputs" / "keyed"
+    written = [path for path in run_dir.rglob("*") if path.is_file()]
+    names = {path.relative_to(run_dir).as_posix() for path in written}
+    assert {"predictions.csv", "metrics.csv", "environment.json", "run.log"} <= names
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= names
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), f"the API key leaked into {path}"
+    assert SECRET not in result.stdout
+    assert "api_key_env: MY_KEY" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+# --- against runners.serve -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_in_thread(model: Any, name: str, **options: Any) -> Iterator[str]:
+    """create_app in a real uvicorn server on a free port; yields the base URL."""
+    import uvicorn
+
+    from runners.serve import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(model, name, **options), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class BatchRecordingDummy(DummyModel):
+    """The dummy model, slowed down a little and recording the size of each batch it gets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_sizes: list[int] = []
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        self.batch_sizes.append(len(requests))
+        time.sleep(0.05)  # requests pile up meanwhile, as they do behind a real model
+        return super().predict_batch(requests)
+
+
+def test_the_client_against_runners_serve_equals_the_model_in_process() -> None:
+    served = BatchRecordingDummy("dummy")
+    requests = [
+        PredictionRequest([small_image(index)] * (1 + index % 2), f"Q{index}", "Sys.")
+        for index in range(8)
+    ]
+    expected = DummyModel("dummy").predict_batch(requests)
+    with serve_in_thread(served, "dummy", max_batch_size=8, batch_wait_s=0.02) as base_url:
+        client = OpenAIModel(base_url=base_url, concurrency=8)
+        predictions = client.predict_batch(requests)
+        client.close()
+    assert predictions == expected
+    assert max(served.batch_sizes) > 1  # concurrent requests were batched by the server
+
+
+# --- a tiny Hugging Face model served by `python -m runners.serve` ---------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_model(model_cache: Path):
+    """The model in process; built before the server starts, so they don't build it together.
+
+    ``model_cache`` is the session's cache_dir (tests/conftest.py)."""
+    from model_interface.backends.hf import HFModel
+
+    model = HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=16)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def served_tiny_model(hf_model, model_cache: Path, tmp_path_factory) -> Iterator[str]:
+    """``python -m runners.serve model=tiny_qwen2_vl`` on a free port; yields its base URL."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("serve")
+    log_path = workdir / "serve.out"
+    env = {
+        **os.environ,
+        "MODEL_INTERFACE_CACHE": str(model_cache),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runners.serve", "model=tiny_qwen2_vl", f"serve.port={port}"],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"the server exited:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no /health:\n{log_path.read_text()[-3000:]}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        assert f"serving tiny-qwen2-vl on http://127.0.0.1:{port}" in log_path.read_text()
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.mark.slow
+def test_served_tiny_model_answers_exactly_like_the_model_in_process(
+    hf_model, served_tiny_model
+) -> None:
+    system = "You read documents."
+    client = OpenAIModel(base_url=served_tiny_model, system_prompt=system, concurrency=8)
+    hf_model.system_prompt = system
+    assert client.model_name == "tiny-qwen2-vl"
+    cases = {
+        "one image": [PredictionRequest([SAMPLE_IMAGES[0]], "What is the total?")],
+        "two images": [PredictionRequest(SAMPLE_IMAGES[1:3], "Compare the two documents.")],
+        "a batch of 8": [
+            PredictionRequest([image], f"Question {index}: what is the date?")
+            for index, image in enumerate(SAMPLE_IMAGES[3:11])
+        ],
+    }
+    try:
+        for case, requests in cases.items():
+            expected = hf_model.predict_batch(requests)
+            got = client.predict_batch(requests)
+            assert [p.error for p in got] == [None] * len(requests), case
+            assert [p.text for p in got] == [p.text for p in expected], case
+            assert [(p.prompt_tokens, p.completion_tokens) for p in got] == [
+                (p.prompt_tokens, p.completion_tokens) for p in expected
+            ], case
+            assert all(p.text for p in got), case
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_the_runner_benchmarks_a_served_model_end_to_end(served_tiny_model, tmp_path) -> None:
+    result = run_runner(
+        "model=openai_compatible",
+        f"model.init_params.base_url={served_tiny_model}",
+        "runner.limit=8",
+        "runner.progress=false",
+        "run_name=served",
+        cwd=tmp_path,
+        env={"MODEL_INTERFACE_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    run_dir = tmp_path / "outputs" / "served"
+    predictions = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
+    assert len(predictions) == 8
+    assert set(predictions["framework"]) == {"OpenAI API"}
+    assert set(predictions["model"]) == {"tiny-qwen2-vl"}
+    assert (predictions["error"] == "").all() and (predictions["completion_tokens"] > 0).all()
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics.loc[0, "framework"] == "OpenAI API" and metrics.loc[0, "n_errors"] == 0
+    assert metrics.loc[0, "status"] == "ok"
