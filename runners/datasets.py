@@ -18,6 +18,7 @@ Image paths are relative to the dataset root and may not leave it.
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import random
@@ -141,7 +142,13 @@ class Dataset:
 
     def image_path(self, relative: str) -> Path:
         """The file behind an image entry; refuses paths that leave the dataset root."""
-        path = (self.root / relative).resolve()
+        joined = self.root / relative
+        # Resolving every component of every path is slow; resolve each folder once and the
+        # file name only when it is a symbolic link.
+        if joined.name in ("", ".", "..") or joined.is_symlink():
+            path = joined.resolve()
+        else:
+            path = _resolved_folder(joined.parent) / joined.name
         if not path.is_relative_to(self.root):
             raise ImageLoadError(
                 f"image path {relative!r} leaves the dataset root {str(self.root)!r}; "
@@ -245,6 +252,11 @@ class Dataset:
                 f"dataset.prompt_template {self.prompt_template!r} failed on {where}: {error!r}; "
                 f"placeholders may name {{prompt}} or a column: {sorted(map(str, row))}"
             ) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_folder(folder: Path) -> Path:
+    return folder.resolve()
 
 
 def _image_list(value: Any, where: str) -> tuple[str, ...]:

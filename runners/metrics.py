@@ -27,15 +27,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import statistics
 import unicodedata
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jiwer
 from rapidfuzz.distance import Levenshtein
-
-if TYPE_CHECKING:  # pandas is imported lazily so that importing this module (runner --help) is fast
-    import pandas as pd
 
 Reference = str | Sequence[str]  # one answer or several acceptable ones
 
@@ -131,33 +130,119 @@ def score(
     return {name: METRICS[name](prediction, reference) for name in names}
 
 
-def summarize(frame: pd.DataFrame, names: Sequence[str], by: Sequence[str] = ()) -> pd.DataFrame:
-    """Mean of each metric column, overall (one row) or per group of the ``by`` columns.
+class QualitySummary:
+    """Running means of each metric, overall and per group (e.g. doc_class, question_type).
 
-    Columns: the group columns used, ``n`` (rows), ``n_scored`` (rows with at least one metric
-    value, i.e. with a reference), then one mean per name. Missing values are left out of a
-    mean; a metric column absent from ``frame`` gives NaN. Group columns that are absent or
-    entirely empty (NaN/blank) are skipped; rows with a missing group value form their own group.
+    Samples are added one at a time, so memory grows with the number of groups, not samples.
+    A sample without a score for a metric (no reference) counts in ``n`` but not in that
+    metric's mean; ``n_scored`` says how many samples had a reference.
     """
-    import pandas as pd
 
-    names = list(names)
-    keys = [c for c in by if c in frame.columns and not _blank(frame[c])]
-    data = frame.reindex(columns=[*keys, *names])
-    data[names] = data[names].apply(pd.to_numeric, errors="coerce")
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self._overall = _Totals(len(self.names))
+        self._groups: dict[tuple[str, ...], _Totals] = {}
 
-    def row(group: pd.DataFrame) -> dict[str, float]:
-        scored = int(group[names].notna().any(axis=1).sum()) if names else 0
-        return {"n": len(group), "n_scored": scored, **{m: group[m].mean() for m in names}}
+    def add(self, scores: Mapping[str, float], group: tuple[str, ...] = ()) -> None:
+        values = [scores.get(name) for name in self.names]
+        self._overall.add(values)
+        if group:
+            self._groups.setdefault(group, _Totals(len(self.names))).add(values)
 
-    columns = [*keys, "n", "n_scored", *names]
-    if not keys:
-        return pd.DataFrame([row(data)], columns=columns)
-    groups = data.groupby(keys, dropna=False, sort=True)
-    return pd.DataFrame(
-        [{**dict(zip(keys, k, strict=True)), **row(g)} for k, g in groups], columns=columns
-    )
+    def overall(self) -> dict[str, float]:
+        """``{"n", "n_scored", <metric>: mean}``; a mean of nothing is NaN."""
+        return self._overall.row(self.names)
+
+    def groups(self) -> list[tuple[tuple[str, ...], dict[str, float]]]:
+        """``(group, row)`` for every group seen, sorted by group."""
+        return [(group, self._groups[group].row(self.names)) for group in sorted(self._groups)]
 
 
-def _blank(column: pd.Series) -> bool:
-    return bool((column.isna() | column.astype(str).str.strip().eq("")).all())
+class _Totals:
+    def __init__(self, width: int) -> None:
+        self.n = self.n_scored = 0
+        self.sums = [0.0] * width
+        self.counts = [0] * width
+
+    def add(self, values: Sequence[float | None]) -> None:
+        self.n += 1
+        self.n_scored += any(value is not None for value in values)
+        for index, value in enumerate(values):
+            if value is not None:
+                self.sums[index] += value
+                self.counts[index] += 1
+
+    def row(self, names: Sequence[str]) -> dict[str, float]:
+        means = {
+            name: total / count if count else math.nan
+            for name, total, count in zip(names, self.sums, self.counts, strict=True)
+        }
+        return {"n": self.n, "n_scored": self.n_scored, **means}
+
+
+GROUP_COLUMNS = ("doc_class", "question_type")
+
+
+class RunTally:
+    """What metrics.csv reports, gathered row by row as predictions are written.
+
+    Rows carried over from an interrupted attempt count in sample, error and quality figures;
+    only the rows answered in this run count in token and throughput figures.
+    """
+
+    def __init__(self, metric_names: Sequence[str]) -> None:
+        self.metric_names = list(metric_names)
+        self.quality = QualitySummary(metric_names)
+        self.n_samples = self.n_errors = self.n_processed = 0
+        self.prompt_tokens = self.completion_tokens = 0
+        self.latencies = array("d")  # one float per answered sample: 8 bytes each
+
+    def add(self, row: Mapping[str, Any], *, processed: bool) -> None:
+        self.n_samples += 1
+        if row["error"]:
+            self.n_errors += 1
+        elif (latency := _number(row["latency_s"])) is not None:
+            self.latencies.append(latency)
+        if processed:
+            self.n_processed += 1
+            self.prompt_tokens += int(_number(row["prompt_tokens"]) or 0)
+            self.completion_tokens += int(_number(row["completion_tokens"]) or 0)
+        scores = {name: _number(row.get(name)) for name in self.metric_names}
+        group = tuple(str(row.get(column) or "") for column in GROUP_COLUMNS)
+        self.quality.add(
+            {name: value for name, value in scores.items() if value is not None},
+            group if any(group) else (),
+        )
+
+    def latency_stats(self) -> dict[str, float]:
+        values = sorted(self.latencies)
+        if not values:
+            return {
+                "latency_mean_s": math.nan,
+                "latency_p50_s": math.nan,
+                "latency_p95_s": math.nan,
+            }
+        # statistics.quantiles' "inclusive" method is numpy's and pandas' default interpolation.
+        cuts = (
+            statistics.quantiles(values, n=100, method="inclusive")
+            if len(values) > 1
+            else values * 99
+        )
+        return {
+            "latency_mean_s": statistics.fmean(values),
+            "latency_p50_s": statistics.median(values),
+            "latency_p95_s": cuts[94],
+        }
+
+    def groups(self) -> list[dict[str, Any]]:
+        """Quality per (doc_class, question_type), when the dataset has them."""
+        return [
+            {**dict(zip(GROUP_COLUMNS, group, strict=True)), **row}
+            for group, row in self.quality.groups()
+        ]
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    return float(value)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 PREDICTION_COLUMNS = [
     "sample_id",
@@ -62,15 +63,24 @@ RECORDED_PACKAGES = [
 
 
 class PredictionsFile:
-    """predictions.csv of one run: resumable, appended to batch by batch."""
+    """predictions.csv of one run: resumable, appended to batch by batch.
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    It remembers where each row starts in the file, so :meth:`finish` can put the rows back in
+    dataset order with memory for three integers per row, not the rows themselves.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str], order_by: str = "sample_index") -> None:
         self.path = path
         self.columns = list(columns)
-        self._handle: io.TextIOWrapper | None = None
+        self.order_by = order_by
+        self._records: list[tuple[int, int, int]] = []  # (order, offset, length) per row
+        self._size = 0
+        self._handle: BinaryIO | None = None
+        self._buffer = io.StringIO()
+        self._writer = csv.DictWriter(self._buffer, fieldnames=self.columns, extrasaction="ignore")
 
-    def open(self, *, resume: bool) -> set[str]:
-        """Open for appending; returns the ids of samples already answered.
+    def open(self, *, resume: bool) -> list[dict[str, str]]:
+        """Open for appending; returns the rows kept from an earlier attempt.
 
         With ``resume``, rows from an earlier attempt are kept except failed ones (so they are
         tried again) and a torn last row; without it, an existing file is an error, so that no
@@ -84,31 +94,57 @@ class PredictionsFile:
                     "choose another run_name / hydra.run.dir"
                 )
             kept = [row for row in read_complete_rows(self.path) if not row.get("error")]
-        self._write_atomically(kept)
-        self._handle = self.path.open("a", encoding="utf-8", newline="")
-        return {row["sample_id"] for row in kept}
+        temporary = self.path.with_suffix(".csv.tmp")
+        with temporary.open("wb") as handle:
+            handle.write(self._encode_header())
+            self._size = handle.tell()
+            handle.write(self._encode(kept))
+        os.replace(temporary, self.path)
+        self._handle = self.path.open("ab")
+        return kept
 
-    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write rows in one ``write`` call and flush it to the operating system."""
         assert self._handle is not None, "open() first"
-        self._handle.write(_to_csv(self.columns, rows, header=False))
+        self._handle.write(self._encode(rows))
         self._handle.flush()
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Close the file, rewritten in dataset order if the rows were written out of order."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-    def sort_by(self, column: str) -> list[dict[str, str]]:
-        """Rewrite the file ordered by a numeric column (dataset order); returns the rows."""
-        self.close()
-        rows = sorted(read_complete_rows(self.path), key=lambda row: int(row[column]))
-        self._write_atomically(rows)
-        return rows
-
-    def _write_atomically(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        ordered = sorted(self._records)
+        if ordered == self._records:
+            return
         temporary = self.path.with_suffix(".csv.tmp")
-        temporary.write_text(_to_csv(self.columns, rows, header=True), encoding="utf-8")
+        with self.path.open("rb") as source, temporary.open("wb") as target:
+            target.write(self._encode_header())
+            for _, offset, length in ordered:
+                source.seek(offset)
+                target.write(source.read(length))
         os.replace(temporary, self.path)
+        self._records = ordered
+
+    def _encode_header(self) -> bytes:
+        self._writer.writeheader()
+        return self._take()
+
+    def _encode(self, rows: Sequence[Mapping[str, Any]]) -> bytes:
+        chunks = []
+        for row in rows:
+            self._writer.writerow(row)
+            chunk = self._take()
+            self._records.append((int(row[self.order_by]), self._size, len(chunk)))
+            self._size += len(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _take(self) -> bytes:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text.encode("utf-8")
 
 
 def read_complete_rows(path: Path) -> list[dict[str, str]]:
@@ -124,15 +160,6 @@ def read_complete_rows(path: Path) -> list[dict[str, str]]:
     if body and (not text.endswith("\n") or len(body[-1]) != len(header)):
         body = body[:-1]
     return [dict(zip(header, record, strict=True)) for record in body if len(record) == len(header)]
-
-
-def _to_csv(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], *, header: bool) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def environment_record(seed: int, project_dir: Path) -> dict[str, Any]:
@@ -155,6 +182,19 @@ def environment_record(seed: int, project_dir: Path) -> dict[str, Any]:
         "seed": seed,
         "command": " ".join(sys.argv),
     }
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A small CSV (metrics) with the first row's keys as header; NaN and None are left empty."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _cell(value) for key, value in row.items()})
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def write_json(path: Path, record: Mapping[str, Any]) -> None:

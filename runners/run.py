@@ -1,7 +1,7 @@
 """Benchmark a vision-language model on a dataset: ``python -m runners.run [overrides]``.
 
 The Hydra entry point is thin: it hands the composed config and the run's output directory to
-:func:`run_experiment`, which tests call directly. Heavy imports (pandas, torch, the model's
+:func:`run_experiment`, which tests call directly. Heavy imports (torch, the model's
 framework) happen inside it, so ``--help`` stays fast.
 """
 
@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         PREDICTION_COLUMNS,
         PredictionsFile,
         environment_record,
+        write_csv,
         write_json,
     )
     from runners.pipeline import answer_samples
@@ -106,35 +108,44 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     predictions = PredictionsFile(output_dir / "predictions.csv", PREDICTION_COLUMNS + metric_names)
     try:
-        done = predictions.open(resume=runner["resume"])
+        kept = predictions.open(resume=runner["resume"])
     except FileExistsError as error:
         raise RunnerError(str(error)) from error
-    samples = itertools.islice(dataset.samples(), runner["limit"])
-    todo = [(index, sample) for index, sample in enumerate(samples) if sample.id not in done]
-    if not todo and not done:
+    tally = quality.RunTally(metric_names)
+    for row in kept:
+        tally.add(row, processed=False)
+    done = {row["sample_id"] for row in kept}
+    del kept
+
+    def todo() -> Iterator[tuple[int, Any]]:
+        """(position in the dataset, sample) for every sample not answered yet."""
+        samples = itertools.islice(dataset.samples(), runner["limit"])
+        return ((index, s) for index, s in enumerate(samples) if s.id not in done)
+
+    n_todo = sum(1 for _ in todo())  # reads the annotation text only, never an image
+    if not n_todo and not done:
         raise RunnerError(
             f"dataset {dataset.name!r} has no samples to run: check its filters "
             f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
             "dataset.limit and runner.limit"
         )
     if done:
-        log.info("resuming: %d samples already answered, %d to go", len(done), len(todo))
+        log.info("resuming: %d samples already answered, %d to go", len(done), n_todo)
     log.info(
         "%s (%s) on %s: %d samples, batch size %d",
         model.model_name,
         model.framework,
         dataset.name,
-        len(todo),
+        n_todo,
         runner["batch_size"],
     )
 
-    processed = prompt_tokens = completion_tokens = 0
-    progress = _progress_bar(len(todo), enabled=runner["progress"])
+    progress = _progress_bar(n_todo, enabled=runner["progress"])
     with measure() as cost:
         for answers in answer_samples(
             model,
             dataset,
-            todo,
+            todo(),
             batch_size=runner["batch_size"],
             sort_window_batches=runner["sort_window_batches"],
             prefetch_workers=runner["prefetch_workers"],
@@ -142,51 +153,39 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         ):
             rows = [_row(answer, dataset.name, model, metric_names) for answer in answers]
             predictions.append(rows)
-            processed += len(rows)
-            prompt_tokens += sum(row["prompt_tokens"] or 0 for row in rows)
-            completion_tokens += sum(row["completion_tokens"] or 0 for row in rows)
+            for row in rows:
+                tally.add(row, processed=True)
             progress.update(len(rows))
     progress.close()
-    rows = predictions.sort_by("sample_index")
+    predictions.finish()
 
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=predictions.columns)
-    for column in ["latency_s", "prompt_tokens", "completion_tokens", *metric_names]:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    n_errors = int((frame["error"] != "").sum())
-    latencies = frame.loc[frame["error"] == "", "latency_s"].dropna()
     row = {
         "model": model.model_name,
         "framework": model.framework,
         "dataset": dataset.name,
-        "n_samples": len(frame),
-        "n_errors": n_errors,
-        "error_rate": n_errors / len(frame) if len(frame) else 0.0,
-        "n_processed": processed,
+        "n_samples": tally.n_samples,
+        "n_errors": tally.n_errors,
+        "error_rate": tally.n_errors / tally.n_samples if tally.n_samples else 0.0,
+        "n_processed": tally.n_processed,
         "batch_size": runner["batch_size"],
         "load_s": loaded.load_s,
         "model_reused": reused,
         "cache_hit": model.cache_hit,
         "total_s": cost.wall_s,
-        "samples_per_s": processed / cost.wall_s if cost.wall_s else math.nan,
-        "latency_mean_s": latencies.mean(),
-        "latency_p50_s": latencies.quantile(0.5),
-        "latency_p95_s": latencies.quantile(0.95),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "tokens_per_s": completion_tokens / cost.wall_s if cost.wall_s else math.nan,
+        "samples_per_s": tally.n_processed / cost.wall_s if cost.wall_s else math.nan,
+        **tally.latency_stats(),
+        "prompt_tokens": tally.prompt_tokens,
+        "completion_tokens": tally.completion_tokens,
+        "tokens_per_s": tally.completion_tokens / cost.wall_s if cost.wall_s else math.nan,
         "peak_rss_mb": max(cost.peak_rss_mb, loaded.peak_rss_mb),
         "peak_gpu_mb": _max_or_none(cost.peak_gpu_mb, loaded.peak_gpu_mb),
     }
-    overall = quality.summarize(frame, metric_names)
-    row.update({name: overall[name].iloc[0] for name in metric_names})
+    overall = tally.quality.overall()
+    row.update({name: overall[name] for name in metric_names})
     row["status"] = "ok" if row["error_rate"] <= runner["max_error_rate"] else "too_many_errors"
-    pd.DataFrame([row]).to_csv(output_dir / "metrics.csv", index=False)
-    by = [column for column in ("doc_class", "question_type") if (frame[column] != "").any()]
-    if by:
-        grouped = quality.summarize(frame, metric_names, by=by)
-        grouped.to_csv(output_dir / "metrics_by_group.csv", index=False)
+    write_csv(output_dir / "metrics.csv", [row])
+    if groups := tally.groups():
+        write_csv(output_dir / "metrics_by_group.csv", groups)
     log.info("results in %s\n%s", output_dir, _table(row))
     return row
 

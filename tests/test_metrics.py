@@ -7,10 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from runners.metrics import METRICS, anls, cer, exact_match, normalize, score, summarize, wer
+from runners.metrics import (
+    METRICS,
+    QualitySummary,
+    anls,
+    cer,
+    exact_match,
+    normalize,
+    score,
+    wer,
+)
 
 
 @pytest.mark.parametrize(
@@ -119,67 +127,50 @@ def test_unknown_metric_without_close_match() -> None:
     assert "Did you mean" not in str(info.value)
 
 
-def _frame() -> pd.DataFrame:
-    rows = [
-        ("form", "date", "2021-01-01", "2021-01-01"),
-        ("form", "date", "2021-01-02", "2021-01-01"),
-        ("form", "amount", "$5.00", "$5.00"),
-        ("receipt", "amount", "$2,164.88", "$2,164.68"),
-        ("receipt", "amount", "no idea", None),  # no ground truth
-        (None, "amount", "7", "7"),  # missing document class
-    ]
-    records = []
-    for doc_class, question_type, prediction, reference in rows:
-        scores = score(prediction, reference, ["exact_match", "anls"])
-        records.append({"doc_class": doc_class, "question_type": question_type, **scores})
-    return pd.DataFrame(records)
+ROWS = [
+    (("form", "date"), "2021-01-01", "2021-01-01"),
+    (("form", "date"), "2021-01-02", "2021-01-01"),
+    (("form", "amount"), "$5.00", "$5.00"),
+    (("receipt", "amount"), "$2,164.88", "$2,164.68"),
+    (("receipt", "amount"), "no idea", None),  # no ground truth
+    (("", "amount"), "7", "7"),  # missing document class
+]
 
 
-def test_summarize_overall() -> None:
-    out = summarize(_frame(), ["exact_match", "anls"])
-    assert list(out.columns) == ["n", "n_scored", "exact_match", "anls"]
-    assert len(out) == 1
-    row = out.iloc[0]
+def _summary(names: list[str]) -> QualitySummary:
+    summary = QualitySummary(names)
+    for group, prediction, reference in ROWS:
+        summary.add(score(prediction, reference, names), group)
+    return summary
+
+
+def test_summary_overall() -> None:
+    row = _summary(["exact_match", "anls"]).overall()
+    assert list(row) == ["n", "n_scored", "exact_match", "anls"]
     assert (row["n"], row["n_scored"]) == (6, 5)
     assert row["exact_match"] == pytest.approx(3 / 5)  # the unscored row is not a zero
     assert row["anls"] == pytest.approx((1 + 0.9 + 1 + 8 / 9 + 1) / 5)
 
 
-def test_summarize_grouped() -> None:
-    out = summarize(_frame(), ["exact_match"], by=["doc_class", "question_type"])
-    assert list(out.columns) == ["doc_class", "question_type", "n", "n_scored", "exact_match"]
-    got = {
-        (r.doc_class if isinstance(r.doc_class, str) else None, r.question_type): (
-            r.n,
-            r.n_scored,
-            r.exact_match,
-        )
-        for r in out.itertuples()
-    }
+def test_summary_grouped() -> None:
+    groups = _summary(["exact_match"]).groups()
+    got = {group: (row["n"], row["n_scored"], row["exact_match"]) for group, row in groups}
     assert got == {
         ("form", "amount"): (1, 1, 1.0),
         ("form", "date"): (2, 2, 0.5),
         ("receipt", "amount"): (2, 1, 0.0),
-        (None, "amount"): (1, 1, 1.0),  # rows with a missing group value are kept
+        ("", "amount"): (1, 1, 1.0),  # rows with a missing group value are kept
     }
+    assert [group for group, _ in groups] == sorted(got)
 
 
-def test_summarize_skips_absent_and_empty_group_columns() -> None:
-    frame = _frame().assign(language=None, source="")
-    out = summarize(frame, ["anls"], by=["language", "layout", "source", "question_type"])
-    assert list(out.columns) == ["question_type", "n", "n_scored", "anls"]
-    assert out.set_index("question_type")["n"].to_dict() == {"amount": 4, "date": 2}
-    # Nothing usable to group by: one overall row.
-    assert len(summarize(frame, ["anls"], by=["language", "layout"])) == 1
-
-
-def test_summarize_metric_never_scored() -> None:
-    frame = pd.DataFrame({"doc_class": ["a", "b"], "prediction": ["x", "y"]})
-    out = summarize(frame, ["anls"], by=["doc_class"])
-    assert out["n_scored"].tolist() == [0, 0]
-    assert out["anls"].isna().all()
-    empty = summarize(frame.iloc[:0], ["anls"])
-    assert (empty.loc[0, "n"], empty.loc[0, "n_scored"]) == (0, 0)
+def test_summary_of_a_metric_never_scored() -> None:
+    summary = QualitySummary(["anls"])
+    assert summary.overall()["n"] == 0 and math.isnan(summary.overall()["anls"])
+    summary.add({}, ("a",))
+    assert summary.groups()[0][1]["n_scored"] == 0
+    assert math.isnan(summary.groups()[0][1]["anls"])
+    assert QualitySummary(["anls"]).groups() == []
 
 
 def test_import_does_not_load_pandas() -> None:

@@ -194,18 +194,39 @@ def test_a_torn_last_row_is_dropped_on_resume(tmp_path) -> None:
     from runners.outputs import PredictionsFile
 
     path = tmp_path / "predictions.csv"
-    first = PredictionsFile(path, ["sample_id", "prediction", "error"])
+    columns = ["sample_id", "sample_index", "prediction", "error"]
+    first = PredictionsFile(path, columns)
     first.open(resume=True)
-    first.append([{"sample_id": "a", "prediction": "x", "error": ""},
-                  {"sample_id": "b", "prediction": "", "error": "boom"}])  # fmt: skip
-    first.close()
+    first.append(
+        [
+            {"sample_id": "a", "sample_index": 0, "prediction": "x", "error": ""},
+            {"sample_id": "b", "sample_index": 1, "prediction": "", "error": "boom"},
+        ]
+    )
+    first.finish()
     with path.open("a") as handle:
-        handle.write('c,"an answer cut off\nin the mid')  # a kill during a write
+        handle.write('c,2,"an answer cut off\nin the mid')  # a kill during a write
 
-    second = PredictionsFile(path, ["sample_id", "prediction", "error"])
-    assert second.open(resume=True) == {"a"}  # failed "b" is retried, torn "c" dropped
-    second.close()
-    assert path.read_bytes() == b"sample_id,prediction,error\r\na,x,\r\n"
+    second = PredictionsFile(path, columns)
+    kept = second.open(resume=True)
+    assert [row["sample_id"] for row in kept] == ["a"]  # failed "b" is retried, torn "c" dropped
+    second.finish()
+    assert path.read_bytes() == b"sample_id,sample_index,prediction,error\r\na,0,x,\r\n"
+
+
+def test_rows_written_out_of_order_are_put_back_in_dataset_order(tmp_path) -> None:
+    from runners.outputs import PredictionsFile
+
+    path = tmp_path / "predictions.csv"
+    predictions = PredictionsFile(path, ["sample_id", "sample_index", "prediction"])
+    predictions.open(resume=False)
+    predictions.append([{"sample_id": "c", "sample_index": 2, "prediction": "two\nlines"},
+                        {"sample_id": "a", "sample_index": 0, "prediction": "zero"}])  # fmt: skip
+    predictions.append([{"sample_id": "b", "sample_index": 1, "prediction": "ü, one"}])
+    predictions.finish()
+    frame = pd.read_csv(path)
+    assert frame["sample_id"].tolist() == ["a", "b", "c"]
+    assert frame["prediction"].tolist() == ["zero", "ü, one", "two\nlines"]
 
 
 def test_rerun_without_resume_refuses_to_write_twice(cache_dir, tmp_path) -> None:

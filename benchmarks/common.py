@@ -1,0 +1,113 @@
+"""Shared pieces of the benchmark scripts: datasets, repeats, and the figure lines they print.
+
+Every script ends with lines ``figure=value`` so that runs can be compared by a script.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DOCS = REPO_ROOT / "data" / "sample_docs"
+COLUMNS = ["data_index", "split", "image_path", "question", "answer", "doc_class", "question_type"]
+
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def sample_rows() -> list[dict[str, str]]:
+    with (SAMPLE_DOCS / "annotation.csv").open(encoding="utf-8-sig", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter=";"))
+
+
+def cycled_sample_docs(root: Path, n_samples: int) -> Path:
+    """``n_samples`` questions cycling over the sample dataset, in the VLMHyperBench layout."""
+    rows = sample_rows()
+    shutil.copytree(SAMPLE_DOCS / "images", root / "images", dirs_exist_ok=True)
+    write_annotation(
+        root,
+        [{**rows[index % len(rows)], "data_index": str(index)} for index in range(n_samples)],
+    )
+    return root
+
+
+def generated_dataset(root: Path, n_samples: int, *, image_px: int = 32) -> Path:
+    """``n_samples`` questions, each on its own small generated PNG."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(n_samples):
+        name = f"images/{index:05d}.png"
+        colour = (index % 251, (index * 7) % 253, (index * 13) % 255)
+        Image.new("RGB", (image_px, image_px), colour).save(root / name)
+        rows.append(
+            {"data_index": str(index), "split": "test", "image_path": name,
+             "question": f"What is the colour of square {index}?", "answer": str(colour),
+             "doc_class": "square", "question_type": "colour"}
+        )  # fmt: skip
+    write_annotation(root, rows)
+    return root
+
+
+def write_annotation(root: Path, rows: Sequence[dict[str, str]]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "annotation.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter=";", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def run_command(command: Sequence[str], *, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of a whole process, from start to exit; fails loudly if it fails."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        list(command),
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return elapsed
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[_cell(value) for value in row] for row in [header, *rows]]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    for row in cells:
+        print("  ".join(value.rjust(width) for value, width in zip(row, widths, strict=True)))
+
+
+def print_figures(**figures: float) -> None:
+    """The machine-readable tail: one ``name=value`` line per figure."""
+    for name, value in figures.items():
+        print(f"{name}={_cell(value)}")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
