@@ -23,6 +23,8 @@ COLUMNS = ["data_index", "split", "image_path", "question", "answer", "doc_class
 
 if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def sample_rows() -> list[dict[str, str]]:
@@ -111,3 +113,58 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return str(value)
+
+
+def compose_config(*overrides: str):
+    """The runner's config, composed exactly as ``python -m runners.run <overrides>`` would."""
+    from hydra import compose, initialize_config_dir
+
+    from runners.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=["runner.progress=false", *overrides])
+
+
+def load_bare(model_dir: Path):
+    """Processor and model loaded the plain transformers way, as a script without us would."""
+    import transformers
+
+    processor = transformers.AutoProcessor.from_pretrained(model_dir)
+    processor.tokenizer.padding_side = "left"
+    model = transformers.AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    return processor, model
+
+
+def bare_loop(processor, model, samples, batch_size: int, max_new_tokens: int = 16) -> list[str]:
+    """The limit a runner can reach: chat template, processor and ``generate`` over images
+    already decoded in memory, in dataset order, nothing else."""
+    import torch
+
+    answers = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        texts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for _, q in batch
+        ]
+        inputs = processor(text=texts, images=[[image] for image, _ in batch], padding=True,
+                           return_tensors="pt")  # fmt: skip
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
+    return answers
+
+
+def decoded_samples(dataset_root: Path) -> list[tuple[Image.Image, str]]:
+    """(image, question) pairs of a VLMHyperBench-layout dataset, images decoded up front."""
+    from model_interface.images import load_image
+
+    with (dataset_root / "annotation.csv").open(encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter=";"))
+    pictures = {row["image_path"]: load_image(dataset_root / row["image_path"]) for row in rows}
+    return [(pictures[row["image_path"]], row["question"]) for row in rows]

@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 ImageInput = Image.Image | str | os.PathLike | bytes | bytearray | Any
 """A PIL image, a file path, encoded image bytes, or an ``HxW`` / ``HxWxC`` uint8 array."""
 
+EXIF_ORIENTATION = 0x0112
+
 # PIL's own default bomb limit (~89.5 MP); documents scanned at 600 dpi stay well below it.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -55,7 +57,8 @@ def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
                 f"{picture.width * picture.height:,} pixels, over the limit of {max_pixels:,}; "
                 "raise max_pixels if the image is trusted"
             )
-        picture = ImageOps.exif_transpose(picture)
+        if picture.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies otherwise
+            picture = ImageOps.exif_transpose(picture)
         if picture.mode != "RGB":
             picture = picture.convert("RGB")
         picture.load()

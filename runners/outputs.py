@@ -8,6 +8,7 @@ last row, if the kill hit mid-write, is detected and dropped when the run resume
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -164,23 +165,26 @@ def read_complete_rows(path: Path) -> list[dict[str, str]]:
 
 def environment_record(seed: int, project_dir: Path) -> dict[str, Any]:
     """What a run ran on: Python, packages, device, project commit, seed. No secrets."""
+    return {**_environment(project_dir), "seed": seed, "command": " ".join(sys.argv)}
+
+
+@functools.lru_cache(maxsize=8)  # once per process: the jobs of a sweep share it
+def _environment(project_dir: Path) -> dict[str, Any]:
     packages = {}
     for name in RECORDED_PACKAGES:
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    status = _git(project_dir, "status", "--porcelain", "--untracked-files=no")
+    commit, dirty = _git_state(project_dir)
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "packages": packages,
         **_device(),
-        "git_commit": _git(project_dir, "rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "seed": seed,
-        "command": " ".join(sys.argv),
+        "git_commit": commit,
+        "git_dirty": dirty,
     }
 
 
@@ -212,6 +216,19 @@ def _device() -> dict[str, Any]:
         "gpu_count": torch.cuda.device_count(),
         "cuda": torch.version.cuda,
     }
+
+
+def _git_state(project_dir: Path) -> tuple[str | None, bool | None]:
+    """The project's commit and whether tracked files differ from it; None outside git."""
+    # One call gives both: the "# branch.oid <sha>" header and a line per changed file.
+    status = _git(project_dir, "status", "--porcelain=v2", "--branch", "--untracked-files=no")
+    if status is None:
+        return None, None
+    lines = status.splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    return (None if commit == "(initial)" else commit), any(
+        not line.startswith("#") for line in lines
+    )
 
 
 def _git(project_dir: Path, *args: str) -> str | None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -57,31 +60,63 @@ def answer_samples(
     *,
     batch_size: int,
     sort_window_batches: int = 8,
-    prefetch_workers: int = 4,
+    prefetch_workers: int = 2,
     max_image_pixels: int | None = None,
+    image_cache_mb: float = 256,
 ) -> Iterator[list[Answer]]:
     """Yield the answers batch by batch, in size-sorted order within each window."""
     if batch_size < 1:
         raise ValueError(f"runner.batch_size must be >= 1, got {batch_size}")
     window = batch_size * max(1, sort_window_batches)
-    load = _image_loader(dataset, max_image_pixels)
+    # Two windows' worth of images are in memory anyway (one in use, one decoding ahead);
+    # keeping that many pages covers the questions asked about them.
+    cache = DecodedImages(int(image_cache_mb * 2**20), 2 * window, max_image_pixels)
+    load = _image_loader(dataset, cache)
     with ThreadPoolExecutor(max(1, prefetch_workers), thread_name_prefix="decode") as pool:
-        for loaded in _prefetched_windows(samples, window, pool, load):
+        for loaded in _prefetched_windows(samples, window, batch_size, pool, load):
             if sort_window_batches > 1:
                 loaded.sort(key=lambda item: item.size)
             for start in range(0, len(loaded), batch_size):
                 yield _answer_batch(model, loaded[start : start + batch_size])
 
 
+class DecodedImages:
+    """The most recently decoded images, by file: document datasets ask several questions about
+    each page, so the same file comes round again and again. Bounded by total bytes and by
+    count; thread-safe.
+
+    Models get the cached picture itself, so they must not draw on their input images.
+    """
+
+    def __init__(self, max_bytes: int, max_images: int, max_pixels: int | None) -> None:
+        self.max_bytes, self.max_images, self.max_pixels = max_bytes, max_images, max_pixels
+        self._images: OrderedDict[Path, Image.Image] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Image.Image:
+        with self._lock:
+            if (picture := self._images.get(path)) is not None:
+                self._images.move_to_end(path)
+                return picture
+        picture = load_image(path, max_pixels=self.max_pixels)
+        size = picture.width * picture.height * len(picture.getbands())
+        with self._lock:
+            if path not in self._images and size <= self.max_bytes:
+                self._images[path] = picture
+                self._bytes += size
+                while self._bytes > self.max_bytes or len(self._images) > self.max_images:
+                    _, evicted = self._images.popitem(last=False)
+                    self._bytes -= evicted.width * evicted.height * len(evicted.getbands())
+        return picture
+
+
 def _image_loader(
-    dataset: Dataset, max_image_pixels: int | None
+    dataset: Dataset, images_by_path: DecodedImages
 ) -> Callable[[int, Sample], _Loaded]:
     def load(index: int, sample: Sample) -> _Loaded:
         try:
-            images = [
-                load_image(dataset.image_path(path), max_pixels=max_image_pixels)
-                for path in sample.images
-            ]
+            images = [images_by_path.get(dataset.image_path(path)) for path in sample.images]
         except Exception as error:  # one bad image fails its sample, never the run
             return _Loaded(sample, index, None, f"{type(error).__name__}: {error}")
         return _Loaded(sample, index, images, None)
@@ -92,23 +127,41 @@ def _image_loader(
 def _prefetched_windows(
     samples: Iterable[tuple[int, Sample]],
     window: int,
+    batch_size: int,
     pool: ThreadPoolExecutor,
     load: Callable[[int, Sample], _Loaded],
 ) -> Iterator[list[_Loaded]]:
-    """Windows of loaded samples; the next window is being decoded while one is used."""
-    chunks = _chunks(samples, window)
-    pending: list[Future[_Loaded]] | None = None
-    for chunk in itertools.chain(chunks, [None]):
-        submitted = None if chunk is None else [pool.submit(load, *item) for item in chunk]
+    """Windows of loaded samples; the next window is being decoded while one is used.
+
+    The first window is one batch, so the model starts after a few images are decoded rather
+    than a whole window. Each task loads a batch's worth of samples: one task per sample would
+    cost more in scheduling than small images take to decode.
+    """
+
+    def load_all(items: list[tuple[int, Sample]]) -> list[_Loaded]:
+        return [load(*item) for item in items]
+
+    pending: list[Future[list[_Loaded]]] | None = None
+    for chunk in itertools.chain(_chunks(samples, batch_size, window), [None]):
+        submitted = None
+        if chunk is not None:
+            parts = [
+                chunk[start : start + batch_size] for start in range(0, len(chunk), batch_size)
+            ]
+            submitted = [pool.submit(load_all, part) for part in parts]
         if pending is not None:
-            yield [future.result() for future in pending]
+            yield [loaded for future in pending for loaded in future.result()]
         pending = submitted
 
 
-def _chunks(items: Iterable[tuple[int, Sample]], size: int) -> Iterator[list[tuple[int, Sample]]]:
+def _chunks(
+    items: Iterable[tuple[int, Sample]], first: int, size: int
+) -> Iterator[list[tuple[int, Sample]]]:
     iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
+    chunk = list(itertools.islice(iterator, first))
+    while chunk:
         yield chunk
+        chunk = list(itertools.islice(iterator, size))
 
 
 def _answer_batch(model: ModelInterface, batch: Sequence[_Loaded]) -> list[Answer]:

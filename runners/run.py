@@ -150,6 +150,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             sort_window_batches=runner["sort_window_batches"],
             prefetch_workers=runner["prefetch_workers"],
             max_image_pixels=runner["max_image_pixels"],
+            image_cache_mb=runner["image_cache_mb"],
         ):
             rows = [_row(answer, dataset.name, model, metric_names) for answer in answers]
             predictions.append(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,18 @@ def test_summary_of_a_metric_never_scored() -> None:
 def test_import_does_not_load_pandas() -> None:
     code = "import sys, runners.metrics; assert 'pandas' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_cer_and_wer_equal_jiwer_on_random_text() -> None:
+    """The same numbers VLMHyperBench gets from jiwer, for non-empty references."""
+    jiwer = pytest.importorskip("jiwer")
+    rng = random.Random(0)
+    alphabet = "ab cdé Жж 12,.$-"
+    for _ in range(500):
+        reference = normalize("".join(rng.choices(alphabet, k=rng.randint(1, 30))))
+        prediction = normalize("".join(rng.choices(alphabet, k=rng.randint(0, 30))))
+        if not reference:
+            continue
+        assert cer(prediction, reference) == pytest.approx(jiwer.cer(reference, prediction))
+        if prediction:  # jiwer refuses an empty hypothesis for WER in some versions
+            assert wer(prediction, reference) == pytest.approx(jiwer.wer(reference, prediction))
