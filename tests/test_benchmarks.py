@@ -1,0 +1,42 @@
+"""Each benchmark script runs once at a tiny size, so none of them rots. Nothing here is timed:
+the figures are only checked to be printed in the ``figure=value`` form scripts compare."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "args", "figures"),
+    [
+        ("overhead.py", ["--models", "tiny-llava", "--samples", "8", "--repeats", "1"],
+         ["overhead_batch1", "overhead_batch8"]),
+        ("batching.py", ["--samples", "8", "--repeats", "1"], ["batch8_speedup"]),
+        ("scale.py", ["--samples", "200", "--repeats", "1"],
+         ["rss_10k_over_1k", "samples_per_s_10k"]),
+        ("startup.py", ["--samples", "8", "--repeats", "1"],
+         ["help_s", "cfg_job_s", "end_to_end_s", "end_to_end_over_bare"]),
+        ("sweep_reuse.py", ["--limit", "2"], ["sweep_model_loads"]),
+        ("http_concurrency.py", ["--samples", "4", "--repeats", "1"], ["http_c8_speedup"]),
+    ],
+)  # fmt: skip
+def test_benchmark_runs_and_prints_its_figures(script, args, figures, model_cache) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MODEL_INTERFACE_CACHE": str(model_cache)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for figure in figures:
+        assert re.search(rf"^{figure}=[0-9.]+$", result.stdout, re.MULTILINE), result.stdout
