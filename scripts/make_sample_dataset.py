@@ -24,44 +24,109 @@ DEFAULT_SEED = 1234
 DOC_COUNTS = {"invoice": 8, "receipt": 6, "id_card": 6}
 DEV_PER_CLASS = 1  # the first document of each class goes to the `dev` split
 COLUMNS = [
-    "data_index", "split", "image_path", "question", "answer",
-    "doc_class", "question_type", "answer_bbox",
+    "data_index",
+    "split",
+    "image_path",
+    "question",
+    "answer",
+    "doc_class",
+    "question_type",
+    "answer_bbox",
 ]
 
 BLACK, DARK, GREY, LIGHT, WHITE = 0, 60, 110, 225, 255
 
 FIRST_NAMES = [
-    "Anna", "Ben", "Carla", "David", "Elena", "Farid", "Grace", "Hugo", "Irene", "Jonas",
-    "Karim", "Laura", "Marco", "Nina", "Oscar", "Priya", "Quentin", "Rosa", "Samuel", "Tara",
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hugo",
+    "Irene",
+    "Jonas",
+    "Karim",
+    "Laura",
+    "Marco",
+    "Nina",
+    "Oscar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Samuel",
+    "Tara",
 ]
 LAST_NAMES = [
-    "Anderson", "Becker", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hansen",
-    "Ivanova", "Jensen", "Kowalski", "Lopez", "Moreau", "Novak", "Olsen", "Petrov",
-    "Rossi", "Schmidt", "Tanaka", "Weber",
+    "Anderson",
+    "Becker",
+    "Costa",
+    "Dubois",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Hansen",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Lopez",
+    "Moreau",
+    "Novak",
+    "Olsen",
+    "Petrov",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Weber",
 ]
 COMPANIES = [
-    "Northwind Supplies Ltd", "Bluebird Office Co.", "Acme Industrial GmbH",
-    "Summit Print & Design", "Greenleaf Logistics", "Orion Tech Services",
-    "Riverside Hardware Inc.", "Atlas Consulting Group",
+    "Northwind Supplies Ltd",
+    "Bluebird Office Co.",
+    "Acme Industrial GmbH",
+    "Summit Print & Design",
+    "Greenleaf Logistics",
+    "Orion Tech Services",
+    "Riverside Hardware Inc.",
+    "Atlas Consulting Group",
 ]
 STORES = [
-    "CORNER MARKET", "FRESH & GO", "CITY PHARMACY", "SUNRISE BAKERY",
-    "QUICK STOP", "GREEN GROCER", "BOOK NOOK", "CAFE LUNA",
+    "CORNER MARKET",
+    "FRESH & GO",
+    "CITY PHARMACY",
+    "SUNRISE BAKERY",
+    "QUICK STOP",
+    "GREEN GROCER",
+    "BOOK NOOK",
+    "CAFE LUNA",
 ]
 STREETS = ["Main St", "Oak Avenue", "Harbor Road", "Elm Street", "King St", "Mill Lane"]
 CITIES = ["Springfield 40512", "Riverton 22019", "Lakeside 73104", "Fairview 60615"]
 INVOICE_ITEMS = [
-    ("Printer paper A4 (box)", 18.0, 42.0), ("Toner cartridge", 55.0, 120.0),
-    ("Office chair", 89.0, 240.0), ("USB-C cable 2m", 6.0, 15.0),
-    ("Consulting (hours)", 60.0, 150.0), ("Desk lamp", 19.0, 48.0),
-    ("Wireless mouse", 12.0, 35.0), ("Software license", 99.0, 399.0),
-    ("Shipping & handling", 8.0, 25.0), ("Monitor 24in", 129.0, 229.0),
+    ("Printer paper A4 (box)", 18.0, 42.0),
+    ("Toner cartridge", 55.0, 120.0),
+    ("Office chair", 89.0, 240.0),
+    ("USB-C cable 2m", 6.0, 15.0),
+    ("Consulting (hours)", 60.0, 150.0),
+    ("Desk lamp", 19.0, 48.0),
+    ("Wireless mouse", 12.0, 35.0),
+    ("Software license", 99.0, 399.0),
+    ("Shipping & handling", 8.0, 25.0),
+    ("Monitor 24in", 129.0, 229.0),
 ]
 RECEIPT_ITEMS = [
-    ("Milk 1L", 0.9, 1.6), ("Bread loaf", 1.5, 3.5), ("Coffee beans", 6.0, 12.0),
-    ("Apples 1kg", 2.0, 4.0), ("Orange juice", 2.5, 4.5), ("Cheddar cheese", 3.0, 6.0),
-    ("Croissant", 1.2, 2.4), ("Bottled water", 0.6, 1.5), ("Pasta 500g", 1.0, 2.5),
-    ("Notebook", 2.0, 5.0), ("Pain relief tabs", 3.5, 8.0), ("Chocolate bar", 1.0, 2.5),
+    ("Milk 1L", 0.9, 1.6),
+    ("Bread loaf", 1.5, 3.5),
+    ("Coffee beans", 6.0, 12.0),
+    ("Apples 1kg", 2.0, 4.0),
+    ("Orange juice", 2.5, 4.5),
+    ("Cheddar cheese", 3.0, 6.0),
+    ("Croissant", 1.2, 2.4),
+    ("Bottled water", 0.6, 1.5),
+    ("Pasta 500g", 1.0, 2.5),
+    ("Notebook", 2.0, 5.0),
+    ("Pain relief tabs", 3.5, 8.0),
+    ("Chocolate bar", 1.0, 2.5),
 ]
 PAYMENTS = ["VISA", "MASTERCARD", "CASH", "DEBIT"]
 NATIONALITIES = ["ARDENIAN", "VALORIAN", "NORLANDIC"]
@@ -90,7 +155,11 @@ class Canvas:
         self.draw = ImageDraw.Draw(self.image)
 
     def text(
-        self, xy: tuple[int, int], text: str, size: int = 12, fill: int = BLACK,
+        self,
+        xy: tuple[int, int],
+        text: str,
+        size: int = 12,
+        fill: int = BLACK,
         anchor: str = "la",
     ) -> tuple[int, int, int, int]:
         self.draw.text(xy, text, font=font(size), fill=fill, anchor=anchor)
@@ -196,8 +265,7 @@ def make_invoice(rng: random.Random) -> tuple[Image.Image, list[Field]]:
         Field("What is the total amount due?", money(total), "amount", total_box),
         Field("What is the subtotal?", money(subtotal), "amount", totals["Subtotal"]),
         Field("Who is the invoice billed to?", customer, "name", customer_box),
-        Field("What is the name of the company issuing the invoice?", vendor, "text",
-              vendor_box),
+        Field("What is the name of the company issuing the invoice?", vendor, "text", vendor_box),
     ]
     return c.image, fields
 
@@ -303,10 +371,14 @@ def make_id_card(rng: random.Random) -> tuple[Image.Image, list[Field]]:
 
     boxes: dict[str, tuple[int, int, int, int]] = {}
     layout = [
-        ("Surname", surname, 150, 64), ("Given names", given, 150, 98),
-        ("Date of birth", dmy(born), 150, 132), ("Sex", sex, 290, 132),
-        ("Nationality", nationality, 340, 132), ("Document No.", doc_number, 150, 166),
-        ("Date of issue", dmy(issued), 150, 200), ("Date of expiry", dmy(expiry), 290, 200),
+        ("Surname", surname, 150, 64),
+        ("Given names", given, 150, 98),
+        ("Date of birth", dmy(born), 150, 132),
+        ("Sex", sex, 290, 132),
+        ("Nationality", nationality, 340, 132),
+        ("Document No.", doc_number, 150, 166),
+        ("Date of issue", dmy(issued), 150, 200),
+        ("Date of expiry", dmy(expiry), 290, 200),
     ]
     for label, value, x, y in layout:
         c.text((x, y), label, size=10, fill=GREY)
@@ -316,20 +388,20 @@ def make_id_card(rng: random.Random) -> tuple[Image.Image, list[Field]]:
     sx = 30
     for _ in range(6):  # a squiggle standing in for a signature
         nx = sx + rng.randint(10, 22)
-        c.draw.line([(sx, 254 - rng.randint(0, 12)), (nx, 254 - rng.randint(0, 12))],
-                    fill=DARK, width=2)
+        c.draw.line(
+            [(sx, 254 - rng.randint(0, 12)), (nx, 254 - rng.randint(0, 12))], fill=DARK, width=2
+        )
         sx = nx
 
     fields = [
         Field("What is the surname of the card holder?", surname, "name", boxes["Surname"]),
-        Field("What are the given names of the card holder?", given, "name",
-              boxes["Given names"]),
+        Field("What are the given names of the card holder?", given, "name", boxes["Given names"]),
         Field("What is the date of birth?", dmy(born), "date", boxes["Date of birth"]),
         Field("What is the document number?", doc_number, "number", boxes["Document No."]),
-        Field("What is the expiry date of the card?", dmy(expiry), "date",
-              boxes["Date of expiry"]),
-        Field("What is the nationality of the card holder?", nationality, "text",
-              boxes["Nationality"]),
+        Field("What is the expiry date of the card?", dmy(expiry), "date", boxes["Date of expiry"]),
+        Field(
+            "What is the nationality of the card holder?", nationality, "text", boxes["Nationality"]
+        ),
     ]
     return c.image, fields
 
@@ -351,10 +423,18 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> list[list[str]]:
             split = "dev" if i <= DEV_PER_CLASS else "test"
             for field in rng.sample(fields, rng.choice([2, 3])):
                 bbox = ",".join(str(v) for v in field.bbox)
-                rows.append([
-                    str(len(rows)), split, rel_path, field.question, field.answer,
-                    doc_class, field.question_type, bbox,
-                ])
+                rows.append(
+                    [
+                        str(len(rows)),
+                        split,
+                        rel_path,
+                        field.question,
+                        field.answer,
+                        doc_class,
+                        field.question_type,
+                        bbox,
+                    ]
+                )
     with open(out / "annotation.csv", "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, delimiter=";", lineterminator="\n")
         writer.writerow(COLUMNS)

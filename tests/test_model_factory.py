@@ -15,7 +15,7 @@ from model_interface.model_factory import ModelCreationError, ModelFactory, Mode
 from model_interface.model_interface import ModelInterface
 
 # An upstream-style wrapper package: only the two 0.1 methods, the prompt named `question`.
-UPSTREAM_WRAPPER = '''
+UPSTREAM_WRAPPER = """
 from PIL import Image
 from model_interface.model_interface import ModelInterface
 
@@ -47,7 +47,7 @@ class Exploding(ModelInterface):
 
     def predict_on_images(self, images, question):
         return ""
-'''
+"""
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_upstream_snippet_runs_unchanged(wrapper_package, tmp_path: Path) -> Non
     Image.new("RGB", (32, 24)).save(image_path)
     img1 = img2 = Image.new("RGB", (4, 4))
 
-    ModelFactory.register_model(model_name="Qwen2-VL", model_path="my_ml_models.models:Qwen2VLModel")  # noqa: E501
+    ModelFactory.register_model(model_name="Qwen2-VL", model_path="my_ml_models.models:Qwen2VLModel")  # noqa: E501  # fmt: skip
     model = ModelFactory.get_model(
         "Qwen2-VL",
         model_init_params={
@@ -237,7 +237,7 @@ def test_entry_point_of_an_installed_package_needs_no_register_call(tmp_path: Pa
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-vlm\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text(
-        '[model_interface.models]\nacme-vlm = acme_vlm.models:AcmeVLM\n'
+        "[model_interface.models]\nacme-vlm = acme_vlm.models:AcmeVLM\n"
     )
     script = textwrap.dedent(
         """

@@ -15,7 +15,7 @@ def test_measure_records_peak_rss_of_the_block() -> None:
         pass
     with measure() as measurement:
         block = bytearray(200 * 2**20)  # 200 MiB, touched so the pages are resident
-        block[:: 4096] = b"x" * len(block[:: 4096])
+        block[::4096] = b"x" * len(block[::4096])
         del block
     assert measurement.peak_rss_mb - baseline.peak_rss_mb > 150
     assert measurement.peak_gpu_mb is None  # no GPU was used
