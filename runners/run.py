@@ -70,6 +70,17 @@ def load_model(model_config: dict[str, Any]) -> tuple[_LoadedModel, bool]:
     return _current_model, False
 
 
+def plain_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain dicts and lists, interpolations resolved; a ``???`` left unset is a
+    :class:`RunnerError` naming the key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise RunnerError(
+            f"{error.full_key} has no value; set it on the command line, e.g. {error.full_key}=..."
+        ) from None
+
+
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run one model on one dataset; write predictions, metrics and environment to output_dir.
 
@@ -89,12 +100,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        settings = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as error:
-        raise RunnerError(
-            f"{error.full_key} has no value; set it on the command line, e.g. {error.full_key}=..."
-        ) from None
+    settings = plain_settings(cfg)
     runner = settings["runner"]
     try:
         metric_names = list(runner["metrics"])

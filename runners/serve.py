@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig
 
 from model_interface.chat import data_url_to_bytes
 from model_interface.images import ImageLoadError, load_image
@@ -406,7 +405,7 @@ def _warn_about_ignored_settings(body: dict, model: ModelInterface, warned: set[
 def serve(cfg: DictConfig) -> None:
     """Load the configured model and serve it until interrupted."""
     from model_interface import ModelCreationError, ModelFactoryError
-    from runners.run import RunnerError, load_model
+    from runners.run import RunnerError, load_model, plain_settings
 
     _require_fastapi()
     try:
@@ -416,12 +415,7 @@ def serve(cfg: DictConfig) -> None:
             f"runners.serve needs uvicorn ({error}); install it with: {INSTALL_HINT}"
         ) from None
 
-    try:
-        settings = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as error:
-        raise RunnerError(
-            f"{error.full_key} has no value; set it on the command line, e.g. {error.full_key}=..."
-        ) from None
+    settings = plain_settings(cfg)
     model_config, options = settings["model"], settings["serve"]
     served_name = (
         options["served_model_name"]
