@@ -7,6 +7,7 @@ framework) happen inside it, so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import logging
@@ -284,10 +285,14 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
 def cli() -> None:
     """``python -m runners.run`` and the ``vlm-run`` command: :func:`main`, then a fast exit.
 
-    With torch and transformers loaded, the interpreter's own teardown takes a second or more
-    and does nothing a finished run needs, so once the model is closed, the files written and
-    the logs flushed, the process leaves at once.
+    With torch and transformers loaded, the interpreter's own teardown (finalising every module)
+    takes a second or more and does nothing a finished run needs, so once the model is closed
+    and the exit handlers have run (log flushing), a single run leaves at once. Sweeps exit
+    normally: their launchers (joblib, submitit) clean up worker resources in finalisers.
     """
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        main()
+        return
     try:
         main()
         code = 0
@@ -295,10 +300,10 @@ def cli() -> None:
         code = exit_request.code
     if _current_model is not None:
         _current_model.model.close()  # engines with worker processes must stop them
-    logging.shutdown()
     if isinstance(code, str):  # sys.exit("message") prints the message and exits with 1
         print(code, file=sys.stderr)
         code = 1
+    atexit._run_exitfuncs()  # what a normal exit runs first: logging.shutdown, ...
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code or 0)

@@ -443,3 +443,19 @@ def test_a_run_is_reproducible_from_its_saved_config(cache_dir, tmp_path) -> Non
         read_predictions(tmp_path / "outputs" / "first")[columns],
         read_predictions(tmp_path / "outputs" / "again")[columns],
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher",
+    [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["hydra/launcher=submitit_local"]],
+)
+def test_sweeps_run_through_the_process_launchers(cache_dir, tmp_path, launcher) -> None:
+    result = run_cli(
+        "--multirun", *launcher, "model=dummy", "dataset=sample_docs,sample_docs_invoices",
+        "runner.limit=3", "run_name=launched", cwd=tmp_path, cache_dir=cache_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = pd.read_csv(tmp_path / "outputs" / "multirun" / "launched" / "summary.csv")
+    assert sorted(summary["dataset"]) == ["sample_docs", "sample_docs_invoices"]
+    assert (summary["n_samples"] == 3).all()
