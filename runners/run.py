@@ -46,8 +46,7 @@ class _LoadedModel:
     peak_gpu_mb: float | None
 
 
-_current_model: _LoadedModel | None = None
-model_loads = 0  # how many times this process loaded a model (sweeps reuse them)
+_current_model: _LoadedModel | None = None  # kept between the jobs of a sweep
 
 
 def load_model(model_config: dict[str, Any]) -> tuple[_LoadedModel, bool]:
@@ -55,7 +54,7 @@ def load_model(model_config: dict[str, Any]) -> tuple[_LoadedModel, bool]:
 
     Returns the loaded model and whether it was reused.
     """
-    global _current_model, model_loads
+    global _current_model
     from model_interface import ModelFactory, measure
 
     key = json.dumps(model_config, sort_keys=True, default=str)
@@ -66,7 +65,6 @@ def load_model(model_config: dict[str, Any]) -> tuple[_LoadedModel, bool]:
         _current_model = None
     with measure() as cost:
         model = ModelFactory.from_config(model_config)
-    model_loads += 1
     _current_model = _LoadedModel(key, model, cost.wall_s, cost.peak_rss_mb, cost.peak_gpu_mb)
     return _current_model, False
 
@@ -107,6 +105,12 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         metric_names = list(runner["metrics"])
         quality.validate_names(metric_names)
         dataset = Dataset.from_config(settings["dataset"])
+        if next(itertools.islice(dataset.samples(), runner["limit"]), None) is None:
+            raise RunnerError(
+                f"dataset {dataset.name!r} has no samples to run: check its filters "
+                f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
+                "dataset.limit and runner.limit"
+            )
         loaded, reused = load_model(settings["model"])
     except (DatasetError, ModelFactoryError, ModelCreationError, ValueError) as error:
         raise RunnerError(str(error)) from error
@@ -131,12 +135,6 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         return ((index, s) for index, s in enumerate(samples) if s.id not in done)
 
     n_todo = sum(1 for _ in todo())  # reads the annotation text only, never an image
-    if not n_todo and not done:
-        raise RunnerError(
-            f"dataset {dataset.name!r} has no samples to run: check its filters "
-            f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
-            "dataset.limit and runner.limit"
-        )
     if done:
         log.info("resuming: %d samples already answered, %d to go", len(done), n_todo)
     log.info(
