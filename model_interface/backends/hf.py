@@ -168,7 +168,8 @@ class HFModel(ModelInterface):
             options["repetition_penalty"] = settings.repetition_penalty
         tokenizer = self.processor.tokenizer
         if self.model.generation_config.pad_token_id is None:
-            options["pad_token_id"] = tokenizer.pad_token_id or tokenizer.eos_token_id
+            pad = tokenizer.pad_token_id
+            options["pad_token_id"] = pad if pad is not None else tokenizer.eos_token_id
         options.update(settings.generation_kwargs)
         return options
 
