@@ -90,24 +90,24 @@ class DecodedImages:
 
     def __init__(self, max_bytes: int, max_images: int, max_pixels: int | None) -> None:
         self.max_bytes, self.max_images, self.max_pixels = max_bytes, max_images, max_pixels
-        self._images: OrderedDict[Path, Image.Image] = OrderedDict()
+        self._images: OrderedDict[Path, tuple[Image.Image, int]] = OrderedDict()  # (picture, bytes)
         self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> Image.Image:
         with self._lock:
-            if (picture := self._images.get(path)) is not None:
+            if (cached := self._images.get(path)) is not None:
                 self._images.move_to_end(path)
-                return picture
+                return cached[0]
         picture = load_image(path, max_pixels=self.max_pixels)
         size = picture.width * picture.height * len(picture.getbands())
         with self._lock:
             if path not in self._images and size <= self.max_bytes:
-                self._images[path] = picture
+                self._images[path] = (picture, size)
                 self._bytes += size
                 while self._bytes > self.max_bytes or len(self._images) > self.max_images:
-                    _, evicted = self._images.popitem(last=False)
-                    self._bytes -= evicted.width * evicted.height * len(evicted.getbands())
+                    _, (_, evicted_size) = self._images.popitem(last=False)
+                    self._bytes -= evicted_size
         return picture
 
 
