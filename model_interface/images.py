@@ -1,18 +1,26 @@
 """One loader for every image input a model may be given.
 
 Callers pass whatever they have (a PIL image, a file path, raw bytes, a numpy array); backends
-call :func:`load_image` and always get an RGB ``PIL.Image`` with its EXIF orientation applied.
+call :func:`load_image` and always get an 8-bit RGB ``PIL.Image`` with its EXIF orientation
+applied. Pictures that PIL's own ``convert("RGB")`` would get wrong are converted first:
+
+* 16-bit and 32-bit integer pictures (16-bit PNG and TIFF scans) are scaled to 8 bits, not
+  clipped (clipping turns almost every pixel white);
+* floating-point pictures with values in [0, 1] are scaled to [0, 255] (else they turn black);
+* transparent pixels are laid on white paper (dropping the alpha channel shows whatever colour
+  the transparent pixels happen to hold, often black).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 ImageInput = Image.Image | str | os.PathLike | bytes | bytearray | Any
 """A PIL image, a file path, encoded image bytes, or an ``HxW`` / ``HxWxC`` uint8 array."""
@@ -51,7 +59,10 @@ def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
     what = describe_image_input(image)
     try:
         picture = _open(image)
-        if max_pixels is not None and picture.width * picture.height > max_pixels:
+        # The limit guards decoding; a picture already decoded in memory has no bomb left in it.
+        not_decoded = isinstance(picture, ImageFile.ImageFile) and bool(picture.tile)
+        too_large = max_pixels is not None and picture.width * picture.height > max_pixels
+        if too_large and not_decoded:
             raise ImageLoadError(
                 f"image {what} is {picture.width}x{picture.height} = "
                 f"{picture.width * picture.height:,} pixels, over the limit of {max_pixels:,}; "
@@ -60,7 +71,7 @@ def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
         if picture.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies otherwise
             picture = ImageOps.exif_transpose(picture)
         if picture.mode != "RGB":
-            picture = picture.convert("RGB")
+            picture = _to_rgb(picture)
         picture.load()
         return picture
     except ImageLoadError:
@@ -82,8 +93,7 @@ def _open(image: ImageInput) -> Image.Image:
         if isinstance(image, Image.Image):
             return image
         if isinstance(image, (str, os.PathLike)):
-            # One read instead of stat + open: most inputs are small files read in full anyway.
-            data = Path(image).read_bytes()
+            data = _read_regular_file(Path(image))
             if not data:
                 raise ImageLoadError(f"image {describe_image_input(image)} is an empty file")
             return Image.open(io.BytesIO(data))
@@ -97,3 +107,61 @@ def _open(image: ImageInput) -> Image.Image:
         f"unsupported image input {describe_image_input(image)}: pass a PIL image, a file path, "
         "encoded image bytes, or a uint8 numpy array"
     )
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes; anything but a regular file (a FIFO, a device) is refused unread.
+
+    Opening with O_NONBLOCK makes opening a FIFO with no writer return at once instead of
+    waiting for one; the type is then checked on the open descriptor, so nothing can be swapped
+    in between the check and the read.
+    """
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError(
+                f"image {describe_image_input(path)} is not a regular file (a FIFO, socket or "
+                "device); image paths must name image files"
+            )
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(descriptor)
+
+
+def _to_rgb(picture: Image.Image) -> Image.Image:
+    """8-bit RGB, scaling deep pictures and laying transparent ones on white (module docstring)."""
+    if picture.mode in ("I", "F") or picture.mode.startswith("I;16"):
+        return _deep_to_8_bit(picture).convert("RGB")
+    if picture.mode == "P" and "transparency" in picture.info:
+        picture = picture.convert("RGBA")
+    if picture.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        paper = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, picture.convert("RGBA")).convert("RGB")
+    return picture.convert("RGB")
+
+
+def _deep_to_8_bit(picture: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or floating-point grayscale picture as 8-bit "L".
+
+    Integer pictures are scaled by the bit depth their values need (16-bit PNGs and TIFFs hold
+    0..65535; a 32-bit "I" picture holding 0..255 is left as it is). Floating-point pictures
+    with every value in [0, 1] are scaled to [0, 255]; others are clipped to [0, 255].
+    """
+    import numpy as np  # only deep pictures pay for the import
+
+    values = np.asarray(picture).astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if picture.mode == "F":
+        scale = 255.0 if low >= 0 and high <= 1 else 1.0
+    elif high <= 255:
+        scale = 1.0
+    elif high <= 65535:
+        scale = 255 / 65535
+    else:
+        scale = 255 / high
+    eight_bit = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight_bit)

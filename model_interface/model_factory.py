@@ -73,9 +73,10 @@ class ModelFactory:
         with cls._lock:
             cls._load_entry_points()
             existing = cls._registry.get(model_name)
+            if existing is not None and existing.target == target:
+                existing.model_class = model_class or existing.model_class
+                return
             if existing is not None and not overwrite:
-                if existing.target == target:
-                    return
                 raise ModelFactoryError(
                     f"model '{model_name}' is already registered as '{existing.target}' "
                     f"({existing.source}); pass overwrite=True to replace it with '{target}', "
@@ -118,21 +119,22 @@ class ModelFactory:
         With a class path the name is (re)bound to it, so the config is the source of truth;
         with only a name, the name must already be registered.
         """
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise ModelFactoryError(
-                f"unknown model config key(s) {unknown}; expected {list(CONFIG_KEYS)}"
-            )
-        class_path = config.get("class_path") or config.get("_target_")
-        name = config.get("name") or class_path
-        if not name:
-            raise ModelFactoryError(
-                "a model config needs 'name' (a registered model) or 'class_path' "
-                "('package.module:Class')"
-            )
-        if class_path:
-            cls.register_model(name, class_path, overwrite=True)
+        name = cls._register_config(config)
         return cls.get_model(name, config.get("init_params") or {})
+
+    @classmethod
+    def config_class(cls, config: Mapping[str, Any]) -> type[ModelInterface]:
+        """The class a model config names, imported (what :meth:`from_config` does first)."""
+        return cls.get_model_class(cls._register_config(config))
+
+    @classmethod
+    def config_target(cls, config: Mapping[str, Any]) -> str:
+        """The ``"module:Class"`` a model config names, found without importing anything."""
+        name, class_path = _name_and_class_path(config)
+        if class_path:
+            return _parse_model_path(name, class_path)[1]
+        with cls._lock:
+            return cls._lookup(name).target
 
     @classmethod
     def list_models(cls) -> list[str]:
@@ -152,6 +154,13 @@ class ModelFactory:
         with cls._lock:
             cls._lookup(model_name)
             del cls._registry[model_name]
+
+    @classmethod
+    def _register_config(cls, config: Mapping[str, Any]) -> str:
+        name, class_path = _name_and_class_path(config)
+        if class_path:
+            cls.register_model(name, class_path, overwrite=True)
+        return name
 
     @classmethod
     def _lookup(cls, model_name: str) -> _Registration:
@@ -181,6 +190,22 @@ class ModelFactory:
                 cls._registry[entry_point.name] = _Registration(
                     entry_point.value.strip(), f"entry point of {distribution}"
                 )
+
+
+def _name_and_class_path(config: Mapping[str, Any]) -> tuple[str, str | None]:
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ModelFactoryError(
+            f"unknown model config key(s) {unknown}; expected {list(CONFIG_KEYS)}"
+        )
+    class_path = config.get("class_path") or config.get("_target_")
+    name = config.get("name") or class_path
+    if not name:
+        raise ModelFactoryError(
+            "a model config needs 'name' (a registered model) or 'class_path' "
+            "('package.module:Class')"
+        )
+    return name, class_path
 
 
 def _parse_model_path(

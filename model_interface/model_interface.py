@@ -99,36 +99,51 @@ class GenerationSettings:
 GENERATION_PARAMETERS = tuple(f.name for f in dataclasses.fields(GenerationSettings))
 
 
-def _accept_prompt_or_question(method: Callable[..., str]) -> Callable[..., str]:
-    """Let callers name the prompt ``prompt=`` or, as older wrappers do, ``question=``.
+def _accept_keyword_calls(method: Callable[..., str]) -> Callable[..., str]:
+    """Let callers pass the image(s) and the prompt by keyword, whatever the subclass named them.
 
-    The call reaches the wrapped method with the text as its second positional argument, so
-    it works whatever the subclass named that parameter.
+    Upstream callers write ``predict_on_image(image=path, question=q)`` or ``prompt=q``, and
+    ``predict_on_images(images=[...], question=q)``; subclasses name their parameters
+    ``question``, ``prompt`` or anything else. The call reaches the wrapped method with the
+    image(s) first and the text second, positionally, so every combination works.
     """
+    image_keyword = "image" if method.__name__ == "predict_on_image" else "images"
 
     @functools.wraps(method)
-    def call(self: ModelInterface, images: Any, *args: Any, **kwargs: Any) -> str:
+    def call(self: ModelInterface, *args: Any, **kwargs: Any) -> str:
+        if not args and image_keyword in kwargs:
+            args = (kwargs.pop(image_keyword),)
         given = [key for key in ("prompt", "question") if key in kwargs]
         if len(given) > 1:
             raise TypeError(f"{method.__name__}() got both prompt= and question=; pass one")
-        if given and not args:
-            args = (kwargs.pop(given[0]),)
-        return method(self, images, *args, **kwargs)
+        if given and len(args) == 1:
+            args = (*args, kwargs.pop(given[0]))
+        return method(self, *args, **kwargs)
 
-    call.__accepts_prompt_or_question__ = True  # type: ignore[attr-defined]
+    call.__accepts_keyword_calls__ = True  # type: ignore[attr-defined]
     return call
 
 
-class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of two methods is required)
+class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of three methods is required)
     """Abstract base of every VLM wrapper: images and a text prompt in, text out.
 
     Subclasses set ``framework`` (as a class attribute, or on the instance as upstream wrappers
-    do after calling ``super().__init__``) and implement ``predict_batch`` or
-    ``predict_on_images``.
+    do) and implement ``predict_batch``, ``predict_on_images`` or, for single-image models,
+    ``predict_on_image``.
+
+    The attributes below have class-level defaults because published upstream wrappers set
+    ``model_name``, ``system_prompt`` and ``cache_dir`` themselves and never call
+    ``super().__init__``; such a wrapper still works everywhere.
     """
 
     framework: str = ""
     """Which inference framework runs the model: "Hugging Face", "vLLM", "SGLang", ..."""
+
+    model_name: str = ""
+    system_prompt: str = ""
+    cache_dir: str = "model_cache"
+    generation: GenerationSettings = GenerationSettings()
+    """Decoding settings; wrappers that skip ``super().__init__`` get the defaults."""
 
     cache_hit: bool | None = None
     """Whether the weights came from ``cache_dir`` without a download; ``None`` if unknown."""
@@ -156,26 +171,34 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of two method
         super().__init_subclass__(**kwargs)
         for name in ("predict_on_image", "predict_on_images"):
             method = cls.__dict__.get(name)
-            if callable(method) and not hasattr(method, "__accepts_prompt_or_question__"):
-                setattr(cls, name, _accept_prompt_or_question(method))
+            if callable(method) and not hasattr(method, "__accepts_keyword_calls__"):
+                setattr(cls, name, _accept_keyword_calls(method))
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ModelInterface:
-        if not (_overrides(cls, "predict_batch") or _overrides(cls, "predict_on_images")):
+        if not any(_overrides(cls, name) for name in PREDICT_METHODS):
             raise TypeError(
                 f"Can't instantiate {cls.__name__}: implement predict_batch(self, requests) "
-                "(batched backends) or predict_on_images(self, images, prompt) (one request "
-                "at a time; predict_on_image then defaults to it)"
+                "(batched backends), predict_on_images(self, images, prompt) (one request at a "
+                "time) or predict_on_image(self, image, prompt) (single-image models)"
             )
         return super().__new__(cls)
 
-    @_accept_prompt_or_question
+    @_accept_keyword_calls
     def predict_on_image(self, image: ImageInput, prompt: str) -> str:
         """Answer ``prompt`` about one image."""
         return self.predict_on_images([image], prompt)
 
-    @_accept_prompt_or_question
+    @_accept_keyword_calls
     def predict_on_images(self, images: Sequence[ImageInput], prompt: str) -> str:
         """Answer ``prompt`` about several images shown together."""
+        if not _overrides(type(self), "predict_batch"):
+            # Only predict_on_image is implemented: one image is all this model can take.
+            if len(images) != 1:
+                raise NotImplementedError(
+                    f"{type(self).__name__} implements only predict_on_image, so it answers "
+                    f"about one image at a time; this request has {len(images)}"
+                )
+            return self.predict_on_image(images[0], prompt)
         (prediction,) = self.predict_batch([PredictionRequest(list(images), prompt)])
         if prediction.error is not None:
             raise RuntimeError(prediction.error)
@@ -211,6 +234,9 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of two method
     def __repr__(self) -> str:
         name = type(self).__name__
         return f"{name}(model_name={self.model_name!r}, framework={self.framework!r})"
+
+
+PREDICT_METHODS = ("predict_batch", "predict_on_images", "predict_on_image")
 
 
 def _overrides(cls: type, name: str) -> bool:

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +118,79 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
 def test_unsupported_type_says_what_is_accepted() -> None:
     with pytest.raises(ImageLoadError, match=r"unsupported image input <int>.*file path"):
         load_image(42)
+
+
+def test_a_16_bit_scan_is_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
+    # A 16-bit grayscale gradient over the whole range, saved as PNG and as TIFF.
+    gradient = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))
+    for name in ("scan.png", "scan.tif"):
+        path = tmp_path / name
+        Image.fromarray(gradient).save(path)
+        assert Image.open(path).mode.startswith("I")
+        picture = np.asarray(load_image(path))
+        expected = np.rint(gradient / 257).astype(np.uint8)
+        assert np.array_equal(picture[..., 0], expected), name
+        assert picture[0, 0, 0] == 0 and picture[0, -1, 0] == 255
+        assert picture[0, 128, 0] == 128  # mid-grey stays mid-grey (clipping made it 255)
+
+
+def test_a_32_bit_integer_picture_holding_8_bit_values_is_left_as_it_is() -> None:
+    values = np.array([[0, 100, 255]], dtype=np.int32)
+    assert np.asarray(load_image(values))[0, :, 0].tolist() == [0, 100, 255]
+
+
+def test_a_float_picture_in_0_1_is_scaled_to_0_255() -> None:
+    values = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    assert np.asarray(load_image(values))[0, :, 0].tolist() == [0, 128, 255]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_are_laid_on_white(mode: str) -> None:
+    # Black text on a transparent page: the transparent pixels hold black, as exporters leave them.
+    page = Image.new(mode, (4, 1), (0, 0, 0, 0) if mode == "RGBA" else (0, 0))
+    page.putpixel((1, 0), (0, 0, 0, 255) if mode == "RGBA" else (0, 255))
+    picture = load_image(page)
+    assert [picture.getpixel((x, 0)) for x in range(3)] == [
+        (255, 255, 255),
+        (0, 0, 0),
+        (255, 255, 255),
+    ]
+
+
+def test_a_palette_picture_with_a_transparent_colour_is_laid_on_white() -> None:
+    page = Image.new("P", (2, 1), 0)
+    page.putpalette([0, 0, 0, 10, 20, 30])
+    page.putpixel((1, 0), 1)
+    page.info["transparency"] = 0
+    picture = load_image(_png_bytes(page))
+    assert picture.getpixel((0, 0)) == (255, 255, 255) and picture.getpixel((1, 0)) == (10, 20, 30)
+
+
+def test_a_fifo_fails_at_once_instead_of_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # should the loader wait for a writer after all, one comes in 5 s
+        with contextlib.suppress(OSError):  # ENXIO: nobody is reading, nothing to unblock
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(5, unblock)
+    timer.daemon = True
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError, match=r"pipe\.png' is not a regular file"):
+        load_image(fifo)
+    timer.cancel()
+    assert time.monotonic() - started < 5
+
+
+def test_a_device_is_refused_unread() -> None:
+    with pytest.raises(ImageLoadError, match=r"'/dev/null' is not a regular file"):
+        load_image("/dev/null")
+
+
+def test_the_pixel_limit_does_not_apply_to_a_picture_already_decoded(red_png: Path) -> None:
+    decoded = load_image(red_png)  # what the runner hands a backend, which loads it again
+    assert load_image(decoded, max_pixels=10) is decoded
+    with pytest.raises(ImageLoadError, match="over the limit of 10"):
+        load_image(Image.open(red_png), max_pixels=10)  # opened, not yet decoded

@@ -88,15 +88,37 @@ def test_error_in_a_prediction_surfaces_from_the_one_request_methods() -> None:
         Failing("m").predict_on_image(Image.new("RGB", (2, 2)), "q")
 
 
-def test_a_subclass_implementing_neither_method_fails_at_construction() -> None:
-    class OnlySingle(ModelInterface):
-        def predict_on_image(self, image, prompt):
-            return ""
+def test_a_subclass_implementing_no_predict_method_fails_at_construction() -> None:
+    class NoMethods(ModelInterface):
+        pass
 
-    with pytest.raises(TypeError, match=r"implement predict_batch.*or predict_on_images"):
-        OnlySingle("m")
+    with pytest.raises(TypeError, match=r"implement predict_batch.*or predict_on_image\("):
+        NoMethods("m")
     with pytest.raises(TypeError, match="implement predict_batch"):
         ModelInterface("m")
+
+
+def test_a_single_image_model_answers_one_image_and_refuses_several() -> None:
+    class OnlySingle(ModelInterface):
+        def predict_on_image(self, image, prompt):
+            return f"one:{prompt}"
+
+    model = OnlySingle("m")
+    assert model.predict_on_images(["a"], "q") == "one:q"
+    assert model.predict_batch([PredictionRequest(["a"], "q")]) == [Prediction("one:q")]
+    with pytest.raises(NotImplementedError, match=r"implements only predict_on_image.*has 2"):
+        model.predict_on_images(["a", "b"], "q")
+
+
+def test_images_and_prompt_may_be_passed_by_keyword_in_any_combination() -> None:
+    model = UpstreamStyle("m", "", "cache")
+    assert model.predict_on_image(image="a.jpg", question="q") == "one:a.jpg:q"
+    assert model.predict_on_image(image="a.jpg", prompt="q") == "one:a.jpg:q"
+    assert model.predict_on_images(images=["a", "b"], question="q") == "many:2:q"
+    assert model.predict_on_images(images=["a", "b"], prompt="q") == "many:2:q"
+    batch = BatchOnly("m")
+    assert batch.predict_on_image(image="x", question="q") == "1:q"
+    assert batch.predict_on_images(images=["x", "y"], prompt="q") == "2:q"
 
 
 def test_defaults_and_generation_settings() -> None:
