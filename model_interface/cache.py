@@ -8,15 +8,17 @@ Every backend loads from a local directory. :func:`resolve_model` turns a model 
 4. otherwise it is downloaded into ``cache_dir`` (unless offline), or a clear error says how
    to fetch it.
 
-Command line, for preparing an offline cache on a machine with internet::
+Command line, for preparing an offline cache on a machine with internet (``--cache-dir``
+defaults to the runner's cache, :func:`default_cache_dir`)::
 
-    python -m model_interface.cache download Qwen/Qwen2-VL-2B-Instruct --cache-dir model_cache
-    python -m model_interface.cache list --cache-dir model_cache
+    python -m model_interface.cache download Qwen/Qwen2-VL-2B-Instruct
+    python -m model_interface.cache list
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from dataclasses import dataclass
@@ -40,6 +42,14 @@ class ModelNotCachedError(FileNotFoundError):
     """The model is not in ``cache_dir`` and can't be downloaded now."""
 
 
+def default_cache_dir() -> str:
+    """Where the runner keeps weights: ``$MODEL_INTERFACE_CACHE``, else
+    ``~/.cache/model_interface``."""
+    return os.environ.get("MODEL_INTERFACE_CACHE") or str(
+        Path.home() / ".cache" / "model_interface"
+    )
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     path: str
@@ -57,6 +67,7 @@ def resolve_model(
     if tiny.is_tiny_model(model_name):
         built_before = tiny.tiny_model_dir(model_name, cache_dir).is_dir()
         return ResolvedModel(str(tiny.ensure_tiny_model(model_name, cache_dir)), built_before)
+    _refuse_a_misspelt_tiny_name(model_name)
 
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
@@ -93,6 +104,19 @@ def resolve_model(
             f"failed ({type(error).__name__}: {error}). {how_to_fetch}"
         ) from error
     return ResolvedModel(path, cache_hit=False)
+
+
+def _refuse_a_misspelt_tiny_name(model_name: str) -> None:
+    """A name like ``tiny-qwen2vl`` is a typo, not a hub repo to look up."""
+    if "/" in model_name:
+        return
+    close = difflib.get_close_matches(model_name, tiny.TINY_MODEL_NAMES, n=1, cutoff=0.8)
+    if close or model_name.startswith("tiny-"):
+        suggestion = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelNotCachedError(
+            f"model {model_name!r} is not a tiny model; {suggestion}tiny models: "
+            f"{', '.join(tiny.TINY_MODEL_NAMES)}"
+        )
 
 
 def download(model_name: str, cache_dir: str | os.PathLike, *, revision: str | None = None) -> str:
@@ -144,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("download", help="download a hub model (or build a tiny one)")
     fetch.add_argument("model", help="hub repo id, e.g. Qwen/Qwen2-VL-2B-Instruct, or tiny-*")
-    fetch.add_argument("--cache-dir", default="model_cache")
+    cache_help = "default: $MODEL_INTERFACE_CACHE, else ~/.cache/model_interface (%(default)s)"
+    fetch.add_argument("--cache-dir", default=default_cache_dir(), help=cache_help)
     fetch.add_argument("--revision", default=None)
     show = commands.add_parser("list", help="list the models in a cache_dir and their sizes")
-    show.add_argument("--cache-dir", default="model_cache")
+    show.add_argument("--cache-dir", default=default_cache_dir(), help=cache_help)
     args = parser.parse_args(argv)
 
     if args.command == "download":

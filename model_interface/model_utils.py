@@ -6,6 +6,7 @@ already imported torch and initialised CUDA, so measuring a CPU-only run stays c
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import threading
@@ -52,9 +53,11 @@ def measure(*, sample_gpu_every_s: float = 0.05) -> Iterator[Measurement]:
     Wall time is ``perf_counter``, with CUDA synchronised at both ends when torch uses a GPU.
     Peak RSS is the block's own peak on Linux (the kernel's high-water mark is reset at the
     start); elsewhere it is the process's lifetime peak. Peak GPU memory is the larger of
-    torch's peak allocation in this process and, where NVML is installed, the device's used
-    memory sampled every ``sample_gpu_every_s`` (which also sees worker processes, as vLLM
-    and SGLang use).
+    torch's peak allocation in this process and, where NVML is installed, the memory NVML
+    sees this process and its child processes (vLLM's and SGLang's workers) use on the
+    physical GPU behind torch's current device, sampled every ``sample_gpu_every_s``. Other
+    users of the same GPU are not counted. Where NVML can't see this process (a container
+    with its own process ids), only torch's figure is left.
     """
     measurement = Measurement()
     cuda = _cuda_in_use()
@@ -104,7 +107,7 @@ def _peak_rss_mb() -> float:
 
 
 class _NvmlPeakSampler:
-    """Samples the current CUDA device's used memory in a daemon thread."""
+    """Samples the GPU memory this process tree uses on one device, in a daemon thread."""
 
     def __init__(self, nvml: Any, handle: Any, every_s: float) -> None:
         self._nvml, self._handle, self._every_s = nvml, handle, every_s
@@ -118,8 +121,7 @@ class _NvmlPeakSampler:
             import pynvml  # provided by the nvidia-ml-py package
 
             pynvml.nvmlInit()
-            torch = sys.modules["torch"]
-            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            handle = _nvml_handle(pynvml, sys.modules["torch"])
         except Exception:  # NVML missing or unusable: torch's own counter still applies
             return None
         sampler = cls(pynvml, handle, every_s)
@@ -128,7 +130,8 @@ class _NvmlPeakSampler:
 
     def _run(self) -> None:
         while True:
-            used = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used
+            processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+            used = memory_of_processes(processes, process_tree(os.getpid()))
             self._peak_bytes = max(self._peak_bytes, used)
             if self._done.wait(self._every_s):
                 return
@@ -137,3 +140,56 @@ class _NvmlPeakSampler:
         self._done.set()
         self._thread.join()
         return self._peak_bytes / 2**20
+
+
+def _nvml_handle(nvml: Any, torch: Any) -> Any:
+    """NVML's handle for the physical GPU behind torch's current CUDA device.
+
+    The GPU's UUID names it unambiguously; where torch can't give one, the index is mapped
+    through ``CUDA_VISIBLE_DEVICES`` (device 0 of ``CUDA_VISIBLE_DEVICES=2,3`` is GPU 2).
+    """
+    index = torch.cuda.current_device()
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is not None:
+        try:
+            return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        except Exception:  # e.g. a MIG slice, whose UUID NVML names differently
+            pass
+    physical = physical_device(os.environ.get("CUDA_VISIBLE_DEVICES"), index)
+    if isinstance(physical, str):
+        return nvml.nvmlDeviceGetHandleByUUID(physical)
+    return nvml.nvmlDeviceGetHandleByIndex(physical)
+
+
+def physical_device(cuda_visible_devices: str | None, index: int) -> int | str:
+    """The GPU that CUDA device ``index`` is: an NVML index, or a ``GPU-…``/``MIG-…`` UUID."""
+    if cuda_visible_devices is None or not cuda_visible_devices.strip():
+        return index
+    entries = [entry.strip() for entry in cuda_visible_devices.split(",")]
+    entry = entries[index]
+    return int(entry) if entry.isdigit() else entry
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process descended from it (Linux ``/proc``; just ``root`` elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (field 2) may hold spaces and parentheses; the parent id is the
+            # second field after its closing parenthesis.
+            fields = stat_file.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    tree, pending = {root}, [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                pending.append(child)
+    return tree
+
+
+def memory_of_processes(processes: Any, pids: set[int]) -> int:
+    """Bytes of GPU memory used by the processes in ``pids``, from NVML's process list."""
+    return sum(process.usedGpuMemory or 0 for process in processes if process.pid in pids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -52,3 +53,33 @@ def test_list_shows_tiny_and_hub_models_with_sizes(model_cache: Path, tmp_path: 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("acme/tiny-vl") and ("KB" in lines[0] or "MB" in lines[0])
     assert lines[1].startswith("tiny-gemma3")
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("tiny-qwen2vl", "tiny-qwen2-vl"),
+                                             ("tiny_llava", "tiny-llava"),
+                                             ("tiny-qwen25-vl", "tiny-qwen2.5-vl")])  # fmt: skip
+def test_a_misspelt_tiny_name_suggests_the_closest_instead_of_asking_the_hub(
+    tmp_path: Path, typo: str, meant: str
+) -> None:
+    with pytest.raises(ModelNotCachedError, match=f"did you mean '{re.escape(meant)}'"):
+        resolve_model(typo, tmp_path)
+    with pytest.raises(
+        ModelNotCachedError, match="is not a tiny model; tiny models: tiny-qwen2-vl"
+    ):
+        resolve_model("tiny-something-else", tmp_path)
+
+
+def test_the_command_line_defaults_to_the_runners_cache_dir(
+    model_cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    tiny.ensure_tiny_model("tiny-llava", model_cache)
+    monkeypatch.chdir(tmp_path)  # the old default, ./model_cache, would be empty here
+    monkeypatch.setenv("MODEL_INTERFACE_CACHE", str(model_cache))
+    assert main(["list"]) == 0
+    assert "tiny-llava" in capsys.readouterr().out
+    monkeypatch.delenv("MODEL_INTERFACE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["download", "tiny-llava"]) == 0
+    built = tmp_path / "home" / ".cache" / "model_interface"
+    assert f"tiny-llava: fetched at {built}" in capsys.readouterr().out
+    assert not (tmp_path / "model_cache").exists()

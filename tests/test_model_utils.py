@@ -1,8 +1,20 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from collections import namedtuple
 
-from model_interface.model_utils import measure, measure_inference_time
+import pytest
+
+from model_interface.model_utils import (
+    measure,
+    measure_inference_time,
+    memory_of_processes,
+    physical_device,
+    process_tree,
+)
 
 
 def test_measure_inference_time_returns_the_wall_time() -> None:
@@ -20,3 +32,53 @@ def test_measure_records_peak_rss_of_the_block() -> None:
     assert measurement.peak_rss_mb - baseline.peak_rss_mb > 150
     assert measurement.peak_gpu_mb is None  # no GPU was used
     assert set(measurement.as_dict()) == {"wall_s", "peak_rss_mb", "peak_gpu_mb"}
+
+
+@pytest.mark.parametrize(
+    ("visible", "index", "expected"),
+    [
+        (None, 1, 1),
+        ("", 0, 0),
+        ("2,3", 0, 2),
+        ("2, 3", 1, 3),
+        (
+            "GPU-8f6a2c1e-0000-1111-2222-333344445555,1",
+            0,
+            "GPU-8f6a2c1e-0000-1111-2222-333344445555",
+        ),
+        ("MIG-0c5f,3", 1, 3),
+    ],
+)
+def test_the_physical_gpu_behind_cuda_visible_devices(visible, index, expected) -> None:
+    assert physical_device(visible, index) == expected
+
+
+def test_the_process_tree_holds_this_process_and_its_children_only() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tree = process_tree(os.getpid())
+        assert os.getpid() in tree and child.pid in tree
+        assert os.getppid() not in tree
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_gpu_memory_counts_only_the_given_processes() -> None:
+    # The records NVML's nvmlDeviceGetComputeRunningProcesses returns: pid and usedGpuMemory
+    # (None where the driver can't tell).
+    Process = namedtuple("Process", "pid usedGpuMemory")
+    processes = [Process(10, 3 * 2**30), Process(11, 2**30), Process(99, 40 * 2**30),
+                 Process(12, None)]  # fmt: skip
+    assert memory_of_processes(processes, {10, 11, 12}) == 4 * 2**30
+    assert memory_of_processes(processes, {7}) == 0
+
+
+@pytest.mark.gpu
+def test_measure_sees_this_process_gpu_memory_on_its_own_device() -> None:
+    import torch
+
+    with measure() as measurement:
+        block = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+        del block
+    assert measurement.peak_gpu_mb is not None and measurement.peak_gpu_mb >= 512
