@@ -1,80 +1,176 @@
-"""Hydra callbacks: a summary of every job when a sweep ends."""
+"""Sweeps: each job's record, and the summary of every job when a sweep ends.
+
+A sweep's jobs may run in this process, in joblib workers or on SLURM nodes, so they report
+through files. When the sweep starts, ``sweep.json`` at its root gets a fresh id. Each job
+writes ``job.json`` in its directory when it starts (status ``running``) and when it ends
+(``ok``, ``too_many_errors`` or ``failed`` with the error), and a job that fails does not stop
+the others. At the end, ``summary.csv`` holds one row per job of *this* sweep (by the id, so
+folders left by an earlier sweep with the same run_name are ignored), ordered by job number;
+the sweep exits with status 1 if any job did not end ``ok``.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from runners.config import RunnerError
+from runners.outputs import read_json, write_json
 
 log = logging.getLogger(__name__)
 
+SWEEP_FILE = "sweep.json"
+JOB_FILE = "job.json"
+
 
 class SweepSummary(Callback):
-    """Writes summary.csv (every job's metrics row) and summary.png at the sweep root."""
+    """Marks the sweep when it starts; writes summary.csv and summary.png when it ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(sweep_dir / SWEEP_FILE, {"id": uuid.uuid4().hex, "started": started})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = write_summary(sweep_dir)
         if summary is None:
-            log.warning("no metrics.csv found under %s; nothing to summarise", sweep_dir)
+            log.warning("no job of this sweep left a record under %s", sweep_dir)
             return
-        failed = summary[summary["status"] != "ok"]
         log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.csv", len(summary))
+        failed = summary[summary["status"] != "ok"]
         if len(failed):
             log.error(
-                "%d job(s) exceeded runner.max_error_rate: %s",
+                "%d of %d jobs did not end ok: %s",
                 len(failed),
-                ", ".join(f"{row.model} on {row.dataset}" for row in failed.itertuples()),
+                len(summary),
+                "; ".join(f"{row.job}: {row.status}" for row in failed.itertuples()),
             )
             raise SystemExit(1)
 
 
+def run_sweep_job(
+    run: Callable[[DictConfig, Path], dict[str, Any]],
+    cfg: DictConfig,
+    output_dir: Path,
+    hydra_config: Any,
+) -> dict[str, Any] | None:
+    """Run one job of a sweep with ``run``; whatever happens, record how it ended in job.json.
+
+    A job that fails (a model that can't load, a bad dataset, a crash) logs why and returns,
+    so the launcher goes on to the next job.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sweep_file = Path(hydra_config.sweep.dir) / SWEEP_FILE
+    record = {
+        "sweep_id": read_json(sweep_file)["id"] if sweep_file.is_file() else None,
+        "num": int(hydra_config.job.num),
+        "job": output_dir.name,
+        "overrides": list(hydra_config.overrides.task),
+        "model": _config_value(cfg, "model.init_params.model_name", "model.name"),
+        "dataset": _config_value(cfg, "dataset.name", "dataset.root"),
+        "status": "running",
+        "error": "",
+    }
+    write_json(output_dir / JOB_FILE, record)
+    row = None
+    try:
+        row = run(cfg, output_dir)
+        record["status"] = row["status"]
+    except RunnerError as error:
+        log.error("%s", error)
+        record.update(status="failed", error=str(error))
+    except Exception as error:  # one job's crash must not cost the sweep its other jobs
+        log.exception("job %s failed", output_dir.name)
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    write_json(output_dir / JOB_FILE, record)
+    return row
+
+
 def write_summary(sweep_dir: Path) -> Any:
-    """Concatenate the jobs' metrics.csv into summary.csv and plot summary.png."""
+    """summary.csv (one row per job of this sweep, by job number) and summary.png."""
     import pandas as pd
 
-    files = sorted(sweep_dir.glob("*/metrics.csv"))
-    if not files:
+    sweep_file = sweep_dir / SWEEP_FILE
+    sweep_id = read_json(sweep_file)["id"] if sweep_file.is_file() else None
+    rows = []
+    for job_file in sweep_dir.rglob(JOB_FILE):
+        job = read_json(job_file)
+        if job.get("sweep_id") != sweep_id:
+            continue  # left by an earlier sweep into the same directory
+        row = {key: job[key] for key in ("num", "job", "status", "error", "model", "dataset")}
+        metrics_file = job_file.parent / "metrics.csv"
+        if job["status"] in ("ok", "too_many_errors") and metrics_file.is_file():
+            metrics = pd.read_csv(metrics_file).iloc[0].to_dict()
+            row.update({key: value for key, value in metrics.items() if key != "status"})
+        rows.append(row)
+    if not rows:
         return None
-    summary = pd.concat(
-        [pd.read_csv(path).assign(job=path.parent.name) for path in files], ignore_index=True
-    )
+    summary = pd.DataFrame(rows).sort_values("num", kind="stable").reset_index(drop=True)
+    summary = summary.convert_dtypes()  # integer columns stay integers beside a failed job
     summary.to_csv(sweep_dir / "summary.csv", index=False)
     plot_summary(summary, sweep_dir / "summary.png")
     return summary
+
+
+def _config_value(cfg: DictConfig, *keys: str) -> str:
+    """The first of ``keys`` set in ``cfg``, as text (a failed job's config may be incomplete)."""
+    for key in keys:
+        try:
+            value = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # an interpolation that can't be resolved
+            continue
+        if value not in (None, "", "???"):
+            return str(value)
+    return ""
 
 
 QUALITY_PREFERENCE = ("anls", "exact_match", "cer", "wer")
 
 
 def plot_summary(summary: Any, path: Path) -> None:
-    """Quality against mean latency, one point per job, labelled model @ dataset."""
+    """summary.png: :func:`summary_figure` saved."""
+    import matplotlib.pyplot as plt
+
+    figure = summary_figure(summary)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def summary_figure(summary: Any) -> Any:
+    """Quality against model time per sample: one point per job, labelled with its name."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
     quality = next((name for name in QUALITY_PREFERENCE if name in summary), None)
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for model, jobs in summary.groupby("model"):
-        y = jobs[quality] if quality else [0] * len(jobs)
-        axes.scatter(jobs["latency_mean_s"], y, label=model, s=40)
-        for job in jobs.itertuples():
-            axes.annotate(
-                str(job.dataset),
-                (job.latency_mean_s, getattr(job, quality) if quality else 0),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-    axes.set_xlabel("mean latency per sample (s)")
-    axes.set_ylabel(quality or "(no quality metric)")
-    axes.set_title("quality vs latency per model and dataset")
-    axes.legend(fontsize=8)
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
+    finished = summary.dropna(subset=[c for c in ("s_per_sample", quality) if c in summary])
+    if quality is not None and "s_per_sample" in finished:
+        for model, jobs in finished.groupby("model"):
+            axes.scatter(jobs["s_per_sample"], jobs[quality], label=model, s=40)
+            for job in jobs.itertuples():
+                axes.annotate(str(job.job), (job.s_per_sample, getattr(job, quality)),
+                              fontsize=7, xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        top = max(finished[quality].max(), 1.0 if quality in ("anls", "exact_match") else 0.0)
+        axes.set_ylim(0, top * 1.05 if math.isfinite(top) and top > 0 else 1)
+        axes.set_xlim(left=0)
+        axes.legend(fontsize=8, title="model")
+    failed = len(summary) - len(finished)
+    axes.set_xlabel("model seconds per sample (model time / samples that reached the model)")
+    axes.set_ylabel(f"{quality}, mean over samples" if quality else "(no quality metric)")
+    note = f"; {failed} job(s) without results not shown" if failed else ""
+    axes.set_title(f"quality against model time, one point per job{note}", fontsize=10)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure

@@ -13,12 +13,17 @@ Formats:
 * ``jsonl``: one object per line with the same keys as ``csv``; ``image`` a string or a list.
 
 Image paths are relative to the dataset root and may not leave it.
+
+An answer may list several acceptable answers, scored by the best match: a JSON list in JSONL
+(``"answer": ["10", "ten"]``), or a cell holding a JSON array of strings in the CSV formats
+(``["10", "ten"]``; anything else in a cell, ``[1, 2]`` included, is one answer as written).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import itertools
 import json
 import random
@@ -36,12 +41,16 @@ class DatasetError(ValueError):
     """The dataset can't be read as configured; the message says what to fix."""
 
 
+Reference = str | tuple[str, ...]  # one answer, or several acceptable ones
+
+
 @dataclass(frozen=True)
 class Sample:
     id: str
+    position: int  # 0-based, among the annotation file's records: stable whatever is filtered
     images: tuple[str, ...]  # as written in the dataset, relative to its root
     prompt: str  # after the prompt template
-    reference: str | None  # ground-truth answer, if the dataset has one
+    reference: Reference | None  # ground-truth answer(s), if the dataset has any
     split: str | None = None
     doc_class: str | None = None
     question_type: str | None = None
@@ -132,6 +141,26 @@ class Dataset:
                 dataset._csv_reader(handle)  # a wrong header or separator fails here, early
         return dataset
 
+    def check(self) -> int:
+        """Read every record of the annotation file (text only, no image) and count them.
+
+        Raises :class:`DatasetError` for the first bad record or duplicate id anywhere in the
+        file, filtered out or not, so that a mistake never surfaces halfway through a run.
+        """
+        return sum(1 for _ in self._read())
+
+    def references(self) -> dict[str, Reference | None]:
+        """Every sample's reference answer(s) by id, over the whole file (filters ignored)."""
+        return {sample.id: sample.reference for sample in self._read()}
+
+    def content_sha256(self) -> str:
+        """The annotation file's hash: a run's answers belong to exactly this content."""
+        digest = hashlib.sha256()
+        with self.file.open("rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
     def samples(self) -> Iterator[Sample]:
         """The dataset's samples after filters, shuffling and ``limit``."""
         samples = filter(self._keep, self._read())
@@ -162,7 +191,7 @@ class Dataset:
     def _read(self) -> Iterator[Sample]:
         spec = FORMATS[self.format]
         seen: set[str] = set()
-        for line, row in self._rows():
+        for position, (line, row) in enumerate(self._rows()):
             where = f"{self.file.name} line {line}"
             if None in row:  # csv.DictReader files surplus fields under the key None
                 raise DatasetError(
@@ -188,9 +217,10 @@ class Dataset:
             seen.add(sample_id)
             yield Sample(
                 id=sample_id,
+                position=position,
                 images=_image_list(fields["images"], where),
                 prompt=self._render_prompt(row, str(fields["prompt"]), where),
-                reference=None if fields["reference"] is None else str(fields["reference"]),
+                reference=_reference(fields["reference"], where),
                 **{name: _optional_str(row.get(name)) for name in FILTER_FIELDS},
             )
 
@@ -269,6 +299,46 @@ def _image_list(value: Any, where: str) -> tuple[str, ...]:
     if not images or not all(images):
         raise DatasetError(f"{where}: a sample needs at least one image path, got {value!r}")
     return images
+
+
+def _reference(value: Any, where: str) -> Reference | None:
+    """A dataset's answer as one string or a tuple of acceptable ones (module docstring)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return decode_reference(value)
+    if isinstance(value, list):  # JSONL
+        if not value or not all(isinstance(item, (str, int, float)) for item in value):
+            raise DatasetError(
+                f"{where}: an answer list must hold at least one string or number, got {value!r}"
+            )
+        return tuple(str(item) for item in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DatasetError(
+        f"{where}: the answer must be a string, a number or a list of acceptable answers, "
+        f"got {type(value).__name__} {value!r}"
+    )
+
+
+def decode_reference(text: str) -> Reference:
+    """A CSV cell's answer: a JSON array of strings is a list of acceptable answers."""
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        try:
+            items = json.loads(stripped)
+        except json.JSONDecodeError:
+            return text
+        if items and all(isinstance(item, str) for item in items):
+            return tuple(items)
+    return text
+
+
+def encode_reference(reference: Reference | None) -> str | None:
+    """A reference for a CSV cell: a list of acceptable answers as a JSON array."""
+    if isinstance(reference, tuple):
+        return json.dumps(list(reference), ensure_ascii=False)
+    return reference
 
 
 def _as_list(value: Any) -> list[Any]:

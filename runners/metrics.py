@@ -192,29 +192,37 @@ GROUP_COLUMNS = ("doc_class", "question_type")
 
 
 class RunTally:
-    """What metrics.csv reports, gathered row by row as predictions are written.
+    """What metrics.csv reports, gathered from the rows of predictions.csv, one at a time.
 
-    Rows carried over from an interrupted attempt count in sample, error and quality figures;
-    only the rows answered in this run count in token and throughput figures.
+    Everything comes from what the rows record, so the figures describe the whole run directory
+    however many attempts it took, and a resume with nothing left to do reproduces them:
+
+    * a row with ``batch_size`` 0 failed before the model (its image could not be loaded);
+    * every other row reached the model in a call of ``batch_size`` requests that took
+      ``call_s`` seconds, so it accounts for ``call_s / batch_size`` of model time.
     """
 
     def __init__(self, metric_names: Sequence[str]) -> None:
         self.metric_names = list(metric_names)
         self.quality = QualitySummary(metric_names)
-        self.n_samples = self.n_errors = self.n_processed = 0
+        self.n_samples = self.n_input_errors = self.n_model_errors = 0
+        self.model_s = 0.0
         self.prompt_tokens = self.completion_tokens = 0
-        self.latencies = array("d")  # one float per answered sample: 8 bytes each
+        self.call_times = array("d")  # one float per sample that reached the model
 
-    def add(self, row: Mapping[str, Any], *, processed: bool) -> None:
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Count one scored row of predictions.csv."""
         self.n_samples += 1
-        if row["error"]:
-            self.n_errors += 1
-        elif (latency := _number(row["latency_s"])) is not None:
-            self.latencies.append(latency)
-        if processed:
-            self.n_processed += 1
-            self.prompt_tokens += int(_number(row["prompt_tokens"]) or 0)
-            self.completion_tokens += int(_number(row["completion_tokens"]) or 0)
+        batch_size = int(_number(row["batch_size"]) or 0)
+        if batch_size == 0:
+            self.n_input_errors += 1
+        else:
+            call_s = _number(row["call_s"]) or 0.0
+            self.call_times.append(call_s)
+            self.model_s += call_s / batch_size
+            self.n_model_errors += bool(row["error"])
+        self.prompt_tokens += int(_number(row["prompt_tokens"]) or 0)
+        self.completion_tokens += int(_number(row["completion_tokens"]) or 0)
         scores = {name: _number(row.get(name)) for name in self.metric_names}
         group = tuple(str(row.get(column) or "") for column in GROUP_COLUMNS)
         self.quality.add(
@@ -222,25 +230,28 @@ class RunTally:
             group if any(group) else (),
         )
 
-    def latency_stats(self) -> dict[str, float]:
-        values = sorted(self.latencies)
-        if not values:
-            return {
-                "latency_mean_s": math.nan,
-                "latency_p50_s": math.nan,
-                "latency_p95_s": math.nan,
-            }
-        # statistics.quantiles' "inclusive" method is numpy's and pandas' default interpolation.
-        cuts = (
-            statistics.quantiles(values, n=100, method="inclusive")
-            if len(values) > 1
-            else values * 99
-        )
-        return {
-            "latency_mean_s": statistics.fmean(values),
-            "latency_p50_s": statistics.median(values),
-            "latency_p95_s": cuts[94],
+    def summary(self) -> dict[str, Any]:
+        """Counts, timing and token figures, then each metric's mean over all rows."""
+        n_errors = self.n_input_errors + self.n_model_errors
+        reached = len(self.call_times)
+        model_s = self.model_s
+        row = {
+            "n_samples": self.n_samples,
+            "n_errors": n_errors,
+            "n_input_errors": self.n_input_errors,
+            "n_model_errors": self.n_model_errors,
+            "error_rate": n_errors / self.n_samples if self.n_samples else 0.0,
+            "model_s": model_s,
+            "s_per_sample": model_s / reached if reached else math.nan,
+            "samples_per_s": reached / model_s if model_s else math.nan,
+            **_percentiles(self.call_times),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": self.completion_tokens / model_s if model_s else math.nan,
         }
+        overall = self.quality.overall()
+        row.update({name: overall[name] for name in self.metric_names})
+        return row
 
     def groups(self) -> list[dict[str, Any]]:
         """Quality per (doc_class, question_type), when the dataset has them."""
@@ -248,6 +259,17 @@ class RunTally:
             {**dict(zip(GROUP_COLUMNS, group, strict=True)), **row}
             for group, row in self.quality.groups()
         ]
+
+
+def _percentiles(call_times: Sequence[float]) -> dict[str, float]:
+    values = sorted(call_times)
+    if not values:
+        return {"call_p50_s": math.nan, "call_p95_s": math.nan}
+    # statistics.quantiles' "inclusive" method is numpy's and pandas' default interpolation.
+    cuts = (
+        statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
+    )
+    return {"call_p50_s": statistics.median(values), "call_p95_s": cuts[94]}
 
 
 def _number(value: Any) -> float | None:

@@ -1,12 +1,27 @@
-"""The files a run writes: predictions.csv (append-only, resumable), environment.json.
+"""The run directory: every file a run writes, and the readers of those files.
 
-predictions.csv is written one batch at a time, each batch a single ``write`` followed by a
-flush, so a run killed at any point (even ``kill -9``) loses at most the batch in flight. A torn
-last row, if the kill hit mid-write, is detected and dropped when the run resumes.
+A run directory holds:
+
+* ``fingerprint.json``: what decides the run's answers (:mod:`runners.fingerprint`);
+* ``predictions.csv``: one row per sample (:data:`PREDICTION_COLUMNS`, then one column per
+  quality metric), in dataset order once the run ends;
+* ``metrics.csv``: one row of counts, timing, resources and mean quality;
+* ``metrics_by_group.csv``: quality per document class and question type;
+* ``environment.json``: versions, device, git commit, seed;
+* ``job.json`` (sweep jobs only): the job's number, status and error, for the sweep summary;
+* ``.hydra/``: Hydra's record of the config, enough to reproduce the run.
+
+predictions.csv is appended to one batch at a time, each batch written in full before the next,
+so a run killed at any point (``kill -9``, a full disk) loses at most the batch in flight; a
+torn last row, even one cut inside a multi-byte character, is dropped when the run resumes.
+Every other file is written to a temporary file and renamed over the old one, so it is
+either complete or as it was. A write that fails (a full disk) ends the run with one line
+naming the file, and leaves no temporary file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -16,10 +31,12 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from runners.config import RunnerError
 
 PREDICTION_COLUMNS = [
     "sample_id",
@@ -31,7 +48,7 @@ PREDICTION_COLUMNS = [
     "prompt",
     "prediction",
     "reference",
-    "latency_s",
+    "call_s",
     "batch_size",
     "prompt_tokens",
     "completion_tokens",
@@ -40,6 +57,9 @@ PREDICTION_COLUMNS = [
     "doc_class",
     "question_type",
 ]
+
+# Python's default (131,072 characters) is less than a long generated answer can be.
+_FIELD_SIZE_LIMIT = 2**31 - 1
 
 # Versions recorded in environment.json, by distribution name.
 RECORDED_PACKAGES = [
@@ -66,17 +86,16 @@ RECORDED_PACKAGES = [
 class PredictionsFile:
     """predictions.csv of one run: resumable, appended to batch by batch.
 
-    It remembers where each row starts in the file, so :meth:`finish` can put the rows back in
-    dataset order with memory for three integers per row, not the rows themselves.
+    It remembers where each row starts in the file, so rows can be read back in dataset order
+    (:meth:`rewrite_in_order`) with memory for three integers per row, not the rows themselves.
     """
 
-    def __init__(self, path: Path, columns: Sequence[str], order_by: str = "sample_index") -> None:
+    def __init__(self, path: Path, columns: Sequence[str] = PREDICTION_COLUMNS) -> None:
         self.path = path
         self.columns = list(columns)
-        self.order_by = order_by
-        self._records: list[tuple[int, int, int]] = []  # (order, offset, length) per row
+        self._records: list[tuple[int, int, int]] = []  # (sample_index, offset, length) per row
         self._size = 0
-        self._handle: BinaryIO | None = None
+        self._descriptor: int | None = None
         self._buffer = io.StringIO()
         self._writer = csv.DictWriter(self._buffer, fieldnames=self.columns, extrasaction="ignore")
 
@@ -85,58 +104,69 @@ class PredictionsFile:
 
         With ``resume``, rows from an earlier attempt are kept except failed ones (so they are
         tried again) and a torn last row; without it, an existing file is an error, so that no
-        sample is ever written twice.
+        sample is ever written twice. Columns the file has beyond :attr:`columns` (an earlier
+        attempt's metric scores) are dropped: scores are recomputed when the run ends.
         """
         kept: list[dict[str, str]] = []
         if self.path.exists():
             if not resume:
-                raise FileExistsError(
+                raise RunnerError(
                     f"{self.path} exists; pass runner.resume=true to continue that run, or "
                     "choose another run_name / hydra.run.dir"
                 )
             kept = [row for row in read_complete_rows(self.path) if not row.get("error")]
-        temporary = self.path.with_suffix(".csv.tmp")
-        with temporary.open("wb") as handle:
-            handle.write(self._encode_header())
-            self._size = handle.tell()
-            handle.write(self._encode(kept))
-        os.replace(temporary, self.path)
-        self._handle = self.path.open("ab")
+        self._records, self._size = [], 0
+        replace_atomically(self.path, lambda handle: self._write_rows(handle, kept))
+        self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         return kept
 
     def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Write rows in one ``write`` call and flush it to the operating system."""
-        assert self._handle is not None, "open() first"
-        self._handle.write(self._encode(rows))
-        self._handle.flush()
+        """Write rows to the end of the file, each batch handed to the operating system whole."""
+        assert self._descriptor is not None, "open() first"
+        data = self._encode(rows)
+        try:
+            _write_all(self._descriptor, data)
+        except OSError as error:
+            self.close()
+            raise write_error(self.path, error) from None
 
-    def finish(self) -> None:
-        """Close the file, rewritten in dataset order if the rows were written out of order."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+    def close(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def rewrite_in_order(
+        self, transform: Callable[[dict[str, str]], dict[str, Any]], columns: Sequence[str]
+    ) -> None:
+        """Rewrite the file in ``sample_index`` order, each row passed through ``transform`` and
+        written with ``columns``. Reads one row at a time."""
+        self.close()
         ordered = sorted(self._records)
-        if ordered == self._records:
-            return
-        temporary = self.path.with_suffix(".csv.tmp")
-        with self.path.open("rb") as source, temporary.open("wb") as target:
-            target.write(self._encode_header())
-            for _, offset, length in ordered:
-                source.seek(offset)
-                target.write(source.read(length))
-        os.replace(temporary, self.path)
-        self._records = ordered
 
-    def _encode_header(self) -> bytes:
+        def rows_in_order() -> Iterator[dict[str, Any]]:
+            with self.path.open("rb") as source:
+                for _, offset, length in ordered:
+                    source.seek(offset)
+                    text = source.read(length).decode("utf-8")
+                    (record,) = csv.reader(io.StringIO(text, newline=""))
+                    yield transform(dict(zip(self.columns, record, strict=True)))
+
+        replace_atomically(self.path, lambda handle: write_rows(handle, columns, rows_in_order()))
+        self._records = []  # the offsets described the file before this rewrite
+
+    def _write_rows(self, handle: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         self._writer.writeheader()
-        return self._take()
+        header = self._take()
+        handle.write(header)
+        self._size = len(header)
+        handle.write(self._encode(rows))
 
     def _encode(self, rows: Sequence[Mapping[str, Any]]) -> bytes:
         chunks = []
         for row in rows:
             self._writer.writerow(row)
             chunk = self._take()
-            self._records.append((int(row[self.order_by]), self._size, len(chunk)))
+            self._records.append((int(row["sample_index"]), self._size, len(chunk)))
             self._size += len(chunk)
             chunks.append(chunk)
         return b"".join(chunks)
@@ -149,18 +179,82 @@ class PredictionsFile:
 
 
 def read_complete_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV written by :class:`PredictionsFile`, without a torn last row."""
-    text = path.read_text(encoding="utf-8")
+    """Rows of a CSV written by :class:`PredictionsFile`, without a torn last row.
+
+    A write cut short (a kill, a full disk) leaves the file ending inside a row: maybe inside a
+    quoted field, maybe inside a multi-byte character. Only a row followed by a line break and
+    with as many fields as the header counts.
+    """
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
     try:
-        records = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error:  # an unterminated quote: the last write was cut off inside a field
-        records = list(csv.reader(io.StringIO(text[: text.rfind("\n", 0, -1) + 1], newline="")))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RunnerError(
+            f"{path} is damaged: byte {error.start} is not UTF-8, which no torn write leaves "
+            "before the end; move the file away (or delete the run directory) to start over"
+        ) from None
+    csv.field_size_limit(_FIELD_SIZE_LIMIT)
+    records = []
+    # csv.Error: an unterminated quote, the last write was cut off inside a field.
+    with contextlib.suppress(csv.Error):
+        for record in csv.reader(io.StringIO(text, newline="")):
+            records.append(record)
     if not records:
         return []
     header, body = records[0], records[1:]
-    if body and (not text.endswith("\n") or len(body[-1]) != len(header)):
-        body = body[:-1]
     return [dict(zip(header, record, strict=True)) for record in body if len(record) == len(header)]
+
+
+def has_rows(path: Path) -> bool:
+    """Whether a predictions file holds at least one row after its header (reads two lines)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        handle.readline()
+        return bool(handle.readline().strip())
+
+
+def replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through ``write(binary handle)`` into a temporary file, then rename it
+    over ``path``. On failure the temporary file is removed and ``path`` is left as it was."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with temporary.open("wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_error(path, error) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_error(path: Path, error: OSError) -> RunnerError:
+    return RunnerError(
+        f"cannot write {path}: {error.strerror or error}; free space (or fix the permissions) "
+        "and run the same command again: the run resumes where it stopped",
+        exit_code=1,
+    )
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
+def write_rows(handle: Any, columns: Sequence[str], rows: Iterator[Mapping[str, Any]]) -> None:
+    """CSV rows with ``columns`` as header to a binary handle; NaN and None are left empty."""
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(value) for key, value in row.items()})
+    text.flush()
+    text.detach()
 
 
 def environment_record(seed: int, project_dir: Path) -> dict[str, Any]:
@@ -189,12 +283,8 @@ def _environment(project_dir: Path) -> dict[str, Any]:
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A small CSV (metrics) with the first row's keys as header; NaN and None are left empty."""
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _cell(value) for key, value in row.items()})
+    """A small CSV (metrics) with the first row's keys as header, written atomically."""
+    replace_atomically(path, lambda handle: write_rows(handle, list(rows[0]), iter(rows)))
 
 
 def _cell(value: Any) -> Any:
@@ -202,7 +292,12 @@ def _cell(value: Any) -> Any:
 
 
 def write_json(path: Path, record: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    replace_atomically(path, lambda handle: handle.write(data))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _device() -> dict[str, Any]:

@@ -34,16 +34,14 @@ class Answer:
     """One sample's outcome."""
 
     sample: Sample
-    index: int  # position in the dataset stream: the output is sorted back by it
     prediction: Prediction
-    latency_s: float | None
-    batch_size: int
+    call_s: float | None  # wall time of the model call that answered it (None: never reached)
+    batch_size: int  # requests in that call; 0 when the sample failed before the model
 
 
 @dataclass
 class _Loaded:
     sample: Sample
-    index: int
     images: list[Image.Image] | None
     error: str | None
 
@@ -56,7 +54,7 @@ class _Loaded:
 def answer_samples(
     model: ModelInterface,
     dataset: Dataset,
-    samples: Iterable[tuple[int, Sample]],
+    samples: Iterable[Sample],
     *,
     batch_size: int,
     sort_window_batches: int = 8,
@@ -65,8 +63,6 @@ def answer_samples(
     image_cache_mb: float = 256,
 ) -> Iterator[list[Answer]]:
     """Yield the answers batch by batch, in size-sorted order within each window."""
-    if batch_size < 1:
-        raise ValueError(f"runner.batch_size must be >= 1, got {batch_size}")
     window = batch_size * max(1, sort_window_batches)
     # Two windows' worth of images are in memory anyway (one in use, one decoding ahead);
     # keeping that many pages covers the questions asked about them.
@@ -111,25 +107,23 @@ class DecodedImages:
         return picture
 
 
-def _image_loader(
-    dataset: Dataset, images_by_path: DecodedImages
-) -> Callable[[int, Sample], _Loaded]:
-    def load(index: int, sample: Sample) -> _Loaded:
+def _image_loader(dataset: Dataset, images_by_path: DecodedImages) -> Callable[[Sample], _Loaded]:
+    def load(sample: Sample) -> _Loaded:
         try:
             images = [images_by_path.get(dataset.image_path(path)) for path in sample.images]
         except Exception as error:  # one bad image fails its sample, never the run
-            return _Loaded(sample, index, None, f"{type(error).__name__}: {error}")
-        return _Loaded(sample, index, images, None)
+            return _Loaded(sample, None, f"{type(error).__name__}: {error}")
+        return _Loaded(sample, images, None)
 
     return load
 
 
 def _prefetched_windows(
-    samples: Iterable[tuple[int, Sample]],
+    samples: Iterable[Sample],
     window: int,
     batch_size: int,
     pool: ThreadPoolExecutor,
-    load: Callable[[int, Sample], _Loaded],
+    load: Callable[[Sample], _Loaded],
 ) -> Iterator[list[_Loaded]]:
     """Windows of loaded samples; the next window is being decoded while one is used.
 
@@ -138,8 +132,8 @@ def _prefetched_windows(
     cost more in scheduling than small images take to decode.
     """
 
-    def load_all(items: list[tuple[int, Sample]]) -> list[_Loaded]:
-        return [load(*item) for item in items]
+    def load_all(items: list[Sample]) -> list[_Loaded]:
+        return [load(item) for item in items]
 
     pending: list[Future[list[_Loaded]]] | None = None
     for chunk in itertools.chain(_chunks(samples, batch_size, window), [None]):
@@ -154,9 +148,7 @@ def _prefetched_windows(
         pending = submitted
 
 
-def _chunks(
-    items: Iterable[tuple[int, Sample]], first: int, size: int
-) -> Iterator[list[tuple[int, Sample]]]:
+def _chunks(items: Iterable[Sample], first: int, size: int) -> Iterator[list[Sample]]:
     iterator = iter(items)
     chunk = list(itertools.islice(iterator, first))
     while chunk:
@@ -166,12 +158,12 @@ def _chunks(
 
 def _answer_batch(model: ModelInterface, batch: Sequence[_Loaded]) -> list[Answer]:
     ready = [item for item in batch if item.error is None]
-    answers = {answer.index: answer for answer in _answer_loaded(model, ready)}
+    answers = {answer.sample.position: answer for answer in _answer_loaded(model, ready)}
     for item in batch:
         if item.error is not None:
             failed = Prediction("", error=item.error)
-            answers[item.index] = Answer(item.sample, item.index, failed, None, 0)
-    return [answers[item.index] for item in batch]
+            answers[item.sample.position] = Answer(item.sample, failed, None, 0)
+    return [answers[item.sample.position] for item in batch]
 
 
 def _answer_loaded(model: ModelInterface, ready: Sequence[_Loaded]) -> list[Answer]:
@@ -179,10 +171,10 @@ def _answer_loaded(model: ModelInterface, ready: Sequence[_Loaded]) -> list[Answ
     if not ready:
         return []
     requests = [PredictionRequest(item.images, item.sample.prompt) for item in ready]
-    predictions, latency, error = _predict(model, requests)
+    predictions, call_s, error = _predict(model, requests)
     if error is None:
         return [
-            Answer(item.sample, item.index, prediction, latency, len(ready))
+            Answer(item.sample, prediction, call_s, len(ready))
             for item, prediction in zip(ready, predictions, strict=True)
         ]
     if len(ready) > 1:
@@ -190,7 +182,7 @@ def _answer_loaded(model: ModelInterface, ready: Sequence[_Loaded]) -> list[Answ
         return [answer for item in ready for answer in _answer_loaded(model, [item])]
     (item,) = ready
     log.warning("model failed on sample %s: %s", item.sample.id, error)
-    return [Answer(item.sample, item.index, Prediction("", error=error), latency, 1)]
+    return [Answer(item.sample, Prediction("", error=error), call_s, 1)]
 
 
 def _predict(

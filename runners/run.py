@@ -1,220 +1,277 @@
 """Benchmark a vision-language model on a dataset: ``python -m runners.run [overrides]``.
 
+A run is six steps, one function each: :func:`check` (config, the whole dataset, the run
+directory's fingerprint) → :func:`load` (the model) → :func:`resume` (what is answered already)
+→ :func:`answer` → :func:`score` (every row of predictions.csv) → :func:`write` (metrics). Every
+mistake in the config or the dataset is found by ``check``, before a model is loaded.
+
 The Hydra entry point is thin: it hands the composed config and the run's output directory to
 :func:`run_experiment`, which tests call directly. Heavy imports (torch, the model's
-framework) happen inside it, so ``--help`` stays fast.
+framework) happen in ``load``, so ``--help`` and a refused config stay fast.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+from runners.config import CONFIG_DIR, PROJECT_ROOT, RunConfig, RunnerError, to_settings
 
-if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+__all__ = ["CONFIG_DIR", "PROJECT_ROOT", "RunnerError", "main", "run_experiment"]
 
 log = logging.getLogger("runners.run")
 
 
-class RunnerError(Exception):
-    """A mistake in the run's configuration or inputs; the message says how to fix it."""
+@dataclass
+class Plan:
+    """What :func:`check` established: the settings, the dataset and what to run."""
+
+    settings: RunConfig
+    dataset: Any  # runners.datasets.Dataset
+    metric_names: list[str]
+    n_selected: int
 
 
 @dataclass
-class _LoadedModel:
-    key: str
+class LoadedModel:
+    key: str  # the model config, as JSON: a sweep's next job with the same key reuses the model
     model: Any
-    load_s: float
+    import_s: float  # importing the model's class (and its framework: torch, transformers, ...)
+    load_s: float  # constructing the model: weights, processor, engine
     peak_rss_mb: float
     peak_gpu_mb: float | None
 
 
-_current_model: _LoadedModel | None = None  # kept between the jobs of a sweep
+@dataclass
+class Answered:
+    """What :func:`answer` did in this invocation."""
+
+    n_samples: int
+    wall_s: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
 
 
-def load_model(model_config: dict[str, Any]) -> tuple[_LoadedModel, bool]:
-    """The model for ``model_config``; consecutive runs with the same config reuse it.
+_current_model: LoadedModel | None = None  # kept between the jobs of a sweep
 
-    Returns the loaded model and whether it was reused.
+
+def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Run one model on one dataset; write predictions, metrics and environment to output_dir.
+
+    Returns the metrics row. Raises :class:`RunnerError` for mistakes in the config or the
+    dataset (before the model loads) and for outputs that can't be written.
     """
-    global _current_model
-    from model_interface import ModelFactory, measure
+    run_dir = Path(output_dir)
+    plan = check(cfg, run_dir)
+    loaded, reused = load(plan.settings.model)
+    predictions, todo, n_todo = resume(run_dir, plan, loaded)
+    answered = answer(loaded.model, plan, predictions, todo, n_todo)
+    tally = score(predictions, plan)
+    return write(run_dir, plan, loaded, reused, answered, tally)
 
+
+def check(cfg: DictConfig, run_dir: Path) -> Plan:
+    """Check the config, every record of the dataset and the run directory; claim the directory.
+
+    Reads the annotation file (never an image) and imports no model.
+    """
+    from model_interface import ModelFactoryError
+    from runners import metrics as quality
+    from runners.datasets import Dataset, DatasetError
+    from runners.fingerprint import claim, fingerprint
+
+    settings: RunConfig = to_settings(cfg, RunConfig)
+    runner = settings.runner
+    try:
+        quality.validate_names(runner.metrics)
+        dataset = Dataset.from_config(dataclasses.asdict(settings.dataset))
+        dataset.check()
+        n_selected = sum(1 for _ in itertools.islice(dataset.samples(), runner.limit))
+        current = fingerprint(settings.model, dataset)
+    except (DatasetError, ModelFactoryError, ValueError) as error:
+        raise RunnerError(str(error)) from None
+    if n_selected == 0:
+        raise RunnerError(
+            f"dataset {dataset.name!r} has no samples to run: check its filters "
+            f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
+            "dataset.limit and runner.limit"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim(run_dir, current, resume=runner.resume)
+    return Plan(settings, dataset, list(runner.metrics), n_selected)
+
+
+def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
+    """The model; consecutive runs with the same model config reuse it (returns True then)."""
+    from model_interface import ModelCreationError, ModelFactory, ModelFactoryError, measure
+
+    global _current_model
     key = json.dumps(model_config, sort_keys=True, default=str)
     if _current_model is not None and _current_model.key == key:
         return _current_model, True
     if _current_model is not None:
         _current_model.model.close()
         _current_model = None
-    with measure() as cost:
-        model = ModelFactory.from_config(model_config)
-    _current_model = _LoadedModel(key, model, cost.wall_s, cost.peak_rss_mb, cost.peak_gpu_mb)
+    try:
+        with measure() as imports:
+            ModelFactory.config_class(model_config)
+        with measure() as cost:
+            model = ModelFactory.from_config(model_config)
+    except (ModelFactoryError, ModelCreationError) as error:
+        raise RunnerError(str(error)) from None
+    peak_gpu = _max_or_none(imports.peak_gpu_mb, cost.peak_gpu_mb)
+    peak_rss = max(imports.peak_rss_mb, cost.peak_rss_mb)
+    _current_model = LoadedModel(key, model, imports.wall_s, cost.wall_s, peak_rss, peak_gpu)
     return _current_model, False
 
 
-def plain_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain dicts and lists, interpolations resolved; a ``???`` left unset is a
-    :class:`RunnerError` naming the key."""
-    try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as error:
-        raise RunnerError(
-            f"{error.full_key} has no value; set it on the command line, e.g. {error.full_key}=..."
-        ) from None
+def resume(
+    run_dir: Path, plan: Plan, loaded: LoadedModel
+) -> tuple[Any, Callable[[], Iterator[Any]], int]:
+    """Open predictions.csv, keeping what an earlier attempt answered.
 
-
-def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run one model on one dataset; write predictions, metrics and environment to output_dir.
-
-    Returns the metrics row. Raises :class:`RunnerError` for configuration mistakes.
+    Returns the file, a function giving the samples still to answer, and their number.
     """
-    from model_interface import ModelCreationError, ModelFactoryError, measure
-    from runners import metrics as quality
-    from runners.datasets import Dataset, DatasetError
-    from runners.outputs import (
-        PREDICTION_COLUMNS,
-        PredictionsFile,
-        environment_record,
-        write_csv,
-        write_json,
-    )
-    from runners.pipeline import answer_samples
+    from runners.outputs import PredictionsFile, environment_record, write_json
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    settings = plain_settings(cfg)
-    runner = settings["runner"]
-    try:
-        metric_names = list(runner["metrics"])
-        quality.validate_names(metric_names)
-        dataset = Dataset.from_config(settings["dataset"])
-        if next(itertools.islice(dataset.samples(), runner["limit"]), None) is None:
-            raise RunnerError(
-                f"dataset {dataset.name!r} has no samples to run: check its filters "
-                f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
-                "dataset.limit and runner.limit"
-            )
-        loaded, reused = load_model(settings["model"])
-    except (DatasetError, ModelFactoryError, ModelCreationError, ValueError) as error:
-        raise RunnerError(str(error)) from error
-    model = loaded.model
-    _seed_everything(settings["seed"])
-    write_json(output_dir / "environment.json", environment_record(settings["seed"], PROJECT_ROOT))
+    settings = plan.settings
+    _seed_everything(settings.seed)
+    write_json(run_dir / "environment.json", environment_record(settings.seed, PROJECT_ROOT))
+    predictions = PredictionsFile(run_dir / "predictions.csv")
+    done = {row["sample_id"] for row in predictions.open(resume=settings.runner.resume)}
 
-    predictions = PredictionsFile(output_dir / "predictions.csv", PREDICTION_COLUMNS + metric_names)
-    try:
-        kept = predictions.open(resume=runner["resume"])
-    except FileExistsError as error:
-        raise RunnerError(str(error)) from error
-    tally = quality.RunTally(metric_names)
-    for row in kept:
-        tally.add(row, processed=False)
-    done = {row["sample_id"] for row in kept}
-    del kept
-
-    def todo() -> Iterator[tuple[int, Any]]:
-        """(position in the dataset, sample) for every sample not answered yet."""
-        samples = itertools.islice(dataset.samples(), runner["limit"])
-        return ((index, s) for index, s in enumerate(samples) if s.id not in done)
+    def todo() -> Iterator[Any]:
+        selected = itertools.islice(plan.dataset.samples(), settings.runner.limit)
+        return (sample for sample in selected if sample.id not in done)
 
     n_todo = sum(1 for _ in todo())  # reads the annotation text only, never an image
     if done:
         log.info("resuming: %d samples already answered, %d to go", len(done), n_todo)
+    model = loaded.model
     log.info(
         "%s (%s) on %s: %d samples, batch size %d",
         model.model_name,
         model.framework,
-        dataset.name,
+        plan.dataset.name,
         n_todo,
-        runner["batch_size"],
+        settings.runner.batch_size,
     )
+    return predictions, todo, n_todo
 
-    progress = _progress_bar(n_todo, enabled=runner["progress"])
+
+def answer(
+    model: Any, plan: Plan, predictions: Any, todo: Callable[[], Iterator[Any]], n_todo: int
+) -> Answered:
+    """Answer the samples still to do, appending each batch to predictions.csv as it comes."""
+    from model_interface import measure
+    from runners.pipeline import answer_samples
+
+    runner = plan.settings.runner
+    progress = _progress_bar(n_todo, enabled=runner.progress)
     with measure() as cost:
         for answers in answer_samples(
             model,
-            dataset,
+            plan.dataset,
             todo(),
-            batch_size=runner["batch_size"],
-            sort_window_batches=runner["sort_window_batches"],
-            prefetch_workers=runner["prefetch_workers"],
-            max_image_pixels=runner["max_image_pixels"],
-            image_cache_mb=runner["image_cache_mb"],
+            batch_size=runner.batch_size,
+            sort_window_batches=runner.sort_window_batches,
+            prefetch_workers=runner.prefetch_workers,
+            max_image_pixels=runner.max_image_pixels,
+            image_cache_mb=runner.image_cache_mb,
         ):
-            rows = [_row(answer, dataset.name, model, metric_names) for answer in answers]
-            predictions.append(rows)
-            for row in rows:
-                tally.add(row, processed=True)
-            progress.update(len(rows))
+            predictions.append([_row(answer, plan.dataset.name, model) for answer in answers])
+            progress.update(len(answers))
     progress.close()
-    predictions.finish()
+    predictions.close()
+    return Answered(n_todo, cost.wall_s, cost.peak_rss_mb, cost.peak_gpu_mb)
 
+
+def score(predictions: Any, plan: Plan) -> Any:
+    """Score every row of predictions.csv against the dataset's references, and write the file
+    back in dataset order with one column per metric. Returns the tally of all rows."""
+    from runners import metrics as quality
+    from runners.outputs import PREDICTION_COLUMNS
+
+    references = plan.dataset.references()
+    tally = quality.RunTally(plan.metric_names)
+
+    def scored(row: dict[str, str]) -> dict[str, Any]:
+        reference = references[row["sample_id"]]
+        row = {**row, **quality.score(row["prediction"], reference, plan.metric_names)}
+        tally.add(row)
+        return row
+
+    predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.metric_names)
+    return tally
+
+
+def write(
+    run_dir: Path,
+    plan: Plan,
+    loaded: LoadedModel,
+    reused: bool,
+    answered: Answered,
+    tally: Any,
+) -> dict[str, Any]:
+    """Write metrics.csv (and metrics_by_group.csv); return the metrics row."""
+    from runners.outputs import write_csv
+
+    model, runner = loaded.model, plan.settings.runner
+    figures = tally.summary()
     row = {
         "model": model.model_name,
         "framework": model.framework,
-        "dataset": dataset.name,
-        "n_samples": tally.n_samples,
-        "n_errors": tally.n_errors,
-        "error_rate": tally.n_errors / tally.n_samples if tally.n_samples else 0.0,
-        "n_processed": tally.n_processed,
-        "batch_size": runner["batch_size"],
+        "dataset": plan.dataset.name,
+        **figures,
+        "answered_now": answered.n_samples,
+        "batch_size": runner.batch_size,
+        "import_s": 0.0 if reused else loaded.import_s,
         "load_s": 0.0 if reused else loaded.load_s,
         "model_reused": reused,
         "cache_hit": model.cache_hit,
-        "total_s": cost.wall_s,
-        "samples_per_s": tally.n_processed / cost.wall_s if cost.wall_s else math.nan,
-        **tally.latency_stats(),
-        "prompt_tokens": tally.prompt_tokens,
-        "completion_tokens": tally.completion_tokens,
-        "tokens_per_s": tally.completion_tokens / cost.wall_s if cost.wall_s else math.nan,
-        "peak_rss_mb": max(cost.peak_rss_mb, loaded.peak_rss_mb),
-        "peak_gpu_mb": _max_or_none(cost.peak_gpu_mb, loaded.peak_gpu_mb),
+        "wall_s": answered.wall_s,
+        "peak_rss_mb": max(answered.peak_rss_mb, loaded.peak_rss_mb),
+        "peak_gpu_mb": _max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
     }
-    overall = tally.quality.overall()
-    row.update({name: overall[name] for name in metric_names})
-    row["status"] = "ok" if row["error_rate"] <= runner["max_error_rate"] else "too_many_errors"
-    write_csv(output_dir / "metrics.csv", [row])
+    # Quality columns go last, in the configured order, then the verdict.
+    for name in plan.metric_names:
+        row[name] = row.pop(name)
+    row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
+    write_csv(run_dir / "metrics.csv", [row])
     if groups := tally.groups():
-        write_csv(output_dir / "metrics_by_group.csv", groups)
-    log.info("results in %s\n%s", output_dir, _table(row))
+        write_csv(run_dir / "metrics_by_group.csv", groups)
+    log.info("results in %s\n%s", run_dir, _table(row))
     return row
 
 
-def _row(answer: Any, dataset_name: str, model: Any, metric_names: list[str]) -> dict[str, Any]:
-    from runners import metrics as quality
+def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
+    from runners.datasets import encode_reference
 
     sample, prediction = answer.sample, answer.prediction
-    scores = {}
-    if sample.reference is not None:
-        scores = quality.score(prediction.text, sample.reference, metric_names)
     return {
         "sample_id": sample.id,
-        "sample_index": answer.index,
+        "sample_index": sample.position,
         "dataset": dataset_name,
         "model": model.model_name,
         "framework": model.framework,
         "image_paths": json.dumps(list(sample.images), ensure_ascii=False),
         "prompt": sample.prompt,
         "prediction": prediction.text,
-        "reference": sample.reference,
-        "latency_s": None if answer.latency_s is None else round(answer.latency_s, 6),
+        "reference": encode_reference(sample.reference),
+        "call_s": None if answer.call_s is None else round(answer.call_s, 6),
         "batch_size": answer.batch_size,
         "prompt_tokens": prediction.prompt_tokens,
         "completion_tokens": prediction.completion_tokens,
@@ -222,7 +279,6 @@ def _row(answer: Any, dataset_name: str, model: Any, metric_names: list[str]) ->
         "split": sample.split,
         "doc_class": sample.doc_class,
         "question_type": sample.question_type,
-        **scores,
     }
 
 
@@ -262,13 +318,18 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from runners.callbacks import run_sweep_job
+
     hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
+    if hydra_config.mode == RunMode.MULTIRUN:
+        return run_sweep_job(run_experiment, cfg, output_dir, hydra_config)
     try:
-        row = run_experiment(cfg, hydra_config.runtime.output_dir)
+        row = run_experiment(cfg, output_dir)
     except RunnerError as error:
         log.error("%s", error)
-        raise SystemExit(2) from None
-    if row["status"] != "ok" and hydra_config.mode == RunMode.RUN:
+        raise SystemExit(error.exit_code) from None
+    if row["status"] != "ok":
         log.error(
             "%d of %d samples failed (%.1f%%), over runner.max_error_rate=%s",
             row["n_errors"],
@@ -288,11 +349,13 @@ def cli() -> None:
     and the exit handlers have run (log flushing), a single run leaves at once. Sweeps exit
     normally: their launchers (joblib, submitit) clean up worker resources in finalisers.
     """
+    from runners.config import run_hydra_command
+
     if {"-m", "--multirun"} & set(sys.argv[1:]):
-        main()
+        run_hydra_command(main)
         return
     try:
-        main()
+        run_hydra_command(main)
         code = 0
     except SystemExit as exit_request:
         code = exit_request.code

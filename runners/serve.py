@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from model_interface.chat import data_url_to_bytes
 from model_interface.images import ImageLoadError, load_image
 from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
-from runners.run import CONFIG_DIR
+from runners.config import CONFIG_DIR
 
 INSTALL_HINT = "pip install 'model-interface[serve]'"
 
@@ -404,8 +404,8 @@ def _warn_about_ignored_settings(body: dict, model: ModelInterface, warned: set[
 
 def serve(cfg: DictConfig) -> None:
     """Load the configured model and serve it until interrupted."""
-    from model_interface import ModelCreationError, ModelFactoryError
-    from runners.run import RunnerError, load_model, plain_settings
+    from runners.config import ServeAppConfig, to_settings
+    from runners.run import load
 
     _require_fastapi()
     try:
@@ -415,34 +415,31 @@ def serve(cfg: DictConfig) -> None:
             f"runners.serve needs uvicorn ({error}); install it with: {INSTALL_HINT}"
         ) from None
 
-    settings = plain_settings(cfg)
-    model_config, options = settings["model"], settings["serve"]
+    settings = to_settings(cfg, ServeAppConfig)
+    options = settings.serve
     served_name = (
-        options["served_model_name"]
-        or model_config.get("init_params", {}).get("model_name")
-        or model_config.get("name")
+        options.served_model_name
+        or (settings.model.get("init_params") or {}).get("model_name")
+        or settings.model.get("name")
     )
-    try:
-        loaded, _ = load_model(model_config)
-    except (ModelFactoryError, ModelCreationError, ValueError) as error:
-        raise RunnerError(str(error)) from error
+    loaded, _ = load(settings.model)
     app = create_app(
         loaded.model,
         str(served_name),
-        max_batch_size=int(options["max_batch_size"]),
-        batch_wait_s=float(options["batch_wait_ms"]) / 1000,
+        max_batch_size=options.max_batch_size,
+        batch_wait_s=options.batch_wait_ms / 1000,
     )
-    log.info("serving %s on http://%s:%d", served_name, options["host"], options["port"])
+    log.info("serving %s on http://%s:%d", served_name, options.host, options.port)
     try:
         # log_config=None: uvicorn's loggers go through Hydra's logging (console and serve.log).
-        uvicorn.run(app, host=options["host"], port=int(options["port"]), log_config=None)
+        uvicorn.run(app, host=options.host, port=options.port, log_config=None)
     finally:
         loaded.model.close()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="serve")
 def main(cfg: DictConfig) -> None:
-    from runners.run import RunnerError
+    from runners.config import RunnerError
 
     try:
         serve(cfg)
@@ -451,5 +448,12 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(2) from None
 
 
+def cli() -> None:
+    """``python -m runners.serve`` and the ``vlm-serve`` command."""
+    from runners.config import run_hydra_command
+
+    run_hydra_command(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

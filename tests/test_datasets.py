@@ -109,6 +109,7 @@ def test_vlmhyperbench_rows_become_samples(tmp_path: Path, bom: bool) -> None:
     assert ids(samples) == ["0", "1", "2", "3", "4", "5"]
     assert samples[0] == Sample(
         id="0",
+        position=0,
         images=("images/inv1.png",),
         prompt="What is the total?",
         reference="$10.00",
@@ -354,7 +355,7 @@ def test_generic_csv(tmp_path: Path) -> None:
         ],
     )
     samples = load(root, format="csv")
-    assert samples[0] == Sample("a", ("one.png",), "What is shown?", "a cat")
+    assert samples[0] == Sample("a", 0, ("one.png",), "What is shown?", "a cat")
     assert samples[1].images == ("p1.png", "p2.png")
     assert (samples[2].prompt, samples[2].reference) == ("Вопрос, с запятой", "Ответ, тоже")
     assert all(s.split is s.doc_class is s.question_type is None for s in samples)
@@ -419,8 +420,8 @@ def test_jsonl_string_or_list_image_and_blank_lines(tmp_path: Path) -> None:
         ],
     )
     samples = load(root, format="jsonl")
-    assert samples[0] == Sample("a", ("one.png",), "Что это?", "кот")
-    assert samples[1] == Sample("7", ("p1.png", "p2.png"), "Compare", "42")
+    assert samples[0] == Sample("a", 0, ("one.png",), "Что это?", "кот")
+    assert samples[1] == Sample("7", 1, ("p1.png", "p2.png"), "Compare", "42")
     assert (samples[2].reference, samples[2].split) == (None, "dev")
 
 
@@ -794,3 +795,58 @@ def test_from_config_rejects_a_header_without_required_columns(tmp_path: Path) -
     root = write_csv(tmp_path / "ds", VLM_HEADER, VLM_ROWS, file="annotation.csv")
     with pytest.raises(DatasetError, match="separated by ';'"):
         Dataset.from_config(config(root))
+
+
+# --- any-of references, whole-file checks ------------------------------------------------------
+
+
+def test_a_jsonl_answer_list_is_a_set_of_acceptable_answers(tmp_path: Path) -> None:
+    root = write_jsonl(
+        tmp_path / "ds",
+        [{"id": "a", "image": "a.png", "prompt": "How many?", "answer": ["10", "ten"]},
+         {"id": "b", "image": "b.png", "prompt": "Year?", "answer": [1999, "1999 г."]}],
+    )  # fmt: skip
+    first, second = load(root, format="jsonl")
+    assert first.reference == ("10", "ten")
+    assert second.reference == ("1999", "1999 г.")
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ('["10", "ten"]', ("10", "ten")),
+        (' ["один"] ', ("один",)),
+        ("[1, 2]", "[1, 2]"),  # numbers: an answer that happens to look like a list
+        ("[]", "[]"),
+        ("[see page 2]", "[see page 2]"),
+        ("plain", "plain"),
+    ],
+)
+def test_a_csv_cell_holding_a_json_array_of_strings_is_a_list(tmp_path: Path, cell, expected):
+    rows = [["0", "dev", "a.png", "q?", cell, "invoice", "amount"]]
+    (sample,) = load(write_vlm(tmp_path / "ds", rows))
+    assert sample.reference == expected
+
+
+@pytest.mark.parametrize("answer", [[], [{"a": 1}], {"field": "x"}, True])
+def test_an_answer_that_is_not_text_or_a_list_of_text_is_refused(tmp_path: Path, answer) -> None:
+    root = write_jsonl(tmp_path / "ds", [{"image": "a.png", "prompt": "p", "answer": answer}])
+    with pytest.raises(DatasetError, match=r"data.jsonl line 1: .*answer"):
+        load(root, format="jsonl")
+
+
+def test_check_reads_the_whole_file_beyond_any_limit_or_filter(tmp_path: Path) -> None:
+    rows = [list(row) for row in VLM_ROWS] + [["0", "dev", "z.png", "dup?", "x", "receipt", "x"]]
+    dataset = Dataset.from_config(config(write_vlm(tmp_path / "ds", rows), limit=1,
+                                         doc_class="invoice"))  # fmt: skip
+    assert len(list(dataset.samples())) == 1  # streaming stops early ...
+    with pytest.raises(DatasetError, match=r"line 8: duplicate sample id '0'"):
+        dataset.check()  # ... the check does not
+
+
+def test_positions_count_records_whatever_the_filters(tmp_path: Path) -> None:
+    dataset = Dataset.from_config(config(write_vlm(tmp_path / "ds"), doc_class="id_card"))
+    assert [s.position for s in dataset.samples()] == [4, 5]
+    assert dataset.check() == len(VLM_ROWS)
+    assert dataset.references()["4"] == "Иванов Иван"
+    assert len(dataset.content_sha256()) == 64

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -13,76 +12,28 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from runners.run import CONFIG_DIR, PROJECT_ROOT, RunnerError, run_experiment
+from runners.run import PROJECT_ROOT, RunnerError, run_experiment
+from tests.helpers import make_config, read_predictions, run_cli, write_dataset
 
 PREDICTION_COLUMNS = {
-    "sample_id", "dataset", "model", "framework", "image_paths", "prompt", "prediction",
-    "reference", "latency_s", "batch_size", "prompt_tokens", "completion_tokens", "error",
-    "exact_match", "anls", "cer", "wer",
+    "sample_id", "sample_index", "dataset", "model", "framework", "image_paths", "prompt",
+    "prediction", "reference", "call_s", "batch_size", "prompt_tokens", "completion_tokens",
+    "error", "exact_match", "anls", "cer", "wer",
 }  # fmt: skip
 METRICS_COLUMNS = {
-    "model", "framework", "dataset", "n_samples", "n_errors", "load_s", "cache_hit", "total_s",
-    "samples_per_s", "latency_mean_s", "latency_p50_s", "latency_p95_s", "prompt_tokens",
-    "completion_tokens", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb",
-    "exact_match", "anls", "cer", "wer",
+    "model", "framework", "dataset", "n_samples", "n_errors", "n_input_errors",
+    "n_model_errors", "error_rate", "model_s", "s_per_sample", "samples_per_s", "call_p50_s",
+    "call_p95_s", "prompt_tokens", "completion_tokens", "tokens_per_s", "answered_now",
+    "batch_size", "import_s", "load_s", "model_reused", "cache_hit", "wall_s", "peak_rss_mb",
+    "peak_gpu_mb", "exact_match", "anls", "cer", "wer", "status",
 }  # fmt: skip
 
 
 @pytest.fixture
 def cache_dir(model_cache: Path) -> Path:
     return model_cache
-
-
-def make_config(cache_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[f"paths.cache_dir={cache_dir}", "runner.progress=false", *overrides],
-        )
-
-
-def run_cli(*args: str, cwd: Path, cache_dir: Path, timeout: float = 300, **kwargs):
-    env = {
-        **os.environ,
-        "MODEL_INTERFACE_CACHE": str(cache_dir),
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.update(kwargs.pop("env", {}))
-    return subprocess.run(
-        [sys.executable, "-m", "runners.run", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # Hydra logs to stdout, tqdm to stderr: read them together
-        text=True,
-        timeout=timeout,
-        **kwargs,
-    )
-
-
-def write_dataset(root: Path, rows: list[dict[str, str]]) -> Path:
-    """A VLMHyperBench-layout dataset: annotation.csv (with BOM) and the images named in it."""
-    root.mkdir(parents=True, exist_ok=True)
-    columns = ["data_index", "split", "image_path", "question", "answer", "doc_class",
-               "question_type"]  # fmt: skip
-    with (root / "annotation.csv").open("w", encoding="utf-8-sig", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, delimiter=";")
-        writer.writeheader()
-        for index, row in enumerate(rows):
-            writer.writerow(
-                {"data_index": index, "split": "test", "question": f"question {index}?",
-                 "answer": "42", "doc_class": "form", "question_type": "number", **row}
-            )  # fmt: skip
-    return root
-
-
-def read_predictions(output_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(output_dir / "predictions.csv", dtype={"sample_id": str, "error": str},
-                       keep_default_na=False)  # fmt: skip
 
 
 # --- the default job -----------------------------------------------------------------------
@@ -100,11 +51,11 @@ def test_default_config_runs_tiny_qwen2_vl_on_the_sample_dataset(cache_dir, tmp_
     assert len(predictions) == 48 and predictions["sample_id"].is_unique
     assert predictions["sample_index"].tolist() == list(range(48))  # dataset order restored
     assert (predictions["error"] == "").all()
-    assert (predictions["completion_tokens"] > 0).all() and (predictions["latency_s"] > 0).all()
+    assert (predictions["completion_tokens"] > 0).all() and (predictions["call_s"] > 0).all()
     assert set(predictions["framework"]) == {"Hugging Face"}
 
     metrics = pd.read_csv(tmp_path / "metrics.csv")
-    assert set(metrics.columns) >= METRICS_COLUMNS and len(metrics) == 1
+    assert set(metrics.columns) == METRICS_COLUMNS and len(metrics) == 1
     assert metrics.loc[0, "n_samples"] == 48 and metrics.loc[0, "n_errors"] == 0
     assert row["samples_per_s"] > 0 and row["status"] == "ok"
 
@@ -188,45 +139,6 @@ def test_sigkill_mid_run_then_rerun_gives_each_sample_exactly_once(cache_dir, tm
     assert after["sample_id"].is_unique and len(after) == 48
     columns = ["sample_id", "prediction", "reference", "exact_match", "cer"]
     pd.testing.assert_frame_equal(after[columns], whole[columns])
-
-
-def test_a_torn_last_row_is_dropped_on_resume(tmp_path) -> None:
-    from runners.outputs import PredictionsFile
-
-    path = tmp_path / "predictions.csv"
-    columns = ["sample_id", "sample_index", "prediction", "error"]
-    first = PredictionsFile(path, columns)
-    first.open(resume=True)
-    first.append(
-        [
-            {"sample_id": "a", "sample_index": 0, "prediction": "x", "error": ""},
-            {"sample_id": "b", "sample_index": 1, "prediction": "", "error": "boom"},
-        ]
-    )
-    first.finish()
-    with path.open("a") as handle:
-        handle.write('c,2,"an answer cut off\nin the mid')  # a kill during a write
-
-    second = PredictionsFile(path, columns)
-    kept = second.open(resume=True)
-    assert [row["sample_id"] for row in kept] == ["a"]  # failed "b" is retried, torn "c" dropped
-    second.finish()
-    assert path.read_bytes() == b"sample_id,sample_index,prediction,error\r\na,0,x,\r\n"
-
-
-def test_rows_written_out_of_order_are_put_back_in_dataset_order(tmp_path) -> None:
-    from runners.outputs import PredictionsFile
-
-    path = tmp_path / "predictions.csv"
-    predictions = PredictionsFile(path, ["sample_id", "sample_index", "prediction"])
-    predictions.open(resume=False)
-    predictions.append([{"sample_id": "c", "sample_index": 2, "prediction": "two\nlines"},
-                        {"sample_id": "a", "sample_index": 0, "prediction": "zero"}])  # fmt: skip
-    predictions.append([{"sample_id": "b", "sample_index": 1, "prediction": "ü, one"}])
-    predictions.finish()
-    frame = pd.read_csv(path)
-    assert frame["sample_id"].tolist() == ["a", "b", "c"]
-    assert frame["prediction"].tolist() == ["zero", "ü, one", "two\nlines"]
 
 
 def test_rerun_without_resume_refuses_to_write_twice(cache_dir, tmp_path) -> None:
@@ -426,6 +338,10 @@ def test_multirun_of_two_models_and_two_datasets(cache_dir, tmp_path) -> None:
     assert (sweep / "summary.png").stat().st_size > 1000
     # consecutive jobs with the same model config reuse the loaded model
     assert summary["model_reused"].tolist() == [False, True, False, True]
+    # importing torch and transformers is the first job's import_s, not its load_s: the third
+    # job, a new model of the same backend, imports nothing
+    assert summary["import_s"][0] > 0.3 and summary["import_s"][2] < 0.05
+    assert summary["num"].tolist() == [0, 1, 2, 3] and (summary["status"] == "ok").all()
 
 
 def test_a_run_is_reproducible_from_its_saved_config(cache_dir, tmp_path) -> None:
@@ -459,3 +375,154 @@ def test_sweeps_run_through_the_process_launchers(cache_dir, tmp_path, launcher)
     summary = pd.read_csv(tmp_path / "outputs" / "multirun" / "launched" / "summary.csv")
     assert sorted(summary["dataset"]) == ["sample_docs", "sample_docs_invoices"]
     assert (summary["n_samples"] == 3).all()
+
+
+# --- what the numbers mean -------------------------------------------------------------------
+
+
+def test_any_of_references_score_the_best_match_and_stay_json(model_cache, tmp_path) -> None:
+    from tests.helpers import write_jsonl
+
+    root = write_jsonl(tmp_path / "data", [
+        {"id": "a", "image": "a.png", "prompt": "ten", "answer": ["10", "ten"]},
+        {"id": "b", "image": "b.png", "prompt": "11", "answer": ["10", "ten"]},
+        {"id": "c", "image": "c.png", "prompt": "1999", "answer": 1999},
+    ])  # fmt: skip
+    cfg = make_config(model_cache, "model=custom", "model.class_path=tests.wrappers:PromptEcho",
+                      "model.init_params.model_name=echo", "dataset=jsonl",
+                      f"dataset.root={root}", "runner.metrics=[exact_match,cer]")  # fmt: skip
+    row = run_experiment(cfg, tmp_path / "out")
+    predictions = read_predictions(tmp_path / "out").set_index("sample_id")
+    assert predictions.loc["a", "reference"] == '["10", "ten"]'
+    assert predictions["exact_match"].tolist() == [1.0, 0.0, 1.0]
+    assert predictions.loc["b", "cer"] == 0.5  # "11" against "10": the better of the two
+    assert row["exact_match"] == pytest.approx(2 / 3)
+
+
+def test_timing_columns_say_what_they_measure(model_cache, tmp_path, broken_dataset) -> None:
+    cfg = make_config(
+        model_cache, "model=custom", "model.class_path=tests.wrappers:SlowDummy",
+        "model.init_params.model_name=slow", "+model.init_params.delay_s=0.02",
+        "dataset=vlmhyperbench", f"dataset.root={broken_dataset}", "runner.batch_size=8",
+        "runner.max_error_rate=1.0", "runner.max_image_pixels=1000000",
+    )  # fmt: skip
+    row = run_experiment(cfg, tmp_path / "out")
+    predictions = read_predictions(tmp_path / "out")
+    reached = predictions[predictions["batch_size"] > 0]
+    failed_early = predictions[predictions["batch_size"] == 0]
+    # Six samples failed on their image: they never reached the model and have no call time.
+    assert len(failed_early) == row["n_input_errors"] == 6
+    assert (failed_early["call_s"] == "").all() and (failed_early["error"] != "").all()
+    # The two good samples went to the model together: one call, its wall time on both rows.
+    assert reached["batch_size"].tolist() == [2, 2]
+    call_s = float(reached["call_s"].iloc[0])
+    assert reached["call_s"].astype(float).tolist() == [call_s, call_s]
+    assert call_s >= 0.02
+    # Per run: model time counts each call once; throughput counts only samples it answered.
+    assert row["model_s"] == pytest.approx(call_s)
+    assert row["s_per_sample"] == pytest.approx(call_s / 2)
+    assert row["samples_per_s"] == pytest.approx(2 / call_s)
+    assert row["call_p50_s"] == pytest.approx(call_s) and row["n_model_errors"] == 0
+
+
+def test_model_time_per_sample_does_not_grow_with_the_batch(model_cache, tmp_path) -> None:
+    # SlowDummy sleeps once per call: per-sample model time must shrink as batches grow, while
+    # the call time each row records stays the batch's.
+    rows = {}
+    for batch_size in (1, 8):
+        cfg = make_config(
+            model_cache, "model=custom", "model.class_path=tests.wrappers:SlowDummy",
+            "model.init_params.model_name=slow", "+model.init_params.delay_s=0.05",
+            "model=custom", "runner.limit=16", f"runner.batch_size={batch_size}",
+        )  # fmt: skip
+        rows[batch_size] = run_experiment(cfg, tmp_path / str(batch_size))
+    assert rows[8]["s_per_sample"] < rows[1]["s_per_sample"] / 3
+    assert rows[8]["call_p50_s"] >= 0.05 and rows[1]["call_p50_s"] >= 0.05
+
+
+def test_a_fifo_in_the_dataset_fails_its_sample_without_blocking(model_cache, tmp_path) -> None:
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    os.mkfifo(tmp_path / "data" / "images" / "pipe.png")
+    root = write_dataset(tmp_path / "data", [{}, {"image_path": "images/pipe.png"}, {}],
+                         images=True)  # fmt: skip
+    result = run_cli("model=dummy", "dataset=vlmhyperbench", f"dataset.root={root}",
+                     "runner.max_error_rate=1", "run_name=fifo", cwd=tmp_path,
+                     cache_dir=model_cache, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    errors = read_predictions(tmp_path / "outputs" / "fifo")["error"].tolist()
+    assert errors[0] == errors[2] == ""
+    assert "pipe.png' is not a regular file" in errors[1]
+
+
+def test_a_wrapper_that_skips_super_init_runs_from_the_command_line(model_cache, tmp_path):
+    result = run_cli(
+        "model=custom", "model.class_path=tests.upstream_wrappers:Qwen2_5_VLStyleModel",
+        "model.init_params.model_name=Qwen2.5-VL-3B-Instruct", "+model.init_params.device_map=auto",
+        "runner.limit=3", "run_name=upstream", cwd=tmp_path, cache_dir=model_cache,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    predictions = read_predictions(tmp_path / "outputs" / "upstream")
+    assert predictions["prediction"].tolist()[0] == "420x594 | What is the subtotal?"
+    assert set(predictions["framework"]) == {"Hugging_Face"}
+
+
+FULL_DISK_SCRIPT = """
+set -u
+mount -t tmpfs -o size=160k tmpfs "$DISK"
+python -m runners.run "$@" > "$OUT/first.log" 2>&1; echo $? > "$OUT/first.rc"
+find "$DISK" -name '*.tmp' > "$OUT/leftovers"
+cp "$DISK/run/predictions.csv" "$OUT/partial.csv"
+mount -o remount,size=16m "$DISK"
+python -m runners.run "$@" > "$OUT/second.log" 2>&1; echo $? > "$OUT/second.rc"
+cp -r "$DISK/run" "$OUT/run"
+"""
+
+
+def _can_mount_a_private_tmpfs() -> bool:
+    probe = ["unshare", "--mount", "--map-root-user", "sh", "-c", "mount -t tmpfs none /mnt"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_a_private_tmpfs(), reason="needs unshare and a tmpfs mount")
+def test_a_full_disk_ends_the_run_with_one_line_and_resume_finishes_it(model_cache, tmp_path):
+    # Long prompts echoed back make rows of ~2 kB: 200 of them overflow a 160 kB disk mid-run.
+    root = write_dataset(tmp_path / "data", [{"question": f"{i} " + "word " * 400}
+                                             for i in range(200)], images=True)  # fmt: skip
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    args = ["model=custom", "model.class_path=tests.wrappers:PromptEcho",
+            "model.init_params.model_name=echo", "dataset=vlmhyperbench", f"dataset.root={root}",
+            "runner.batch_size=4", "runner.progress=false"]  # fmt: skip
+    env = {**os.environ, "DISK": str(disk), "OUT": str(out), "PYTHONPATH": str(PROJECT_ROOT),
+           "MODEL_INTERFACE_CACHE": str(model_cache)}  # fmt: skip
+    subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "bash", "-c", FULL_DISK_SCRIPT, "script",
+         *args, f"hydra.run.dir={disk / 'run'}"],
+        env=env, cwd=tmp_path, timeout=300, check=True,
+    )  # fmt: skip
+    first_log = (out / "first.log").read_text()
+    assert (out / "first.rc").read_text().strip() == "1", first_log
+    (line,) = [line for line in first_log.splitlines() if "[ERROR]" in line]
+    assert f"cannot write {disk / 'run'}" in line and "No space left on device" in line
+    assert "run the same command again: the run resumes where it stopped" in line
+    assert "Traceback" not in first_log and "Logging error" not in first_log
+    assert (out / "leftovers").read_text() == ""  # no temporary file left on the disk
+    partial = pd.read_csv(out / "partial.csv")
+    assert 0 < len(partial) < 200
+
+    second_log = (out / "second.log").read_text()
+    assert (out / "second.rc").read_text().strip() == "0", second_log
+    assert "resuming" in second_log
+    whole = run_cli(*args, "run_name=whole", cwd=tmp_path, cache_dir=model_cache)
+    assert whole.returncode == 0, whole.stdout[-2000:]
+    resumed, uninterrupted = (
+        read_predictions(out / "run"),
+        read_predictions(tmp_path / "outputs" / "whole"),
+    )
+    columns = ["sample_id", "prompt", "prediction", "reference", "exact_match", "cer"]
+    pd.testing.assert_frame_equal(resumed[columns], uninterrupted[columns])

@@ -35,3 +35,11 @@ class FailsOnKeyword(DummyModel):
         if any(self.keyword in request.prompt for request in requests):
             raise RuntimeError(f"cannot handle {self.keyword!r}")
         return super().predict_batch(requests)
+
+
+class PromptEcho(DummyModel):
+    """Answers each request with its prompt, so a test can choose every answer."""
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        return [Prediction(request.prompt, prompt_tokens=1, completion_tokens=1)
+                for request in requests]  # fmt: skip

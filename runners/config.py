@@ -1,0 +1,237 @@
+"""The typed schema of every config: one dataclass per group, registered in Hydra's ConfigStore.
+
+The YAML files in ``conf/`` choose values; these classes say which keys exist, what type each
+value has and what it defaults to. Hydra checks types while composing, so
+``runner.batch_size=abc`` or a misspelt key fails before anything runs; :func:`to_settings`
+then builds the dataclasses, whose ``__post_init__`` checks ranges (batch size >= 1, ...).
+Either way the run ends with one line saying what to fix, before a model is loaded.
+
+Field comments are the reference for each setting; ``python -m runners.run --cfg job`` shows
+the values a run will use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from model_interface.cache import default_cache_dir
+from model_interface.images import DEFAULT_MAX_PIXELS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+
+class RunnerError(Exception):
+    """A mistake in the run's configuration or inputs; the message says how to fix it.
+
+    ``exit_code`` is what the command line exits with: 2 for a mistake in what was asked, 1 for
+    a failure of the machine (a full disk).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class DatasetConfig:
+    name: str | None = None  # null: the root folder's name
+    format: str = "vlmhyperbench"  # vlmhyperbench, csv or jsonl (runners/datasets.py)
+    root: str = MISSING
+    # The annotation file inside root; null means the format's default.
+    file: str | None = None
+    # Python str.format template: {prompt} is the dataset's question, any column works too.
+    prompt_template: str = "{prompt}"
+    # Filters: null keeps everything, a value or a list keeps only matching rows.
+    split: Any = None
+    doc_class: Any = None
+    question_type: Any = None
+    limit: int | None = None
+    shuffle: bool = False
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"dataset.limit must be >= 0 or null, got {self.limit}")
+
+
+@dataclass
+class RunnerConfig:
+    batch_size: int = 8
+    # Samples answered in this run (null: all); dataset.limit caps the dataset itself.
+    limit: int | None = None
+    # Continue the run in the output directory (answered samples are kept, failed ones retried).
+    resume: bool = True
+    # The run exits with status 1 when more than this share of its samples failed.
+    max_error_rate: float = 0.1
+    metrics: list[str] = field(default_factory=lambda: ["exact_match", "anls", "cer", "wer"])
+    # Sort samples by size within a window of this many batches, so a batch pads less; the
+    # predictions file is put back in dataset order at the end. 1 turns sorting off.
+    sort_window_batches: int = 8
+    # Threads decoding images ahead of the model (more help with large images on many cores).
+    prefetch_workers: int = 2
+    # Decoded images kept for reuse: document datasets ask several questions per page. 0: off.
+    image_cache_mb: float = 256
+    # Guard against decompression bombs: an image with more pixels fails its sample.
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "runner.batch_size must be >= 1"),
+            (self.limit is None or self.limit >= 0, "runner.limit must be >= 0 or null"),
+            (0 <= self.max_error_rate <= 1, "runner.max_error_rate must be between 0 and 1"),
+            (self.sort_window_batches >= 1, "runner.sort_window_batches must be >= 1"),
+            (self.prefetch_workers >= 1, "runner.prefetch_workers must be >= 1"),
+            (self.image_cache_mb >= 0, "runner.image_cache_mb must be >= 0"),
+            (
+                self.max_image_pixels is None or self.max_image_pixels >= 1,
+                "runner.max_image_pixels must be >= 1 or null",
+            ),
+            (len(self.metrics) > 0, "runner.metrics must name at least one metric"),
+        ]
+        _raise_first_failure(checks, self)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "${project_root:}"
+    data_dir: str = "${oc.env:MODEL_INTERFACE_DATA,${paths.root_dir}/data}"
+    # Model weights: hub downloads and the tiny offline models are stored and reused here.
+    cache_dir: str = "${default_cache_dir:}"
+
+
+@dataclass
+class RunConfig:
+    """``python -m runners.run``: conf/config.yaml."""
+
+    # {name, class_path, init_params}: init parameters are the model class's own, so this group
+    # is checked by ModelFactory (unknown keys, names that are not registered), not here.
+    model: Any = MISSING
+    dataset: DatasetConfig = MISSING
+    runner: RunnerConfig = MISSING
+    paths: PathsConfig = MISSING
+    # Names the output directory outputs/<run_name>; running again with it resumes the run.
+    run_name: str = MISSING
+    seed: int = 0
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None  # null: model.init_params.model_name
+    # Requests that arrive together are answered by one predict_batch call of at most this many.
+    max_batch_size: int = 8
+    # How long the first request of a batch waits for company.
+    batch_wait_ms: float = 5
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.port <= 65535, "serve.port must be between 0 and 65535"),
+            (self.max_batch_size >= 1, "serve.max_batch_size must be >= 1"),
+            (self.batch_wait_ms >= 0, "serve.batch_wait_ms must be >= 0"),
+        ]
+        _raise_first_failure(checks, self)
+
+
+@dataclass
+class ServeAppConfig:
+    """``python -m runners.serve``: conf/serve.yaml."""
+
+    model: Any = MISSING  # as in RunConfig
+    paths: PathsConfig = MISSING
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def _raise_first_failure(checks: list[tuple[bool, str]], config: object) -> None:
+    for passed, rule in checks:
+        if not passed:
+            key = rule.split()[0].split(".", 1)[1]
+            raise ValueError(f"{rule}, got {getattr(config, key)!r}")
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore and the resolvers the YAML files use in OmegaConf."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(name="serve_schema", node=ServeAppConfig)
+    store.store(group="runner", name="default", node=RunnerConfig)
+    store.store(group="paths", name="default", node=PathsConfig)
+    for name, resolver in (("project_root", lambda: str(PROJECT_ROOT)),
+                           ("default_cache_dir", default_cache_dir)):  # fmt: skip
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+def to_settings(cfg: DictConfig, schema: type) -> Any:
+    """The composed config as ``schema``'s dataclasses (interpolations resolved, ranges checked).
+
+    The config is merged into the schema first, so a config saved without it (a run's
+    ``.hydra/config.yaml``, rerun with ``--config-path``) is checked the same way. Raises
+    :class:`RunnerError` with one line naming the key for a value left at ``???``, a value of
+    the wrong type, an interpolation that can't be resolved, or a value out of range.
+    """
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+    except MissingMandatoryValue as error:
+        raise RunnerError(
+            f"{error.full_key} has no value; set it on the command line, e.g. {error.full_key}=..."
+        ) from None
+    except OmegaConfBaseException as error:
+        raise RunnerError(one_line(error)) from None
+    except ValueError as error:
+        raise RunnerError(str(error)) from None
+
+
+def one_line(error: BaseException) -> str:
+    """An OmegaConf/Hydra error as one line: its first line, then its cause's first line."""
+    message = _first_line(error)
+    if isinstance(error, OverrideParseException):
+        return (
+            f"cannot parse the override {error.override!r} ({message}); quote a value that holds "
+            """spaces or braces, e.g. 'dataset.prompt_template="Answer briefly. {prompt}"'"""
+        )
+    full_key = getattr(error, "full_key", None)
+    if full_key and full_key not in message:
+        message = f"{full_key}: {message}"
+    if options := getattr(error, "options", None):  # a config group option that doesn't exist
+        message = f"{message}; choose one of: {', '.join(options)}"
+    cause = error.__cause__
+    if isinstance(cause, (HydraException, OmegaConfBaseException)) and str(cause).strip():
+        message = f"{message.rstrip('.')}: {_first_line(cause)}"
+    return message
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def run_hydra_command(main: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` function as a command. A mistake in the command line or the config
+    ends in one line on stderr and exit status 2, instead of Hydra's multi-line report."""
+    # Hydra re-raises rather than printing when HYDRA_FULL_ERROR is set; errors raised by the
+    # task itself still show their traceback, as a bug should.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # A log file on a full disk must not add a traceback per log line to the one-line error.
+    logging.raiseExceptions = False
+    try:
+        return main()
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+register()

@@ -1,0 +1,129 @@
+"""A run's fingerprint: everything that decides its answers, kept in ``fingerprint.json``.
+
+Resuming appends to the answers already in a run directory, which is only right if they came
+from the same model and the same questions. The fingerprint holds:
+
+* the model: the class the config names (``"module:Class"``) and its init parameters, with
+  generation settings, but without those that only say where or how fast it runs
+  (:data:`NOT_ANSWER_SETTINGS`);
+* the dataset: format, root, annotation file, filters, prompt template, and the SHA-256 of the
+  annotation file's content.
+
+What only chooses *which* samples run (``limit``, ``shuffle``, ``seed``) or how they are batched
+is left out: a run may be extended with a larger limit, or resumed with a smaller batch after
+running out of memory. Image files are not hashed: replacing an image in place goes unnoticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from model_interface import ModelFactory
+from runners.config import RunnerError
+from runners.datasets import Dataset
+from runners.outputs import has_rows, read_json, write_json
+
+FILE_NAME = "fingerprint.json"
+
+# Init parameters that never change an answer: where the weights are kept, the API key's
+# variable, the HTTP client's patience and parallelism, which device runs the model, how much
+# of it an engine may take.
+NOT_ANSWER_SETTINGS = frozenset(
+    {
+        "cache_dir",
+        "api_key_env",
+        "timeout",
+        "max_retries",
+        "concurrency",
+        "retry_backoff_s",
+        "device",
+        "device_map",
+        "gpu_memory_utilization",
+        "mem_fraction_static",
+    }
+)
+
+
+def fingerprint(model_config: Mapping[str, Any], dataset: Dataset) -> dict[str, Any]:
+    """The fingerprint of a run of ``model_config`` on ``dataset`` (no import, no image read)."""
+    init_params = model_config.get("init_params") or {}
+    return {
+        "model": {
+            "class": ModelFactory.config_target(model_config),
+            "init_params": {
+                key: init_params[key]
+                for key in sorted(init_params)
+                if key not in NOT_ANSWER_SETTINGS
+            },
+        },
+        "dataset": {
+            "format": dataset.format,
+            "root": str(dataset.root),
+            "file": str(dataset.file),
+            "filters": {name: sorted(values) for name, values in sorted(dataset.filters.items())},
+            "prompt_template": dataset.prompt_template,
+            "annotation_sha256": dataset.content_sha256(),
+        },
+    }
+
+
+def claim(run_dir: Path, current: Mapping[str, Any], *, resume: bool) -> None:
+    """Make ``run_dir`` this run's: refuse if it holds answers from a different one.
+
+    Called before the model loads. A directory without answers is taken over whatever its old
+    fingerprint says (a run that failed before answering anything, fixed and started again).
+    """
+    predictions = run_dir / "predictions.csv"
+    if has_rows(predictions):
+        if not resume:
+            raise RunnerError(
+                f"{predictions} exists; pass runner.resume=true to continue that run, or "
+                "choose another run_name / hydra.run.dir"
+            )
+        path = run_dir / FILE_NAME
+        if not path.is_file():
+            raise RunnerError(
+                f"{run_dir} holds answers but no {FILE_NAME} (an older version wrote it), so "
+                "there is no telling whether they come from this configuration; choose another "
+                f"run_name (or hydra.run.dir), or delete {run_dir} to start over"
+            )
+        changes = differences(read_json(path), current)
+        if changes:
+            more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+            raise RunnerError(
+                f"{run_dir} holds answers from a different configuration "
+                f"({'; '.join(changes[:3])}{more}); choose "
+                f"another run_name (or hydra.run.dir) for this one, or delete {run_dir} to "
+                "start over"
+            )
+    write_json(run_dir / FILE_NAME, current)
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for each leaf that differs, keys in dotted form."""
+    old, new = _flatten(saved), _flatten(current)
+    missing = object()
+    return [
+        f"{key}: {_show(old.get(key, missing))} -> {_show(new.get(key, missing))}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(value: Any) -> str:
+    if not isinstance(value, (str, int, float, bool, list, type(None), dict)):
+        return "(not set)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,97 @@
+"""Helpers the runner tests share: composing configs, running the command line, writing
+datasets, reading outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from runners.config import CONFIG_DIR, PROJECT_ROOT
+
+ANNOTATION_COLUMNS = ["data_index", "split", "image_path", "question", "answer", "doc_class",
+                      "question_type"]  # fmt: skip
+
+
+def make_config(cache_dir: Path, *overrides: str, config_name: str = "config") -> Any:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            config_name,
+            overrides=[f"paths.cache_dir={cache_dir}", "runner.progress=false", *overrides],
+        )
+
+
+def run_cli(
+    *args: str, cwd: Path, cache_dir: Path, timeout: float = 300, module: str = "runners.run",
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``python -m runners.run ARGS`` in ``cwd``, stdout and stderr read together."""
+    env = {
+        **os.environ,
+        "MODEL_INTERFACE_CACHE": str(cache_dir),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.update(kwargs.pop("env", {}))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # Hydra logs to stdout, tqdm to stderr: read them together
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def error_lines(output: str) -> list[str]:
+    """The lines of a command's output that report an error."""
+    return [line for line in output.splitlines() if "[ERROR]" in line or line.startswith("error:")]
+
+
+def write_dataset(root: Path, rows: list[dict[str, Any]], *, images: bool = False) -> Path:
+    """A VLMHyperBench-layout dataset: annotation.csv (with BOM) and, with ``images``, a small
+    white picture for every image path that does not exist yet."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "annotation.csv").open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ANNOTATION_COLUMNS, delimiter=";")
+        writer.writeheader()
+        for index, row in enumerate(rows):
+            writer.writerow(
+                {"data_index": index, "split": "test", "image_path": f"images/{index}.png",
+                 "question": f"question {index}?", "answer": "42", "doc_class": "form",
+                 "question_type": "number", **row}
+            )  # fmt: skip
+    for index, row in enumerate(rows):
+        image = root / row.get("image_path", f"images/{index}.png")
+        if images and not image.exists():
+            image.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), "white").save(image)
+    return root
+
+
+def write_jsonl(root: Path, rows: list[dict[str, Any]]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "data.jsonl").open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            Image.new("RGB", (8, 8), "white").save(root / row["image"])
+    return root
+
+
+def read_predictions(output_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(output_dir / "predictions.csv", dtype={"sample_id": str, "error": str},
+                       keep_default_na=False)  # fmt: skip
+
+
+def read_metrics(output_dir: Path) -> dict[str, Any]:
+    return pd.read_csv(output_dir / "metrics.csv").iloc[0].to_dict()

@@ -1,0 +1,107 @@
+"""The run directory's files: predictions.csv torn by a kill or a full disk, huge fields,
+atomic rewrites."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runners.config import RunnerError
+from runners.outputs import PredictionsFile, has_rows, read_complete_rows
+
+COLUMNS = ["sample_id", "sample_index", "prediction", "error"]
+
+
+def written(path: Path, rows: list[dict]) -> PredictionsFile:
+    predictions = PredictionsFile(path, COLUMNS)
+    predictions.open(resume=True)
+    predictions.append(rows)
+    predictions.close()
+    return predictions
+
+
+def test_a_torn_last_row_is_dropped_on_resume(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.csv"
+    rows = [
+        {"sample_id": "a", "sample_index": 0, "prediction": "x", "error": ""},
+        {"sample_id": "b", "sample_index": 1, "prediction": "", "error": "boom"},
+    ]
+    written(path, rows)
+    with path.open("a") as handle:
+        handle.write('c,2,"an answer cut off\nin the mid')  # a kill during a write
+
+    again = PredictionsFile(path, COLUMNS)
+    kept = again.open(resume=True)
+    assert [row["sample_id"] for row in kept] == ["a"]  # failed "b" is retried, torn "c" dropped
+    again.close()
+    assert path.read_bytes() == b"sample_id,sample_index,prediction,error\r\na,0,x,\r\n"
+
+
+@pytest.mark.parametrize("cut", range(1, 9))
+def test_a_row_cut_inside_a_multi_byte_character_is_dropped(tmp_path: Path, cut: int) -> None:
+    # A full disk stops a write at any byte: here inside "жёлтый" (two bytes per letter).
+    path = tmp_path / "predictions.csv"
+    written(path, [{"sample_id": "a", "sample_index": 0, "prediction": "синий", "error": ""}])
+    tail = "b,1,жёлтый,\r\n".encode()
+    with path.open("ab") as handle:
+        handle.write(tail[: 4 + cut])
+    assert [row["sample_id"] for row in read_complete_rows(path)] == ["a"]
+    again = PredictionsFile(path, COLUMNS)
+    assert [row["prediction"] for row in again.open(resume=True)] == ["синий"]
+    again.close()
+
+
+def test_a_field_longer_than_pythons_csv_limit_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.csv"
+    long_answer = "x" * 500_000  # csv's default field limit is 131,072 characters
+    written(path, [{"sample_id": "a", "sample_index": 0, "prediction": long_answer, "error": ""}])
+    (row,) = read_complete_rows(path)
+    assert row["prediction"] == long_answer
+
+
+def test_damage_before_the_end_is_refused_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.csv"
+    path.write_bytes(b"sample_id,sample_index,prediction,error\r\na,0,\xff\xfe,\r\nb,1,y,\r\n")
+    with pytest.raises(RunnerError, match=r"predictions.csv is damaged: byte \d+ is not UTF-8"):
+        read_complete_rows(path)
+
+
+def test_rows_are_rewritten_in_dataset_order_with_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.csv"
+    predictions = PredictionsFile(path, ["sample_id", "sample_index", "prediction"])
+    predictions.open(resume=False)
+    predictions.append([{"sample_id": "c", "sample_index": 2, "prediction": "two\nlines"},
+                        {"sample_id": "a", "sample_index": 0, "prediction": "zero"}])  # fmt: skip
+    predictions.append([{"sample_id": "b", "sample_index": 1, "prediction": "ü, one"}])
+    predictions.rewrite_in_order(
+        lambda row: {**row, "length": len(row["prediction"])},
+        ["sample_id", "sample_index", "prediction", "length"],
+    )
+    frame = pd.read_csv(path)
+    assert frame["sample_id"].tolist() == ["a", "b", "c"]
+    assert frame["prediction"].tolist() == ["zero", "ü, one", "two\nlines"]
+    assert frame["length"].tolist() == [4, 6, 9]
+
+
+def test_resume_drops_the_score_columns_of_an_earlier_attempt(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.csv"
+    path.write_text("sample_id,sample_index,prediction,error,anls\r\na,0,x,,0.5\r\n")
+    predictions = PredictionsFile(path, COLUMNS)
+    assert predictions.open(resume=True) == [
+        {"sample_id": "a", "sample_index": "0", "prediction": "x", "error": "", "anls": "0.5"}
+    ]
+    predictions.close()
+    assert next(csv.reader(io.StringIO(path.read_text()))) == COLUMNS
+
+
+def test_has_rows_reads_only_the_first_lines(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.csv"
+    assert not has_rows(path)
+    path.write_text("sample_id,prediction\r\n")
+    assert not has_rows(path)
+    path.write_text("sample_id,prediction\r\na,x\r\n")
+    assert has_rows(path)
