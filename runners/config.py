@@ -232,6 +232,19 @@ def run_hydra_command(main: Callable[[], Any]) -> Any:
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ValueError as error:
+        if not _raised_by_hydra(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)  # a command-line mistake, e.g. -m with --cfg
+        raise SystemExit(2) from None
+
+
+def _raised_by_hydra(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    module = traceback.tb_frame.f_globals.get("__name__", "") if traceback else ""
+    return module.startswith("hydra.")
 
 
 register()

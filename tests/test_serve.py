@@ -304,3 +304,21 @@ def test_a_failing_request_does_not_fail_the_others_in_its_batch(model) -> None:
 def test_create_app_checks_its_arguments(model) -> None:
     with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
         create_app(model, "m", max_batch_size=0)
+
+
+def test_a_published_wrapper_that_skips_super_init_is_served(clean_registry) -> None:
+    from tests.upstream_wrappers import Qwen2_5_VLStyleModel
+
+    model = clean_registry.from_config(
+        {"name": "Qwen2.5-VL-style", "class_path": "tests.upstream_wrappers:Qwen2_5_VLStyleModel",
+         "init_params": {"model_name": "Qwen2.5-VL-3B-Instruct", "device_map": "auto"}}
+    )  # fmt: skip
+    assert isinstance(model, Qwen2_5_VLStyleModel)
+    request = PredictionRequest([red_square(12)], "What is this?")
+    with TestClient(create_app(model, "qwen")) as client:
+        response = client.post(
+            "/v1/chat/completions",
+            json={"messages": openai_messages("", request), "max_tokens": 5},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "12x12 | What is this?"

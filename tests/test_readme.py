@@ -1,0 +1,122 @@
+"""Every ``python -m runners.run`` command in README.md runs, so an example never rots.
+
+A command runs for real with ``runner.limit=2`` appended. One that needs what this machine
+lacks (a GPU, a hub download, a server, SLURM, a dataset elsewhere, a package not installed) is
+composed with ``--cfg job`` instead: its overrides must parse and its config must compose; a
+sweep is composed job by job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from model_interface import tiny
+from runners.config import CONFIG_DIR, PROJECT_ROOT
+from tests.helpers import run_cli
+
+COMMAND = "python -m runners.run"
+
+
+def readme_commands() -> list[str]:
+    """Each ``python -m runners.run ...`` in README.md's bash blocks, in order."""
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                part = part.strip()
+                if part.startswith(COMMAND):
+                    commands.append(part)
+    return commands
+
+
+def what_it_needs(arguments: list[str]) -> str | None:
+    """What the command needs that this machine lacks, or None if it can run here."""
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key == "model":
+            for choice in value.split(","):
+                model = OmegaConf.load(CONFIG_DIR / "model" / f"{choice}.yaml")
+                if model.name == "openai":
+                    return "an OpenAI-compatible server"
+                if model.name in ("vllm", "sglang"):
+                    return "a GPU"
+                if model.name == "hf" and not tiny.is_tiny_model(model.init_params.model_name):
+                    return "a model from the hub"
+        if key == "model.class_path":
+            module = value.replace(":", ".").rpartition(".")[0]
+            if importlib.util.find_spec(module.split(".")[0]) is None:
+                return f"the package of {value}"
+        if key == "hydra/launcher" and value.startswith("slurm"):
+            return "SLURM"
+        if key == "dataset.root" and not Path(value).exists():
+            return f"the dataset {value}"
+    return None
+
+
+def single_jobs(arguments: list[str]) -> list[list[str]]:
+    """The jobs of a sweep as single runs: job i takes the i-th value of every list."""
+    arguments = [argument for argument in arguments if argument not in ("-m", "--multirun")]
+    lists = [argument.partition("=")[2].split(",") for argument in arguments]
+    count = max((len(values) for values in lists), default=1)
+    jobs = []
+    for index in range(count):
+        job = []
+        for argument, values in zip(arguments, lists, strict=True):
+            key = argument.partition("=")[0]
+            job.append(f"{key}={values[min(index, len(values) - 1)]}" if "=" in argument
+                       else argument)  # fmt: skip
+        jobs.append(job)
+    return jobs
+
+
+def test_the_readme_has_the_commands_it_should() -> None:
+    commands = readme_commands()
+    assert commands[0] == COMMAND  # the first command a new user runs
+    assert len(commands) >= 10
+    assert any("prompt_template" in command for command in commands)
+
+
+@pytest.mark.slow
+def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: Path) -> None:
+    ran, composed = [], []
+    for command in readme_commands():
+        arguments = shlex.split(command, comments=True)[3:]
+        # "<run>" stands for the directory of a single run made earlier: the latest one.
+        if any("<run>" in argument for argument in arguments):
+            runs = [path.parent for path in (tmp_path / "outputs").glob("*/.hydra")]
+            latest = max(runs, key=lambda path: path.stat().st_mtime)
+            arguments = [argument.replace("<run>", latest.name) for argument in arguments]
+        arguments = [argument.replace("$PWD", str(tmp_path)) for argument in arguments]
+        need = what_it_needs(arguments)
+        if need is None:
+            result = run_cli(*arguments, "runner.limit=2", cwd=tmp_path, cache_dir=model_cache)
+            assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
+            ran.append(command)
+            continue
+        for job in single_jobs(arguments):
+            result = run_cli(*job, "--cfg", "job", cwd=tmp_path, cache_dir=model_cache)
+            assert result.returncode == 0, f"{command} (needs {need})\n{result.stdout[-3000:]}"
+            assert "runner:" in result.stdout and "model:" in result.stdout
+        composed.append(command)
+    assert len(ran) >= 6 and len(composed) >= 3, (ran, composed)
+
+
+def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp_path) -> None:
+    (command,) = [c for c in readme_commands() if "prompt_template" in c]
+    result = subprocess.run(
+        ["bash", "-c", f"{command} --cfg job"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+             "PYTHONPATH": str(PROJECT_ROOT), "MODEL_INTERFACE_CACHE": str(model_cache)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "prompt_template: Answer briefly. {prompt}" in result.stdout
