@@ -233,8 +233,7 @@ class RunTally:
     def summary(self) -> dict[str, Any]:
         """Counts, timing and token figures, then each metric's mean over all rows."""
         n_errors = self.n_input_errors + self.n_model_errors
-        reached = len(self.call_times)
-        model_s = self.model_s
+        reached, model_s = len(self.call_times), self.model_s
         row = {
             "n_samples": self.n_samples,
             "n_errors": n_errors,
