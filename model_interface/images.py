@@ -109,6 +109,21 @@ def _open(image: ImageInput) -> Image.Image:
     )
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of encoded image bytes, read from the header alone (nothing decoded)."""
+    if not data:
+        raise ImageLoadError("image <0 bytes> is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as picture:
+                return picture.size
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"image {describe_image_input(data)} is too large: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"cannot read image {describe_image_input(data)}: {error}") from None
+
+
 def _read_regular_file(path: Path) -> bytes:
     """The file's bytes; anything but a regular file (a FIFO, a device) is refused unread.
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import logging
+import time
 from abc import ABC
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from model_interface.images import ImageInput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,23 @@ class Prediction:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+
+
+class UnsupportedRequest(ValueError):
+    """A request this model can't take as it is (e.g. no image, for a model that needs one).
+
+    A mistake of the request, not a failure of the model: a server answers it with 400.
+    """
+
+
+@dataclass
+class TimedPrediction:
+    """A prediction, with the model call that produced it: its wall time and its size."""
+
+    prediction: Prediction
+    call_s: float
+    batch_size: int
+    unsupported: bool = False  # the model refused the request itself (UnsupportedRequest)
 
 
 @dataclass(frozen=True)
@@ -241,3 +262,35 @@ PREDICT_METHODS = ("predict_batch", "predict_on_images", "predict_on_image")
 
 def _overrides(cls: type, name: str) -> bool:
     return inspect.getattr_static(cls, name) is not inspect.getattr_static(ModelInterface, name)
+
+
+def predict_isolated(
+    model: ModelInterface, requests: Sequence[PredictionRequest]
+) -> list[TimedPrediction]:
+    """``model.predict_batch(requests)``, where a failure stays with the request that caused it.
+
+    A batch that raises (or returns the wrong number of predictions) is tried again one request
+    at a time, so one bad request fails alone; a request that fails alone gets a
+    :class:`Prediction` with ``error``. Never raises an ``Exception``.
+    """
+    if not requests:
+        return []
+    start = time.perf_counter()
+    try:
+        predictions = list(model.predict_batch(requests))
+        if len(predictions) != len(requests):
+            raise RuntimeError(
+                f"{type(model).__name__}.predict_batch returned {len(predictions)} predictions "
+                f"for {len(requests)} requests"
+            )
+    except Exception as error:
+        call_s, message = time.perf_counter() - start, f"{type(error).__name__}: {error}"
+        if len(requests) > 1:
+            log.warning("model failed on a batch of %d (%s); retrying one by one",
+                        len(requests), message)  # fmt: skip
+            return [timed for request in requests for timed in predict_isolated(model, [request])]
+        log.warning("model failed on a request: %s", message)
+        unsupported = isinstance(error, (UnsupportedRequest, NotImplementedError))
+        return [TimedPrediction(Prediction("", error=message), call_s, 1, unsupported)]
+    call_s = time.perf_counter() - start
+    return [TimedPrediction(prediction, call_s, len(requests)) for prediction in predictions]

@@ -128,6 +128,31 @@ class RunConfig:
 
 
 @dataclass
+class RequestLimits:
+    """What one request to runners.serve may hold; more is refused before any model work."""
+
+    max_body_mb: float = 32  # the request body (413 beyond)
+    max_images: int = 16  # images in one request
+    # Pixels of one image and of all a request's images together, read from the image headers
+    # before anything is decoded (a 9 KB PNG can hold a 9000x9000 picture).
+    max_image_pixels: int = 25_000_000
+    max_request_pixels: int = 64_000_000
+    max_prompt_chars: int = 100_000  # all the text of a request, system message included
+    max_json_depth: int = 32  # nesting of the JSON body
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_body_mb > 0, "serve.limits.max_body_mb must be > 0"),
+            (self.max_images >= 0, "serve.limits.max_images must be >= 0"),
+            (self.max_image_pixels >= 1, "serve.limits.max_image_pixels must be >= 1"),
+            (self.max_request_pixels >= 1, "serve.limits.max_request_pixels must be >= 1"),
+            (self.max_prompt_chars >= 1, "serve.limits.max_prompt_chars must be >= 1"),
+            (self.max_json_depth >= 2, "serve.limits.max_json_depth must be >= 2"),
+        ]
+        _raise_first_failure(checks, self)
+
+
+@dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -136,6 +161,12 @@ class ServeConfig:
     max_batch_size: int = 8
     # How long the first request of a batch waits for company.
     batch_wait_ms: float = 5
+    # The NAME of the environment variable holding the key clients must send as
+    # "Authorization: Bearer <key>" (every endpoint but /health); null: no key.
+    api_key_env: str | None = None
+    # Serve the API's own documentation at /docs and /openapi.json.
+    docs: bool = False
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         checks = [
@@ -158,7 +189,7 @@ class ServeAppConfig:
 def _raise_first_failure(checks: list[tuple[bool, str]], config: object) -> None:
     for passed, rule in checks:
         if not passed:
-            key = rule.split()[0].split(".", 1)[1]
+            key = rule.split()[0].rsplit(".", 1)[1]
             raise ValueError(f"{rule}, got {getattr(config, key)!r}")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +22,12 @@ from pathlib import Path
 from PIL import Image
 
 from model_interface.images import load_image
-from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
+from model_interface.model_interface import (
+    ModelInterface,
+    Prediction,
+    PredictionRequest,
+    predict_isolated,
+)
 from runners.datasets import Dataset, Sample
 
 log = logging.getLogger(__name__)
@@ -168,35 +172,8 @@ def _answer_batch(model: ModelInterface, batch: Sequence[_Loaded]) -> list[Answe
 
 def _answer_loaded(model: ModelInterface, ready: Sequence[_Loaded]) -> list[Answer]:
     """Answers for samples whose images loaded; a failed batch is retried one by one."""
-    if not ready:
-        return []
     requests = [PredictionRequest(item.images, item.sample.prompt) for item in ready]
-    predictions, call_s, error = _predict(model, requests)
-    if error is None:
-        return [
-            Answer(item.sample, prediction, call_s, len(ready))
-            for item, prediction in zip(ready, predictions, strict=True)
-        ]
-    if len(ready) > 1:
-        log.warning("model failed on a batch of %d (%s); retrying one by one", len(ready), error)
-        return [answer for item in ready for answer in _answer_loaded(model, [item])]
-    (item,) = ready
-    log.warning("model failed on sample %s: %s", item.sample.id, error)
-    return [Answer(item.sample, Prediction("", error=error), call_s, 1)]
-
-
-def _predict(
-    model: ModelInterface, requests: list[PredictionRequest]
-) -> tuple[list[Prediction], float, str | None]:
-    """The model's predictions, the wall time, and the error message if it failed."""
-    start = time.perf_counter()
-    try:
-        predictions = list(model.predict_batch(requests))
-        if len(predictions) != len(requests):
-            raise RuntimeError(
-                f"{type(model).__name__}.predict_batch returned {len(predictions)} predictions "
-                f"for {len(requests)} requests"
-            )
-    except Exception as error:
-        return [], time.perf_counter() - start, f"{type(error).__name__}: {error}"
-    return predictions, time.perf_counter() - start, None
+    return [
+        Answer(item.sample, timed.prediction, timed.call_s, timed.batch_size)
+        for item, timed in zip(ready, predict_isolated(model, requests), strict=True)
+    ]

@@ -7,6 +7,20 @@ list of ``text`` and ``image_url`` parts; images must be base64 ``data:`` URLs (
 fetches a URL or reads a file on a client's behalf). Several text parts are joined with
 newlines, and the images are shown to the model before the text, in order.
 
+One request never hurts another:
+
+* **Limits** (``serve.limits``): the body size (413), images per request, pixels per image and
+  per request (read from the image headers before anything is decoded), prompt length and JSON
+  nesting are checked before a request is queued; a request over a limit gets a 400 saying
+  which, and costs no model time.
+* **Isolation**: a batch the model fails on is tried again one request at a time, so a bad
+  request fails alone. A request the model can't take as it is (``UnsupportedRequest``, e.g. no
+  image for a model that needs one) is a 400, a failure of the model a 500; each goes only to
+  its own client. A client that disconnects while its request waits is dropped from the queue.
+* **Keys**: with ``serve.api_key_env=NAME``, every endpoint but ``/health`` requires
+  ``Authorization: Bearer <the key in $NAME>`` (401 otherwise). ``/docs`` and
+  ``/openapi.json`` are off unless ``serve.docs=true``.
+
 Batching: requests wait in one queue; a single worker takes up to ``max_batch_size`` of them
 (waiting at most ``batch_wait_s`` after the first) and answers them with one
 ``model.predict_batch`` call, in one thread, so the model is never called concurrently. Clients
@@ -23,11 +37,15 @@ once per setting. ``model`` in a request must be the served name (or left out).
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
+import json
 import logging
+import os
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -37,16 +55,22 @@ import hydra
 from omegaconf import DictConfig
 
 from model_interface.chat import data_url_to_bytes
-from model_interface.images import ImageLoadError, load_image
-from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
-from runners.config import CONFIG_DIR
+from model_interface.images import ImageLoadError, image_size, load_image
+from model_interface.model_interface import (
+    ModelInterface,
+    Prediction,
+    PredictionRequest,
+    TimedPrediction,
+    predict_isolated,
+)
+from runners.config import CONFIG_DIR, RequestLimits
 
 INSTALL_HINT = "pip install 'model-interface[serve]'"
 
 try:
     # At module level because FastAPI resolves the routes' annotations in module globals.
     import fastapi
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
 except ImportError as error:  # reported with the install hint when an app is created
     fastapi = None
@@ -55,6 +79,8 @@ else:
     _fastapi_missing = None
 
 log = logging.getLogger("runners.serve")
+# How often a waiting request checks whether its client is still there.
+DISCONNECT_POLL_S = 0.25
 # Request settings the server can't apply per request (see the module docstring), with the
 # GenerationSettings field each corresponds to.
 IGNORED_SETTINGS = {
@@ -69,7 +95,7 @@ IGNORED_SETTINGS = {
 
 
 class BadRequest(ValueError):
-    """The request can't be answered as sent; the message says why. ``status``: 400 or 404."""
+    """The request can't be answered as sent; the message says why. ``status``: 400, 404, 413."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -87,8 +113,15 @@ def _require_fastapi() -> None:
 # --- turning a chat completion request into a PredictionRequest -------------------------------
 
 
-def parse_chat_request(body: Any, served_model_name: str) -> PredictionRequest:
-    """The PredictionRequest for a chat completion body; raises :class:`BadRequest`."""
+def parse_chat_request(
+    body: Any, served_model_name: str, limits: RequestLimits | None = None
+) -> PredictionRequest:
+    """The PredictionRequest for a chat completion body; raises :class:`BadRequest`.
+
+    Every limit is checked before an image is decoded: counts and text first, then each image's
+    size from its header.
+    """
+    limits = limits or RequestLimits()
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     if body.get("stream"):
@@ -128,8 +161,20 @@ def parse_chat_request(body: Any, served_model_name: str) -> PredictionRequest:
             "multi-turn conversations are not supported: send exactly one user message "
             f"(found {len(user_contents)})"
         )
-    images, prompt = _user_content(user_contents[0])
+    image_urls, prompt = _user_content(user_contents[0])
     system_prompt = "\n".join(system_parts) if system_parts else None
+    characters = len(prompt) + len(system_prompt or "")
+    if characters > limits.max_prompt_chars:
+        raise BadRequest(
+            f"the request's text is {characters:,} characters, over this server's limit of "
+            f"{limits.max_prompt_chars:,}"
+        )
+    if len(image_urls) > limits.max_images:
+        raise BadRequest(
+            f"the request has {len(image_urls)} images, over this server's limit of "
+            f"{limits.max_images}"
+        )
+    images = _decode_images(image_urls, limits)
     return PredictionRequest(images, prompt, system_prompt=system_prompt)
 
 
@@ -146,26 +191,57 @@ def _system_text(content: Any, index: int) -> str:
     raise BadRequest(f"messages[{index}] (system) content must be a string or a list of parts")
 
 
-def _user_content(content: Any) -> tuple[list[Any], str]:
+def _user_content(content: Any) -> tuple[list[tuple[int, Any]], str]:
+    """((part index, image_url) for each image, the text joined) of the user message."""
     if isinstance(content, str):
         return [], content
     if not isinstance(content, list):
         raise BadRequest("the user message's content must be a string or a list of parts")
-    images, texts = [], []
+    image_urls, texts = [], []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             texts.append(str(part.get("text", "")))
         elif kind == "image_url":
-            images.append(_decode_image(part.get("image_url"), index))
+            image_urls.append((index, part.get("image_url")))
         else:
             raise BadRequest(
                 f"content part {index} has type {kind!r}; supported: 'text' and 'image_url'"
             )
-    return images, "\n".join(texts)
+    return image_urls, "\n".join(texts)
 
 
-def _decode_image(image_url: Any, index: int) -> Any:
+def _decode_images(image_urls: list[tuple[int, Any]], limits: RequestLimits) -> list[Any]:
+    """The pictures, once every one's size (from its header) is within the limits."""
+    encoded, total = [], 0
+    for index, image_url in image_urls:
+        data = _image_bytes(image_url, index)
+        try:
+            width, height = image_size(data)
+        except ImageLoadError as error:
+            raise BadRequest(f"content part {index}: bad image: {error}") from None
+        if width * height > limits.max_image_pixels:
+            raise BadRequest(
+                f"content part {index}: the image is {width}x{height} = {width * height:,} "
+                f"pixels, over this server's limit of {limits.max_image_pixels:,} per image"
+            )
+        total += width * height
+        encoded.append((index, data))
+    if total > limits.max_request_pixels:
+        raise BadRequest(
+            f"the request's images hold {total:,} pixels together, over this server's limit "
+            f"of {limits.max_request_pixels:,} per request"
+        )
+    pictures = []
+    for index, data in encoded:
+        try:
+            pictures.append(load_image(data, max_pixels=limits.max_image_pixels))
+        except ImageLoadError as error:
+            raise BadRequest(f"content part {index}: bad image: {error}") from None
+    return pictures
+
+
+def _image_bytes(image_url: Any, index: int) -> bytes:
     url = image_url.get("url") if isinstance(image_url, dict) else image_url
     if not isinstance(url, str) or not url:
         raise BadRequest(f"content part {index}: image_url needs a 'url'")
@@ -178,9 +254,59 @@ def _decode_image(image_url: Any, index: int) -> Any:
             "inline as a base64 data URL ('data:image/png;base64,...')"
         )
     try:
-        return load_image(data_url_to_bytes(url))
+        return data_url_to_bytes(url)
     except ImageLoadError as error:
         raise BadRequest(f"content part {index}: bad image: {error}") from None
+
+
+def parse_json_body(raw: bytes, limits: RequestLimits) -> Any:
+    """The decoded body; too deep a nesting is a 400, whatever Python's recursion limit."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        body = None
+        depth = limits.max_json_depth + 1
+    except ValueError:
+        raise BadRequest("the request body is not valid JSON") from None
+    else:
+        depth = json_depth(body)
+    if depth > limits.max_json_depth:
+        raise BadRequest(
+            f"the request body is nested {depth if body is not None else 'too'} levels deep, "
+            f"over this server's limit of {limits.max_json_depth}"
+        )
+    return body
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        children = list(item.values()) if isinstance(item, dict) else item
+        if not isinstance(children, list):
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+async def read_body(request: Any, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over ``max_bytes``."""
+    too_large = BadRequest(
+        f"the request body is over this server's limit of {max_bytes:,} bytes", status=413
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # --- batching ------------------------------------------------------------------------------
@@ -189,7 +315,7 @@ def _decode_image(image_url: Any, index: int) -> Any:
 @dataclass
 class _Pending:
     request: PredictionRequest
-    future: asyncio.Future[Prediction]
+    future: asyncio.Future[TimedPrediction]
 
 
 @dataclass
@@ -223,12 +349,21 @@ class _Batcher:
             self.executor.shutdown(wait=True)
         self.queue = self.task = self.executor = None
 
-    async def predict(self, request: PredictionRequest) -> Prediction:
+    async def predict(
+        self, request: PredictionRequest, gone: Callable[[], Awaitable[bool]]
+    ) -> TimedPrediction | None:
+        """The request's answer; None if the client went away (``gone()``) while it waited."""
         if self.queue is None:
             raise RuntimeError("the batch worker is not running (was the app started?)")
-        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[TimedPrediction] = asyncio.get_running_loop().create_future()
         await self.queue.put(_Pending(request, future))
-        return await future
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return future.result()
+            if await gone():
+                future.cancel()  # the worker skips it, if its batch has not started yet
+                return None
 
     async def _work(self) -> None:
         assert self.queue is not None
@@ -241,17 +376,11 @@ class _Batcher:
                 continue
             self.batch_sizes.append(len(batch))
             requests = [item.request for item in batch]
-            try:
-                predictions = await loop.run_in_executor(
-                    self.executor, self._predict_batch, requests
-                )
-            except Exception as error:  # the whole batch failed: every request says why
-                log.exception("predict_batch failed on a batch of %d", len(batch))
-                message = f"{type(error).__name__}: {error}"
-                predictions = [Prediction("", error=message) for _ in batch]
-            for item, prediction in zip(batch, predictions, strict=True):
+            answers = await loop.run_in_executor(self.executor, predict_isolated, self.model,
+                                                 requests)  # fmt: skip
+            for item, answer in zip(batch, answers, strict=True):
                 if not item.future.done():
-                    item.future.set_result(prediction)
+                    item.future.set_result(answer)
 
     async def _next_batch(
         self, queue: asyncio.Queue[_Pending], loop: asyncio.AbstractEventLoop
@@ -270,15 +399,6 @@ class _Batcher:
             await asyncio.sleep(min(remaining, 0.001))
         return batch
 
-    def _predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
-        predictions = list(self.model.predict_batch(requests))
-        if len(predictions) != len(requests):
-            raise RuntimeError(
-                f"{type(self.model).__name__}.predict_batch returned {len(predictions)} "
-                f"predictions for {len(requests)} requests"
-            )
-        return predictions
-
 
 # --- the app -------------------------------------------------------------------------------
 
@@ -288,11 +408,16 @@ def create_app(
     served_model_name: str,
     max_batch_size: int = 8,
     batch_wait_s: float = 0.005,
+    *,
+    limits: RequestLimits | None = None,
+    api_key: str | None = None,
+    docs: bool = False,
 ) -> fastapi.FastAPI:
     """An OpenAI-compatible app around ``model``. The caller keeps ownership of the model.
 
-    The batch worker starts with the app's lifespan: run it with uvicorn, or use FastAPI's
-    ``TestClient`` as a context manager (``with TestClient(app) as client``).
+    ``api_key`` (the key itself) makes every endpoint but ``/health`` require it as a bearer
+    token. The batch worker starts with the app's lifespan: run it with uvicorn, or use
+    FastAPI's ``TestClient`` as a context manager (``with TestClient(app) as client``).
     ``app.state.batch_sizes`` holds the sizes of the (latest 10,000) batches the model was given.
     """
     _require_fastapi()
@@ -300,6 +425,10 @@ def create_app(
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     if batch_wait_s < 0:
         raise ValueError(f"batch_wait_s must be >= 0, got {batch_wait_s}")
+    if api_key is not None and not api_key:
+        raise ValueError("api_key is empty; pass None for a server without a key")
+    limits = limits or RequestLimits()
+    max_body_bytes = int(limits.max_body_mb * 2**20)
     batcher = _Batcher(model, max_batch_size, batch_wait_s)
     created = int(time.time())
     warned: set[str] = set()
@@ -312,16 +441,22 @@ def create_app(
         finally:
             await batcher.stop()
 
-    app = fastapi.FastAPI(title="model-interface server", lifespan=lifespan)
+    app = fastapi.FastAPI(
+        title="model-interface server",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.batch_sizes = batcher.batch_sizes
-
-    def error_response(status: int, message: str, kind: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Any, error: HTTPException) -> JSONResponse:
         # Unknown routes and wrong methods answer in OpenAI's error format too.
-        return error_response(error.status_code, str(error.detail), "invalid_request_error")
+        return error_response(error.status_code, str(error.detail))
+
+    if api_key is not None:
+        app.add_middleware(_RequireKey, key=api_key)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -340,26 +475,56 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: fastapi.Request) -> Any:
         try:
-            body = await request.json()
-        except ValueError:
-            message = "the request body is not valid JSON"
-            return error_response(400, message, "invalid_request_error")
-        try:
+            body = parse_json_body(await read_body(request, max_body_bytes), limits)
             # Decoding base64 and images is CPU work: keep it off the event loop.
             prediction_request = await asyncio.to_thread(
-                parse_chat_request, body, served_model_name
+                parse_chat_request, body, served_model_name, limits
             )
         except BadRequest as error:
-            kind = "not_found_error" if error.status == 404 else "invalid_request_error"
-            return error_response(error.status, str(error), kind)
+            return error_response(error.status, str(error))
         _warn_about_ignored_settings(body, model, warned)
 
-        prediction = await batcher.predict(prediction_request)
+        answer = await batcher.predict(prediction_request, request.is_disconnected)
+        if answer is None:  # the client went away; nobody reads this
+            return Response(status_code=499)
+        prediction = answer.prediction
         if prediction.error is not None:
-            return error_response(500, prediction.error, "server_error")
+            status = 400 if answer.unsupported else 500
+            return error_response(status, prediction.error)
         return _completion(prediction, served_model_name, model.generation.max_new_tokens)
 
     return app
+
+
+class _RequireKey:
+    """ASGI middleware: every request but ``/health`` must carry ``Authorization: Bearer <key>``.
+
+    A plain ASGI class rather than ``@app.middleware``: that wrapper hides a client's disconnect
+    from the endpoint, and waiting requests must see it.
+    """
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            headers = dict(scope["headers"])
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            given = token.strip().encode("latin-1")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.key):
+                message = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+                await error_response(401, message, code="invalid_api_key")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
+    """An error in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = {401: "authentication_error", 404: "not_found_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return JSONResponse({"error": error}, status_code=status)
 
 
 def _completion(prediction: Prediction, served_model_name: str, max_new_tokens: int) -> dict:
@@ -422,12 +587,22 @@ def serve(cfg: DictConfig) -> None:
         or (settings.model.get("init_params") or {}).get("model_name")
         or settings.model.get("name")
     )
+    api_key = _api_key(options.api_key_env)
+    if api_key is None and not _is_loopback(options.host):
+        log.warning(
+            "serving on %s without an API key: anyone who can reach this address can use the "
+            "model; set serve.api_key_env=NAME to require the key in $NAME",
+            options.host,
+        )
     loaded, _ = load(settings.model)
     app = create_app(
         loaded.model,
         str(served_name),
         max_batch_size=options.max_batch_size,
         batch_wait_s=options.batch_wait_ms / 1000,
+        limits=options.limits,
+        api_key=api_key,
+        docs=options.docs,
     )
     log.info("serving %s on http://%s:%d", served_name, options.host, options.port)
     try:
@@ -435,6 +610,29 @@ def serve(cfg: DictConfig) -> None:
         uvicorn.run(app, host=options.host, port=options.port, log_config=None)
     finally:
         loaded.model.close()
+
+
+def _api_key(variable: str | None) -> str | None:
+    from runners.config import RunnerError
+
+    if variable is None:
+        return None
+    key = os.environ.get(variable, "")
+    if not key:
+        raise RunnerError(
+            f"serve.api_key_env={variable}, but the environment variable {variable} is not set "
+            f"or empty; export {variable}=<the key clients must send>"
+        )
+    return key
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="serve")

@@ -3,11 +3,16 @@ datasets, reading outputs."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +100,34 @@ def read_predictions(output_dir: Path) -> pd.DataFrame:
 
 def read_metrics(output_dir: Path) -> dict[str, Any]:
     return pd.read_csv(output_dir / "metrics.csv").iloc[0].to_dict()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(model: Any, name: str, **options: Any) -> Iterator[str]:
+    """create_app in a real uvicorn server on a free port; yields the base URL."""
+    import uvicorn
+
+    from runners.serve import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(model, name, **options), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

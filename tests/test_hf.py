@@ -69,6 +69,16 @@ def test_the_image_and_the_system_prompt_change_the_output(model: HFModel) -> No
     assert texts(model, [other_system]) != by_image[1:]
 
 
+def test_text_only_requests_alone_and_mixed_with_image_requests(model: HFModel) -> None:
+    text_only = PredictionRequest([], "What is two plus two?")
+    with_image = PredictionRequest([NOISE], "What is the total?")
+    (alone,) = model.predict_batch([text_only])
+    assert alone.error is None and alone.text and 0 < alone.completion_tokens <= 12
+    mixed = model.predict_batch([text_only, with_image, text_only])
+    assert [p.text for p in mixed] == [alone.text, texts(model, [with_image])[0], alone.text]
+    assert mixed[0].prompt_tokens == mixed[2].prompt_tokens == alone.prompt_tokens
+
+
 def test_upstream_style_calls(model_cache: Path) -> None:
     model = HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=8)
     by_path = model.predict_on_image(str(SAMPLE_IMAGE), question="What is the subtotal?")

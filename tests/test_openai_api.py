@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,15 +28,10 @@ from model_interface.backends.dummy import DummyModel
 from model_interface.backends.openai_api import OpenAIModel
 from model_interface.model_interface import Prediction, PredictionRequest
 from runners.run import PROJECT_ROOT
+from tests.helpers import free_port, serve_in_thread
 
 SAMPLE_IMAGES = sorted((PROJECT_ROOT / "data" / "sample_docs" / "images").glob("*.png"))
 SECRET = "sk-test-SECRET-5f1e0c9a7b"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def small_image(shade: int = 0) -> Image.Image:
@@ -387,31 +381,6 @@ def test_the_runner_never_writes_the_api_key_anywhere(fake_server, tmp_path) -> 
 # --- against runners.serve -------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def serve_in_thread(model: Any, name: str, **options: Any) -> Iterator[str]:
-    """create_app in a real uvicorn server on a free port; yields the base URL."""
-    import uvicorn
-
-    from runners.serve import create_app
-
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(model, name, **options), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 class BatchRecordingDummy(DummyModel):
     """The dummy model, slowed down a little and recording the size of each batch it gets."""
 
@@ -546,3 +515,24 @@ def test_the_runner_benchmarks_a_served_model_end_to_end(served_tiny_model, tmp_
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert metrics.loc[0, "framework"] == "OpenAI API" and metrics.loc[0, "n_errors"] == 0
     assert metrics.loc[0, "status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_text_only_request_to_the_served_model(hf_model, served_tiny_model) -> None:
+    hf_model.system_prompt = ""
+    (expected,) = hf_model.predict_batch([PredictionRequest([], "What is two plus two?")])
+    plain = httpx.post(
+        f"{served_tiny_model}/chat/completions",
+        json={"messages": [{"role": "user", "content": "What is two plus two?"}]},
+        timeout=60,
+    )
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["choices"][0]["message"]["content"] == expected.text
+    client = OpenAIModel(base_url=served_tiny_model)
+    try:
+        (got,) = client.predict_batch([PredictionRequest([], "What is two plus two?")])
+    finally:
+        client.close()
+    assert (got.text, got.prompt_tokens, got.completion_tokens) == (
+        expected.text, expected.prompt_tokens, expected.completion_tokens,
+    )  # fmt: skip

@@ -23,17 +23,18 @@ from runners.config import CONFIG_DIR, PROJECT_ROOT
 from tests.helpers import run_cli
 
 COMMAND = "python -m runners.run"
+SERVE_COMMAND = "python -m runners.serve"
 
 
-def readme_commands() -> list[str]:
-    """Each ``python -m runners.run ...`` in README.md's bash blocks, in order."""
+def readme_commands(command: str = COMMAND) -> list[str]:
+    """Each ``python -m runners.run ...`` (or ``command``) in README.md's bash blocks, in order."""
     text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             for part in line.split("&&"):
                 part = part.strip()
-                if part.startswith(COMMAND):
+                if part.startswith(command):
                     commands.append(part)
     return commands
 
@@ -120,3 +121,15 @@ def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "prompt_template: Answer briefly. {prompt}" in result.stdout
+
+
+def test_every_serve_command_in_the_readme_composes(model_cache, tmp_path) -> None:
+    # A server runs until stopped: its commands are composed, not run.
+    commands = readme_commands(SERVE_COMMAND)
+    assert len(commands) >= 2
+    for command in commands:
+        arguments = shlex.split(command, comments=True)[3:]
+        result = run_cli(*arguments, "--cfg", "job", module="runners.serve", cwd=tmp_path,
+                         cache_dir=model_cache, timeout=60)  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
+        assert "serve:" in result.stdout and "limits:" in result.stdout

@@ -200,7 +200,7 @@ def image_part(url: str) -> dict[str, Any]:
         ({"messages": [image_part("data:image/png;base64,@@@")]}, "bad image: invalid base64"),
         (
             {"messages": [image_part(data_url(b"not an image at all"))]},
-            "bad image: cannot load image <19 bytes>",
+            "bad image: cannot read image <19 bytes>",
         ),
         ({"messages": [image_part(data_url(b""))]}, "bad image: image <0 bytes> is empty"),
     ],
@@ -247,7 +247,10 @@ def test_parse_errors_are_bad_request_exceptions() -> None:
 def test_a_prediction_error_is_a_500_with_the_models_message(client) -> None:
     response = chat(client, [{"role": "user", "content": "please fail"}])
     assert response.status_code == 500
-    assert response.json() == {"error": {"message": "cannot read this one", "type": "server_error"}}
+    assert response.json() == {
+        "error": {"message": "cannot read this one", "type": "server_error", "param": None,
+                  "code": None}
+    }  # fmt: skip
     assert chat(client, [USER]).status_code == 200  # the server carries on
 
 

@@ -16,7 +16,12 @@ from typing import Any
 from model_interface.cache import resolve_model
 from model_interface.chat import template_messages
 from model_interface.images import load_image
-from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
+from model_interface.model_interface import (
+    ModelInterface,
+    Prediction,
+    PredictionRequest,
+    UnsupportedRequest,
+)
 
 try:
     import torch
@@ -104,8 +109,20 @@ class HFModel(ModelInterface):
         self._generate_options = self._generation_options()
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
-        if not requests:
-            return []
+        # Requests with images and text-only ones go to generate separately: a processor takes
+        # either pictures for every prompt or none.
+        predictions: dict[int, Prediction] = {}
+        for with_images in (True, False):
+            group = [index for index, request in enumerate(requests)
+                     if bool(request.images) == with_images]  # fmt: skip
+            if group:
+                answers = self._generate([requests[index] for index in group], with_images)
+                predictions.update(zip(group, answers, strict=True))
+        return [predictions[index] for index in range(len(requests))]
+
+    def _generate(
+        self, requests: Sequence[PredictionRequest], with_images: bool
+    ) -> list[Prediction]:
         texts = [
             self.processor.apply_chat_template(
                 template_messages(self.system_prompt, request),
@@ -114,18 +131,23 @@ class HFModel(ModelInterface):
             )
             for request in requests
         ]
-        images = [[load_image(image) for image in request.images] for request in requests]
         # A template that writes the BOS token itself must not get a second one from the
         # tokenizer (the rule transformers' own apply_chat_template(tokenize=True) follows).
         bos = self.processor.tokenizer.bos_token
         add_special_tokens = not (bos and texts[0].startswith(bos))
-        inputs = self.processor(
-            text=texts,
-            images=images,
-            padding=True,
-            add_special_tokens=add_special_tokens,
-            return_tensors="pt",
-        ).to(self.model.device, dtype=self.model.dtype)
+        options: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if with_images:
+            options["images"] = [[load_image(image) for image in r.images] for r in requests]
+        try:
+            inputs = self.processor(add_special_tokens=add_special_tokens, **options)
+        except (ValueError, TypeError, IndexError) as error:
+            if with_images:
+                raise
+            raise UnsupportedRequest(
+                f"{self.model_name}'s processor can't take a request without an image "
+                f"({type(error).__name__}: {error}); send at least one image"
+            ) from error
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
 
         if not self.generation.greedy and self.generation.seed is not None:
             torch.manual_seed(self.generation.seed)
