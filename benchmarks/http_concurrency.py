@@ -117,8 +117,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir, served(args.model, Path(workdir)) as base_url:
         for concurrency in CONCURRENCIES:
             # A long timeout: at concurrency 1 nothing queues, but at 8 a request may wait
-            # behind a whole batch on a slow model.
-            with OpenAIModel(base_url=base_url, concurrency=concurrency, timeout=300) as client:
+            # behind a whole batch on a slow model. The server applies what a request asks
+            # for: 16 new tokens, as the tiny model configs do in process.
+            with OpenAIModel(
+                base_url=base_url, concurrency=concurrency, timeout=300, max_new_tokens=16
+            ) as client:
                 samples_per_s(client, requests)  # warm-up: connections, first batches
                 runs = [samples_per_s(client, requests) for _ in range(args.repeats)]
             medians[concurrency] = statistics.median(runs)

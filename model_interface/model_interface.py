@@ -18,7 +18,7 @@ import inspect
 import logging
 import time
 from abc import ABC
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,15 +29,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PredictionRequest:
-    """One prompt about one or more images.
+    """One prompt about one or more images (or none, where the model takes text alone).
 
     ``system_prompt`` overrides the model's own for this request (a server passes on what its
-    client sent); ``None`` means the model's.
+    client sent); ``None`` means the model's. ``generation`` overrides the model's generation
+    settings for this request alone, by :class:`GenerationSettings` field name, e.g.
+    ``{"max_new_tokens": 32, "temperature": 0.7, "stop": ["\\n"]}``.
     """
 
     images: Sequence[ImageInput]
     prompt: str
     system_prompt: str | None = None
+    generation: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -81,12 +84,34 @@ class GenerationSettings:
     top_k: int | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
+    stop: Sequence[str] = ()
+    """Strings that end the answer; the answer is cut before the first one it contains."""
     generation_kwargs: dict[str, Any] = field(default_factory=dict)
     """Backend-specific generation options passed through untouched (e.g. ``num_beams``)."""
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> GenerationSettings:
+        """These settings with some replaced (a request's own); raises :class:`UnsupportedRequest`
+        for an unknown name or a value out of range."""
+        if not overrides:
+            return self
+        unknown = sorted(set(overrides) - set(GENERATION_PARAMETERS))
+        if unknown:
+            raise UnsupportedRequest(
+                f"unknown generation setting(s) {unknown}; known: {list(GENERATION_PARAMETERS)}"
+            )
+        try:
+            return dataclasses.replace(self, **overrides)
+        except (TypeError, ValueError) as error:
+            raise UnsupportedRequest(f"bad generation setting: {error}") from None
+
+    def cut_at_stop(self, text: str) -> str:
+        """``text`` up to (not including) the first of the stop strings in it."""
+        cut = min((found for stop in self.stop if (found := text.find(stop)) >= 0), default=None)
+        return text if cut is None else text[:cut]
 
     def sampling_options(self, *, max_tokens_key: str = "max_tokens") -> dict[str, Any]:
         """These settings in the vocabulary vLLM, SGLang and OpenAI-compatible servers share.
@@ -105,10 +130,18 @@ class GenerationSettings:
             options["repetition_penalty"] = self.repetition_penalty
         if self.seed is not None:
             options["seed"] = self.seed
+        if self.stop:
+            options["stop"] = list(self.stop)
         options.update(self.generation_kwargs)
         return options
 
     def __post_init__(self) -> None:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if not all(isinstance(text, str) and text for text in stop):
+            raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))  # frozen: settings can be compared
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool):
+            raise ValueError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -228,8 +261,13 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of three meth
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         """Answer many requests; returns one :class:`Prediction` per request, in order.
 
-        The default loops over the one-request methods; batching backends override it.
+        The default loops over the one-request methods; batching backends override it. Those
+        methods take neither a system prompt nor generation settings, so a request that asks
+        for its own is refused (:class:`UnsupportedRequest`) rather than silently answered with
+        the model's.
         """
+        for request in requests:
+            self._refuse_what_one_request_methods_cannot_take(request)
         predictions = []
         for request in requests:
             if len(request.images) == 1:
@@ -242,6 +280,24 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of three meth
     def system_prompt_for(self, request: PredictionRequest) -> str:
         """The system prompt that applies to ``request``."""
         return self.system_prompt if request.system_prompt is None else request.system_prompt
+
+    def settings_for(self, request: PredictionRequest) -> GenerationSettings:
+        """The generation settings that apply to ``request``: the model's, with the request's
+        own overrides; raises :class:`UnsupportedRequest` for a bad one."""
+        return self.generation.with_overrides(request.generation)
+
+    def _refuse_what_one_request_methods_cannot_take(self, request: PredictionRequest) -> None:
+        name = type(self).__name__
+        if self.system_prompt_for(request) != self.system_prompt:
+            raise UnsupportedRequest(
+                f"{name} answers through predict_on_image(s), which use the model's own system "
+                "prompt; it can't take a request's own"
+            )
+        if self.settings_for(request) != self.generation:
+            raise UnsupportedRequest(
+                f"{name} answers through predict_on_image(s), which use the model's own "
+                f"generation settings; it can't take a request's own ({dict(request.generation)})"
+            )
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release what the model holds (GPU memory, server connections). Safe to call twice."""

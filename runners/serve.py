@@ -1,11 +1,17 @@
 """Serve any model config over an OpenAI-compatible HTTP API:
 ``python -m runners.serve model=<config> serve.port=8000``.
 
-Endpoints: ``GET /health``, ``GET /v1/models`` and ``POST /v1/chat/completions`` (non-streaming).
-A request is one optional system message and one user message whose content is a string or a
-list of ``text`` and ``image_url`` parts; images must be base64 ``data:`` URLs (the server never
+Endpoints: ``GET /health``, ``GET /v1/models`` and ``POST /v1/chat/completions``. A request is
+one optional system message and one user message whose content is a string or a list of
+``text`` and ``image_url`` parts; images must be base64 ``data:`` URLs (the server never
 fetches a URL or reads a file on a client's behalf). Several text parts are joined with
 newlines, and the images are shown to the model before the text, in order.
+
+A request's ``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``,
+``top_k``, ``seed``, ``stop`` and ``repetition_penalty`` override the model config's for that
+request alone (:attr:`PredictionRequest.generation`); ``usage`` counts what the model really
+read and wrote. ``stream: true`` answers as server-sent events in OpenAI's chunk format; the
+models here don't stream, so the text comes as one chunk once it is complete.
 
 One request never hurts another:
 
@@ -27,11 +33,7 @@ Batching: requests wait in one queue; a single worker takes up to ``max_batch_si
 that send many requests at once (``OpenAIModel`` with ``concurrency`` > 1) thus get batched
 inference, which is what makes concurrency pay off with a local model.
 
-Generation settings are the server's: they come from the model config (e.g.
-``model.init_params.max_new_tokens``). A request's ``max_tokens``, ``temperature``, ``top_p``,
-``seed``... are NOT applied, because a model fixes its settings when it is created and one batch
-shares them; a request that asks for different ones is answered anyway, with a warning logged
-once per setting. ``model`` in a request must be the served name (or left out).
+``model`` in a request must be the served name (or left out).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -61,6 +63,7 @@ from model_interface.model_interface import (
     Prediction,
     PredictionRequest,
     TimedPrediction,
+    UnsupportedRequest,
     predict_isolated,
 )
 from runners.config import CONFIG_DIR, RequestLimits
@@ -70,7 +73,7 @@ INSTALL_HINT = "pip install 'model-interface[serve]'"
 try:
     # At module level because FastAPI resolves the routes' annotations in module globals.
     import fastapi
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 except ImportError as error:  # reported with the install hint when an app is created
     fastapi = None
@@ -81,15 +84,15 @@ else:
 log = logging.getLogger("runners.serve")
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.25
-# Request settings the server can't apply per request (see the module docstring), with the
-# GenerationSettings field each corresponds to.
-IGNORED_SETTINGS = {
+# The OpenAI request fields that set generation, and the GenerationSettings field each sets.
+REQUEST_SETTINGS = {
     "max_tokens": "max_new_tokens",
     "max_completion_tokens": "max_new_tokens",
     "temperature": "temperature",
     "top_p": "top_p",
     "top_k": "top_k",
     "seed": "seed",
+    "stop": "stop",
     "repetition_penalty": "repetition_penalty",
 }
 
@@ -124,8 +127,6 @@ def parse_chat_request(
     limits = limits or RequestLimits()
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
-    if body.get("stream"):
-        raise BadRequest("streaming is not supported: send stream=false (or leave it out)")
     if body.get("n", 1) != 1:
         raise BadRequest(f"only n=1 is supported, got n={body['n']!r}")
     model = body.get("model")
@@ -175,7 +176,24 @@ def parse_chat_request(
             f"{limits.max_images}"
         )
     images = _decode_images(image_urls, limits)
-    return PredictionRequest(images, prompt, system_prompt=system_prompt)
+    return PredictionRequest(images, prompt, system_prompt, _generation_overrides(body))
+
+
+def _generation_overrides(body: dict[str, Any]) -> dict[str, Any]:
+    """The request's own generation settings, by GenerationSettings name."""
+    overrides: dict[str, Any] = {}
+    for key, setting in REQUEST_SETTINGS.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if setting == "stop":
+            value = [value] if isinstance(value, str) else value
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise BadRequest(f"'stop' must be a string or a list of strings, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadRequest(f"{key!r} must be a number, got {value!r}")
+        overrides[setting] = value
+    return overrides
 
 
 def _system_text(content: Any, index: int) -> str:
@@ -431,7 +449,6 @@ def create_app(
     max_body_bytes = int(limits.max_body_mb * 2**20)
     batcher = _Batcher(model, max_batch_size, batch_wait_s)
     created = int(time.time())
-    warned: set[str] = set()
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -480,9 +497,9 @@ def create_app(
             prediction_request = await asyncio.to_thread(
                 parse_chat_request, body, served_model_name, limits
             )
-        except BadRequest as error:
-            return error_response(error.status, str(error))
-        _warn_about_ignored_settings(body, model, warned)
+            settings = model.settings_for(prediction_request)
+        except (BadRequest, UnsupportedRequest) as error:
+            return error_response(getattr(error, "status", 400), str(error))
 
         answer = await batcher.predict(prediction_request, request.is_disconnected)
         if answer is None:  # the client went away; nobody reads this
@@ -491,7 +508,12 @@ def create_app(
         if prediction.error is not None:
             status = 400 if answer.unsupported else 500
             return error_response(status, prediction.error)
-        return _completion(prediction, served_model_name, model.generation.max_new_tokens)
+        completion = _completion(prediction, served_model_name, settings.max_new_tokens)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            chunks = _stream_chunks(completion, bool(options.get("include_usage")))
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        return completion
 
     return app
 
@@ -548,20 +570,25 @@ def _completion(prediction: Prediction, served_model_name: str, max_new_tokens: 
     }
 
 
-def _warn_about_ignored_settings(body: dict, model: ModelInterface, warned: set[str]) -> None:
-    for key, setting in IGNORED_SETTINGS.items():
-        value = body.get(key)
-        if value is None or key in warned or value == getattr(model.generation, setting):
-            continue
-        warned.add(key)
-        log.warning(
-            "a request asked for %s=%r; this server applies its model config's %s=%r to every "
-            "request (warned once)",
-            key,
-            value,
-            setting,
-            getattr(model.generation, setting),
-        )
+def _stream_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    """A finished completion as OpenAI's server-sent ``chat.completion.chunk`` events: the role,
+    the text in one piece, the finish reason, the usage if asked for, then ``[DONE]``."""
+    (choice,) = completion["choices"]
+    head = {key: completion[key] for key in ("id", "created", "model")}
+    deltas = [
+        ({"role": "assistant", "content": ""}, None),
+        ({"content": choice["message"]["content"]}, None),
+        ({}, choice["finish_reason"]),
+    ]
+    for delta, finish_reason in deltas:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        chunk = {**head, "object": "chat.completion.chunk", "choices": choices}
+        yield f"data: {json.dumps(chunk)}\n\n"
+    if include_usage:
+        usage = {**head, "object": "chat.completion.chunk", "choices": [],
+                 "usage": completion["usage"]}  # fmt: skip
+        yield f"data: {json.dumps(usage)}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 # --- the command line ----------------------------------------------------------------------

@@ -79,6 +79,27 @@ def test_text_only_requests_alone_and_mixed_with_image_requests(model: HFModel) 
     assert mixed[0].prompt_tokens == mixed[2].prompt_tokens == alone.prompt_tokens
 
 
+def test_a_requests_own_generation_settings_apply_to_it_alone(model: HFModel) -> None:
+    short = PredictionRequest([NOISE], "What is the total?", generation={"max_new_tokens": 3})
+    default = PredictionRequest([NOISE], "What is the total?")
+    batched = model.predict_batch([short, default, short])
+    alone = [model.predict_batch([request])[0] for request in (short, default)]
+    assert [p.completion_tokens for p in batched] == [3, 12, 3]
+    assert [p.text for p in batched] == [alone[0].text, alone[1].text, alone[0].text]
+
+
+def test_a_stop_string_ends_the_answer_before_it(model: HFModel) -> None:
+    question = PredictionRequest([NOISE], "Describe the image.")
+    (full,) = model.predict_batch([question])
+    stop = full.text[len(full.text) // 2 :][:2]  # two characters from the answer's second half
+    expected = full.text[: full.text.find(stop)].strip()
+    stopped, again = model.predict_batch(
+        [PredictionRequest([NOISE], "Describe the image.", generation={"stop": [stop]}), question]
+    )
+    assert stopped.text == expected and again.text == full.text
+    assert stopped.completion_tokens < full.completion_tokens
+
+
 def test_upstream_style_calls(model_cache: Path) -> None:
     model = HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=8)
     by_path = model.predict_on_image(str(SAMPLE_IMAGE), question="What is the subtotal?")

@@ -6,9 +6,11 @@ import pytest
 from PIL import Image
 
 from model_interface.model_interface import (
+    GenerationSettings,
     ModelInterface,
     Prediction,
     PredictionRequest,
+    UnsupportedRequest,
 )
 
 
@@ -155,3 +157,39 @@ def test_framework_stays_assignable_and_close_is_a_context_manager() -> None:
         model.framework = "other"
         assert model.framework == "other"
     assert "BatchOnly(model_name='m'" in repr(model)
+
+
+def test_a_requests_own_settings_override_the_models() -> None:
+    model = BatchOnly("m", max_new_tokens=64, temperature=0.5, stop=["\n\n"])
+    request = PredictionRequest(["x"], "q", generation={"max_new_tokens": 8, "stop": "."})
+    settings = model.settings_for(request)
+    assert (settings.max_new_tokens, settings.temperature, settings.stop) == (8, 0.5, (".",))
+    assert model.settings_for(PredictionRequest(["x"], "q")) is model.generation
+    assert settings.sampling_options()["stop"] == ["."]
+    assert settings.cut_at_stop("a, b. c.") == "a, b"
+    assert GenerationSettings(stop=("x", ", ")).cut_at_stop("a, bx") == "a"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_tokens": 5}, r"unknown generation setting\(s\) \['max_tokens'\]"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"max_new_tokens": "many"}, "max_new_tokens must be an integer"),
+        ({"temperature": -1}, "temperature must be >= 0"),
+        ({"stop": [""]}, "stop must be non-empty strings"),
+    ],
+)
+def test_a_bad_setting_in_a_request_is_an_unsupported_request(overrides, message) -> None:
+    with pytest.raises(UnsupportedRequest, match=message):
+        BatchOnly("m").settings_for(PredictionRequest(["x"], "q", generation=overrides))
+
+
+def test_one_request_wrappers_refuse_what_their_methods_cannot_take() -> None:
+    model = UpstreamStyle("m", "Be brief.", "cache")
+    same = PredictionRequest(["a"], "q", system_prompt="Be brief.", generation={})
+    assert model.predict_batch([same]) == [Prediction("one:a:q")]
+    with pytest.raises(UnsupportedRequest, match="can't take a request's own"):
+        model.predict_batch([PredictionRequest(["a"], "q", system_prompt="Other.")])
+    with pytest.raises(UnsupportedRequest, match=r"generation settings.*'max_new_tokens': 3"):
+        model.predict_batch([PredictionRequest(["a"], "q", generation={"max_new_tokens": 3})])

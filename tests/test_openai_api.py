@@ -469,7 +469,10 @@ def test_served_tiny_model_answers_exactly_like_the_model_in_process(
     hf_model, served_tiny_model
 ) -> None:
     system = "You read documents."
-    client = OpenAIModel(base_url=served_tiny_model, system_prompt=system, concurrency=8)
+    # The client's generation settings are what each request asks for; the server honours them.
+    client = OpenAIModel(
+        base_url=served_tiny_model, system_prompt=system, concurrency=8, max_new_tokens=16
+    )
     hf_model.system_prompt = system
     assert client.model_name == "tiny-qwen2-vl"
     cases = {
@@ -499,6 +502,7 @@ def test_the_runner_benchmarks_a_served_model_end_to_end(served_tiny_model, tmp_
     result = run_runner(
         "model=openai_compatible",
         f"model.init_params.base_url={served_tiny_model}",
+        "model.init_params.max_new_tokens=16",
         "runner.limit=8",
         "runner.progress=false",
         "run_name=served",
@@ -512,6 +516,7 @@ def test_the_runner_benchmarks_a_served_model_end_to_end(served_tiny_model, tmp_
     assert set(predictions["framework"]) == {"OpenAI API"}
     assert set(predictions["model"]) == {"tiny-qwen2-vl"}
     assert (predictions["error"] == "").all() and (predictions["completion_tokens"] > 0).all()
+    assert (predictions["completion_tokens"] <= 16).all()  # the server applied the request's
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert metrics.loc[0, "framework"] == "OpenAI API" and metrics.loc[0, "n_errors"] == 0
     assert metrics.loc[0, "status"] == "ok"
@@ -528,7 +533,7 @@ def test_a_text_only_request_to_the_served_model(hf_model, served_tiny_model) ->
     )
     assert plain.status_code == 200, plain.text
     assert plain.json()["choices"][0]["message"]["content"] == expected.text
-    client = OpenAIModel(base_url=served_tiny_model)
+    client = OpenAIModel(base_url=served_tiny_model, max_new_tokens=16)
     try:
         (got,) = client.predict_batch([PredictionRequest([], "What is two plus two?")])
     finally:
@@ -536,3 +541,33 @@ def test_a_text_only_request_to_the_served_model(hf_model, served_tiny_model) ->
     assert (got.text, got.prompt_tokens, got.completion_tokens) == (
         expected.text, expected.prompt_tokens, expected.completion_tokens,
     )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_requests_max_tokens_and_streaming_against_the_served_model(
+    hf_model, served_tiny_model
+) -> None:
+    hf_model.system_prompt = ""
+    question = PredictionRequest([SAMPLE_IMAGES[0]], "What is the total?")
+    short = PredictionRequest([SAMPLE_IMAGES[0]], "What is the total?",
+                              generation={"max_new_tokens": 3})  # fmt: skip
+    client = OpenAIModel(base_url=served_tiny_model, concurrency=2, max_new_tokens=16)
+    try:
+        full_answer, short_answer = client.predict_batch([question, short])
+    finally:
+        client.close()
+    assert (full_answer.completion_tokens, short_answer.completion_tokens) == (16, 3)
+    assert short_answer.text == hf_model.predict_batch([short])[0].text
+
+    body = {"messages": [{"role": "user", "content": "What is two plus two?"}],
+            "max_tokens": 5, "stream": True}  # fmt: skip
+    with httpx.stream("POST", f"{served_tiny_model}/chat/completions", json=body,
+                      timeout=60) as response:  # fmt: skip
+        assert response.status_code == 200
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    deltas = [json.loads(event)["choices"][0]["delta"] for event in events[:-1]]
+    expected = hf_model.predict_batch(
+        [PredictionRequest([], "What is two plus two?", generation={"max_new_tokens": 5})]
+    )[0]
+    assert "".join(delta.get("content", "") for delta in deltas) == expected.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -180,7 +181,9 @@ def image_part(url: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"messages": [USER], "stream": True}, "streaming is not supported"),
+        ({"messages": [USER], "max_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"messages": [USER], "temperature": "hot"}, "'temperature' must be a number"),
+        ({"messages": [USER], "stop": [1]}, "'stop' must be a string or a list of strings"),
         (
             {"messages": [USER, {"role": "assistant", "content": "Hello"}, USER]},
             "multi-turn conversations are not supported",
@@ -320,8 +323,63 @@ def test_a_published_wrapper_that_skips_super_init_is_served(clean_registry) -> 
     request = PredictionRequest([red_square(12)], "What is this?")
     with TestClient(create_app(model, "qwen")) as client:
         response = client.post(
+            "/v1/chat/completions", json={"messages": openai_messages("", request)}
+        )
+        # Its predict_on_image takes no generation settings: a request's own is refused, not
+        # silently ignored.
+        own_settings = client.post(
             "/v1/chat/completions",
             json={"messages": openai_messages("", request), "max_tokens": 5},
         )
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "12x12 | What is this?"
+    assert own_settings.status_code == 400
+    assert "use the model's own generation settings" in own_settings.json()["error"]["message"]
+
+
+# --- per-request settings and streaming -------------------------------------------------------
+
+
+def test_a_requests_max_tokens_and_stop_apply_to_it_alone(client) -> None:
+    long = "one two three four five six seven"
+    full = chat(client, [{"role": "user", "content": long}]).json()
+    short = chat(client, [{"role": "user", "content": long}], max_tokens=4).json()
+    stopped = chat(client, [{"role": "user", "content": long}], stop=[" four"]).json()
+    assert full["choices"][0]["message"]["content"] == f"| Be brief. {long}"
+    assert short["choices"][0]["message"]["content"] == "| Be brief. one"
+    assert short["usage"]["completion_tokens"] == 4 and short["choices"][0]["finish_reason"] == (
+        "length"
+    )
+    assert full["choices"][0]["finish_reason"] == "stop"
+    assert stopped["choices"][0]["message"]["content"] == "| Be brief. one two three"
+    assert stopped["usage"]["completion_tokens"] == 6
+
+
+def test_streaming_answers_in_openais_chunk_format(client) -> None:
+    plain = chat(client, [USER], max_tokens=3).json()
+    with client.stream("POST", "/v1/chat/completions",
+                       json={"messages": [USER], "max_tokens": 3, "stream": True,
+                             "stream_options": {"include_usage": True}}) as response:  # fmt: skip
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    assert deltas[0]["role"] == "assistant"
+    text = "".join(delta.get("content", "") for delta in deltas)
+    assert text == plain["choices"][0]["message"]["content"]
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finish[-1] == "length" and set(finish[:-1]) == {None}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+
+
+def test_a_streamed_request_that_fails_is_an_ordinary_error(client) -> None:
+    response = client.post("/v1/chat/completions",
+                           json={"messages": [{"role": "user", "content": "please fail"}],
+                                 "stream": True})  # fmt: skip
+    assert response.status_code == 500 and response.json()["error"]["message"] == (
+        "cannot read this one"
+    )

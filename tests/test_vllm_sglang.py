@@ -20,6 +20,7 @@ from PIL import Image
 
 from model_interface.backends import sglang as sglang_backend
 from model_interface.backends import vllm as vllm_backend
+from model_interface.backends.dummy import DummyModel
 from model_interface.backends.sglang import SGLangModel
 from model_interface.backends.vllm import VLLMModel
 from model_interface.chat import template_messages
@@ -28,6 +29,7 @@ from model_interface.model_interface import (
     GenerationSettings,
     Prediction,
     PredictionRequest,
+    UnsupportedRequest,
 )
 from model_interface.tiny import ensure_tiny_model
 
@@ -250,6 +252,27 @@ def test_sglang_image_data_is_none_without_images():
 # --- SGLang: sampling and engine options -----------------------------------------------------
 
 
+def test_sglang_takes_a_requests_own_settings_but_not_its_own_seed():
+    settings = GenerationSettings(max_new_tokens=16).with_overrides(
+        {"max_new_tokens": 4, "stop": ["."]}
+    )
+    assert sglang_backend.sampling_params(settings) == {
+        "max_new_tokens": 4, "temperature": 0.0, "stop": ["."],
+    }  # fmt: skip
+    with pytest.raises(UnsupportedRequest, match="seed=3 differs from the model's seed=None"):
+        sglang_backend.sampling_params(settings.with_overrides({"seed": 3}))
+
+
+def test_vllm_sampling_options_apply_each_requests_own_settings():
+    model = DummyModel("d", max_new_tokens=16, temperature=0.5, seed=1)
+    own = {"max_new_tokens": 2, "temperature": 0}
+    requests = [PredictionRequest([], "a"), PredictionRequest([], "b", generation=own)]
+    assert vllm_backend.sampling_options(model, requests) == [
+        {"max_tokens": 16, "temperature": 0.5, "top_p": 1.0, "seed": 1},
+        {"max_tokens": 2, "temperature": 0.0, "seed": 1},
+    ]
+
+
 def test_sglang_sampling_greedy_by_default():
     assert sglang_backend.sampling_params(GenerationSettings(max_new_tokens=16)) == {
         "max_new_tokens": 16,
@@ -267,7 +290,7 @@ def test_sglang_sampling_maps_every_setting():
         seed=7,
         generation_kwargs={"stop": ["\n\n"], "sampling_seed": 7},
     )
-    assert sglang_backend.sampling_params(settings) == {
+    assert sglang_backend.sampling_params(settings, engine_seed=7) == {
         "max_new_tokens": 32,
         "temperature": 0.6,
         "top_p": 0.8,

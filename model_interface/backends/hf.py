@@ -8,7 +8,9 @@ and the inputs from its own processor. Family options (e.g. Qwen's ``min_pixels`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +19,7 @@ from model_interface.cache import resolve_model
 from model_interface.chat import template_messages
 from model_interface.images import load_image
 from model_interface.model_interface import (
+    GenerationSettings,
     ModelInterface,
     Prediction,
     PredictionRequest,
@@ -106,22 +109,26 @@ class HFModel(ModelInterface):
         if self.device is not None:
             self.model.to(self.device)
         self.model.eval()
-        self._generate_options = self._generation_options()
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
-        # Requests with images and text-only ones go to generate separately: a processor takes
-        # either pictures for every prompt or none.
+        # One generate call per group of requests that can share it: the same generation
+        # settings, and images for every prompt or for none (a processor takes one or the other).
+        groups: dict[tuple[bool, str], list[int]] = {}
+        for index, request in enumerate(requests):
+            key = (bool(request.images), _settings_key(self.settings_for(request)))
+            groups.setdefault(key, []).append(index)
         predictions: dict[int, Prediction] = {}
-        for with_images in (True, False):
-            group = [index for index, request in enumerate(requests)
-                     if bool(request.images) == with_images]  # fmt: skip
-            if group:
-                answers = self._generate([requests[index] for index in group], with_images)
-                predictions.update(zip(group, answers, strict=True))
+        for (with_images, _), group in groups.items():
+            batch = [requests[index] for index in group]
+            answers = self._generate(batch, with_images, self.settings_for(batch[0]))
+            predictions.update(zip(group, answers, strict=True))
         return [predictions[index] for index in range(len(requests))]
 
     def _generate(
-        self, requests: Sequence[PredictionRequest], with_images: bool
+        self,
+        requests: Sequence[PredictionRequest],
+        with_images: bool,
+        settings: GenerationSettings,
     ) -> list[Prediction]:
         texts = [
             self.processor.apply_chat_template(
@@ -149,10 +156,15 @@ class HFModel(ModelInterface):
             ) from error
         inputs = inputs.to(self.model.device, dtype=self.model.dtype)
 
-        if not self.generation.greedy and self.generation.seed is not None:
-            torch.manual_seed(self.generation.seed)
+        if not settings.greedy and settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        options = self._generation_options(settings)
+        if settings.stop:
+            # transformers stops a row once its text ends with a stop string; the tokenizer
+            # lets it read the text.
+            options.update(stop_strings=list(settings.stop), tokenizer=self.processor.tokenizer)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, **self._generate_options)
+            output = self.model.generate(**inputs, **options)
 
         prompt_length = inputs["input_ids"].shape[1]
         new_tokens = output[:, prompt_length:]
@@ -160,7 +172,7 @@ class HFModel(ModelInterface):
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         return [
             Prediction(
-                text.strip(),
+                settings.cut_at_stop(text).strip(),
                 prompt_tokens=int(prompt_tokens[row]),
                 completion_tokens=self._count_generated(new_tokens[row]),
             )
@@ -175,8 +187,7 @@ class HFModel(ModelInterface):
         if on_cuda:
             torch.cuda.empty_cache()
 
-    def _generation_options(self) -> dict[str, Any]:
-        settings = self.generation
+    def _generation_options(self, settings: GenerationSettings) -> dict[str, Any]:
         options: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens}
         if settings.greedy:
             # Greedy decoding ignores sampling settings; clearing them avoids transformers'
@@ -188,17 +199,32 @@ class HFModel(ModelInterface):
                 options["top_k"] = settings.top_k
         if settings.repetition_penalty is not None:
             options["repetition_penalty"] = settings.repetition_penalty
-        tokenizer = self.processor.tokenizer
-        if self.model.generation_config.pad_token_id is None:
-            pad = tokenizer.pad_token_id
-            options["pad_token_id"] = pad if pad is not None else tokenizer.eos_token_id
+        options["pad_token_id"] = self._pad_token_id()
         options.update(settings.generation_kwargs)
         return options
 
+    def _pad_token_id(self) -> int | None:
+        """What generate fills finished rows with: the checkpoint's, else the tokenizer's."""
+        if self.model.generation_config.pad_token_id is not None:
+            return self.model.generation_config.pad_token_id
+        tokenizer = self.processor.tokenizer
+        return (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+
     def _count_generated(self, tokens: torch.Tensor) -> int:
-        """Tokens generated up to and including the first end-of-sequence token."""
+        """Tokens generated up to and including the first end-of-sequence token.
+
+        A row that finished before the others (an end-of-sequence token, a stop string) is
+        padded to the batch's length; padding is not generated text.
+        """
         stop_ids = self.model.generation_config.eos_token_id
         stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids or [])
+        pad_id = self._pad_token_id()
+        if pad_id is not None and pad_id not in stop_ids:
+            padding = (tokens == pad_id).nonzero()
+            if len(padding):
+                tokens = tokens[: int(padding[0, 0])]
         if not stop_ids:
             return len(tokens)
         stops = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)).nonzero()
@@ -237,3 +263,8 @@ def _load_with_attention_fallback(
                 raise
             log.info("attn_implementation=%s unavailable (%s); trying the next", name, error)
     raise AssertionError("unreachable")
+
+
+def _settings_key(settings: GenerationSettings) -> str:
+    """A hashable stand-in for settings (``generation_kwargs`` is a dict)."""
+    return json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)

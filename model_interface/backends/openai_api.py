@@ -170,8 +170,8 @@ class OpenAIModel(ModelInterface):
                 self.system_prompt, request, image_format=self.image_format
             ),
             # top_k, repetition_penalty and seed are not OpenAI's own, but vLLM and SGLang take
-            # them; they are sent only when set.
-            **self.generation.sampling_options(),
+            # them; they are sent only when set. A request's own settings override the model's.
+            **self.settings_for(request).sampling_options(),
         }
 
     def _predict_one(self, request: PredictionRequest) -> Prediction:

@@ -26,6 +26,7 @@ from model_interface.model_interface import (
     ModelInterface,
     Prediction,
     PredictionRequest,
+    UnsupportedRequest,
 )
 
 INSTALL_HINT = "pip install 'model-interface[sglang]'"
@@ -92,7 +93,6 @@ class SGLangModel(ModelInterface):
                 engine_kwargs=engine_kwargs,
             )
         )
-        self.sampling_params = sampling_params(self.generation)
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         if not requests:
@@ -101,7 +101,12 @@ class SGLangModel(ModelInterface):
             raise RuntimeError(f"{self!r} is closed")
         prompts = [prompt_text(self.processor, self.system_prompt, request) for request in requests]
         outputs = self.engine.generate(
-            prompt=prompts, image_data=image_data(requests), sampling_params=self.sampling_params
+            prompt=prompts,
+            image_data=image_data(requests),
+            sampling_params=[
+                sampling_params(self.settings_for(request), self.generation.seed)
+                for request in requests
+            ],
         )
         return predictions_from_outputs(outputs)
 
@@ -127,11 +132,16 @@ def image_data(requests: Sequence[PredictionRequest]) -> list[list[Any]] | None:
     return [[load_image(image) for image in request.images] for request in requests]
 
 
-def sampling_params(settings: GenerationSettings) -> dict[str, Any]:
+def sampling_params(settings: GenerationSettings, engine_seed: int | None = None) -> dict[str, Any]:
     """SGLang's ``sampling_params`` dict. SGLang decodes greedily at temperature 0; ``seed``
-    seeds the engine instead (see ``engine_options``)."""
+    seeds the engine instead (see ``engine_options``), so a request can't have its own."""
     params = settings.sampling_options(max_tokens_key="max_new_tokens")
-    params.pop("seed", None)
+    seed = params.pop("seed", None)
+    if seed != engine_seed:
+        raise UnsupportedRequest(
+            f"SGLang seeds the engine, not a request: this request's seed={seed} differs from "
+            f"the model's seed={engine_seed}"
+        )
     return params
 
 

@@ -89,8 +89,15 @@ class VLLMModel(ModelInterface):
         if self.llm is None:
             raise RuntimeError(f"{self!r} is closed")
         conversations = [conversation(self.system_prompt, request) for request in requests]
-        outputs = self.llm.chat(conversations, self.sampling_params, use_tqdm=False)
+        outputs = self.llm.chat(conversations, self._sampling_params(requests), use_tqdm=False)
         return predictions_from_outputs(outputs)
+
+    def _sampling_params(self, requests: Sequence[PredictionRequest]) -> Any:
+        """The model's SamplingParams, or one per request where a request has its own."""
+        if all(self.settings_for(request) == self.generation for request in requests):
+            return self.sampling_params
+        vllm = _import_vllm()
+        return [vllm.SamplingParams(**options) for options in sampling_options(self, requests)]
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -144,6 +151,11 @@ def engine_options(
         options["limit_mm_per_prompt"] = limit_mm_per_prompt
     options.update(engine_kwargs or {})
     return options
+
+
+def sampling_options(model: ModelInterface, requests: Sequence[PredictionRequest]) -> list[dict]:
+    """``vllm.SamplingParams`` keyword arguments for each request (its own settings applied)."""
+    return [model.settings_for(request).sampling_options() for request in requests]
 
 
 def predictions_from_outputs(outputs: Sequence[Any]) -> list[Prediction]:
