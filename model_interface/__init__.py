@@ -9,8 +9,10 @@ from model_interface.model_factory import ModelCreationError, ModelFactory, Mode
 from model_interface.model_interface import (
     GenerationSettings,
     ModelInterface,
+    ModelUnavailable,
     Prediction,
     PredictionRequest,
+    UnsupportedRequest,
 )
 from model_interface.model_utils import Measurement, measure, measure_inference_time
 
@@ -25,8 +27,10 @@ __all__ = [
     "ModelFactory",
     "ModelFactoryError",
     "ModelInterface",
+    "ModelUnavailable",
     "Prediction",
     "PredictionRequest",
+    "UnsupportedRequest",
     "__version__",
     "load_image",
     "measure",

@@ -64,6 +64,11 @@ class UnsupportedRequest(ValueError):
     """
 
 
+class ModelUnavailable(RuntimeError):
+    """No request can be answered now (a server that is down): stop, rather than fail every
+    remaining request one by one. The message says what is wrong."""
+
+
 @dataclass
 class TimedPrediction:
     """A prediction, with the model call that produced it: its wall time and its size."""
@@ -202,6 +207,10 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of three meth
     cache_hit: bool | None = None
     """Whether the weights came from ``cache_dir`` without a download; ``None`` if unknown."""
 
+    concurrency: int = 1
+    """Requests the model works on at once (an HTTP client's requests in flight); the runner
+    hands ``predict_batch`` at least this many at a time."""
+
     def __init__(
         self,
         model_name: str,
@@ -327,7 +336,7 @@ def predict_isolated(
 
     A batch that raises (or returns the wrong number of predictions) is tried again one request
     at a time, so one bad request fails alone; a request that fails alone gets a
-    :class:`Prediction` with ``error``. Never raises an ``Exception``.
+    :class:`Prediction` with ``error``. Raises only :class:`ModelUnavailable`.
     """
     if not requests:
         return []
@@ -339,6 +348,8 @@ def predict_isolated(
                 f"{type(model).__name__}.predict_batch returned {len(predictions)} predictions "
                 f"for {len(requests)} requests"
             )
+    except ModelUnavailable:
+        raise
     except Exception as error:
         call_s, message = time.perf_counter() - start, f"{type(error).__name__}: {error}"
         if len(requests) > 1:

@@ -66,7 +66,12 @@ def answer_samples(
     max_image_pixels: int | None = None,
     image_cache_mb: float = 256,
 ) -> Iterator[list[Answer]]:
-    """Yield the answers batch by batch, in size-sorted order within each window."""
+    """Yield the answers batch by batch, in size-sorted order within each window.
+
+    A model that works on several requests at once (``model.concurrency``, an HTTP client's
+    requests in flight) gets at least that many per call, whatever ``batch_size`` says.
+    """
+    batch_size = max(batch_size, model.concurrency)
     window = batch_size * max(1, sort_window_batches)
     # Two windows' worth of images are in memory anyway (one in use, one decoding ahead);
     # keeping that many pages covers the questions asked about them.

@@ -176,26 +176,36 @@ def answer(
     model: Any, plan: Plan, predictions: Any, todo: Callable[[], Iterator[Any]], n_todo: int
 ) -> Answered:
     """Answer the samples still to do, appending each batch to predictions.csv as it comes."""
-    from model_interface import measure
+    from model_interface import ModelUnavailable, measure
     from runners.pipeline import answer_samples
 
     runner = plan.settings.runner
     progress = _progress_bar(n_todo, enabled=runner.progress)
-    with measure() as cost:
-        for answers in answer_samples(
-            model,
-            plan.dataset,
-            todo(),
-            batch_size=runner.batch_size,
-            sort_window_batches=runner.sort_window_batches,
-            prefetch_workers=runner.prefetch_workers,
-            max_image_pixels=runner.max_image_pixels,
-            image_cache_mb=runner.image_cache_mb,
-        ):
-            predictions.append([_row(answer, plan.dataset.name, model) for answer in answers])
-            progress.update(len(answers))
-    progress.close()
-    predictions.close()
+    answered = 0
+    try:
+        with measure() as cost:
+            for answers in answer_samples(
+                model,
+                plan.dataset,
+                todo(),
+                batch_size=runner.batch_size,
+                sort_window_batches=runner.sort_window_batches,
+                prefetch_workers=runner.prefetch_workers,
+                max_image_pixels=runner.max_image_pixels,
+                image_cache_mb=runner.image_cache_mb,
+            ):
+                predictions.append([_row(answer, plan.dataset.name, model) for answer in answers])
+                answered += len(answers)
+                progress.update(len(answers))
+    except ModelUnavailable as error:
+        raise RunnerError(
+            f"{error}. The {answered} answers of this run so far are kept: run the same "
+            "command again to resume",
+            exit_code=1,
+        ) from None
+    finally:
+        progress.close()
+        predictions.close()
     return Answered(n_todo, cost.wall_s, cost.peak_rss_mb, cost.peak_gpu_mb)
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from model_interface.backends.dummy import DummyModel
 from model_interface.backends.openai_api import OpenAIModel
-from model_interface.model_interface import Prediction, PredictionRequest
+from model_interface.model_interface import ModelUnavailable, Prediction, PredictionRequest
 from runners.run import PROJECT_ROOT
 from tests.helpers import free_port, serve_in_thread
 
@@ -54,6 +54,7 @@ class Fault:
     retry_after: str | None = None
     hang_s: float = 0.0  # wait this long before answering (past the client's timeout)
     drop: bool = False  # close the connection without a response
+    drip_s: float = 0.0  # send the answer one byte at a time, this long apart
 
 
 @dataclass
@@ -64,6 +65,7 @@ class FakeServer:
     faults: list[Fault] = field(default_factory=list)
     delay_s: Any = 0.0  # seconds per request, or a function of the prompt
     model_id: str = "fake-model"
+    echo_authorization: bool = False  # put the request's Authorization header in every answer
     requests: list[dict[str, Any]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # prompts, in the order answered
     in_flight: int = 0
@@ -114,21 +116,28 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 if fault is not None and fault.drop:
                     self.close_connection = True
                     return
+                echoed = (
+                    f" {self.headers.get('Authorization')}" if server.echo_authorization else ""
+                )
                 if fault is not None and fault.status is not None:
                     headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                    error = {"error": {"message": fault.message, "type": "test"}}
+                    error = {"error": {"message": fault.message + echoed, "type": "test"}}
                     self._json(fault.status, error, headers)
                     return
                 with server.lock:
                     server.finished.append(prompt)
-                self._json(200, _completion(f"echo: {prompt}", server.model_id))
+                answer = _completion(f"echo: {prompt}{echoed}", server.model_id)
+                self._json(200, answer, drip_s=fault.drip_s if fault else 0.0)
             except OSError:  # the client gave up (timeout) and closed the connection
                 pass
             finally:
                 with server.lock:
                     server.in_flight -= 1
 
-        def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        def _json(
+            self, status: int, payload: Any, headers: dict[str, str] | None = None,
+            drip_s: float = 0.0,
+        ) -> None:  # fmt: skip
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -136,7 +145,13 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            if not drip_s:
+                self.wfile.write(data)
+                return
+            for byte in data:  # a byte at a time: no single read ever waits long
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(drip_s)
 
     return Handler
 
@@ -244,6 +259,49 @@ def test_a_dropped_connection_is_retried(fake_server) -> None:
     assert len(fake_server.requests) == 2
 
 
+def test_a_server_that_drips_its_answer_is_cut_off_at_the_timeout(fake_server) -> None:
+    fake_server.faults = [Fault(drip_s=0.05)]  # ~200 bytes: 10 s to answer in full
+    model = client_for(fake_server, model_name="m", timeout=0.5, max_retries=0)
+    started = time.monotonic()
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert time.monotonic() - started < 2
+    assert prediction.error.endswith("failed after 1 attempt(s); last: no answer within "
+                                     "timeout=0.5 s")  # fmt: skip
+
+
+def test_a_request_and_all_its_retries_stop_at_the_deadline(fake_server) -> None:
+    fake_server.faults = [Fault(503, "busy", retry_after="0.3")] * 20
+    model = client_for(fake_server, model_name="m", max_retries=20, deadline_s=1)
+    started = time.monotonic()
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert time.monotonic() - started < 2
+    assert prediction.error == (
+        f"POST {fake_server.base_url}/chat/completions got no answer within deadline_s=1 s"
+    )
+    assert 2 <= len(fake_server.requests) <= 5
+
+
+@pytest.mark.parametrize("retry_after", ["nan", "inf", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_malformed_retry_after_falls_back_to_backoff(fake_server, retry_after) -> None:
+    fake_server.faults = [Fault(429, "slow down", retry_after=retry_after)]
+    model = client_for(fake_server, model_name="m")
+    started = time.monotonic()
+    (prediction,) = model.predict_batch(requests_for(["Q"]))
+    assert prediction.error is None and prediction.text == "echo: Q"
+    assert time.monotonic() - started < 2
+
+
+def test_a_key_the_server_echoes_back_is_masked(fake_server, monkeypatch) -> None:
+    monkeypatch.setenv("MY_KEY", SECRET)
+    fake_server.echo_authorization = True
+    fake_server.faults = [Fault(400, "bad request from")]
+    model = client_for(fake_server, model_name="m", api_key_env="MY_KEY", concurrency=1)
+    refused, answered = model.predict_batch(requests_for(["A", "B"]))
+    model.close()
+    assert refused.error.endswith("HTTP 400: bad request from Bearer *** (not retried)")
+    assert answered.text == "echo: B Bearer ***"
+
+
 def test_a_400_is_not_retried_and_says_the_servers_message(fake_server) -> None:
     fake_server.faults = [Fault(400, "image too large for this model")]
     model = client_for(fake_server, model_name="m")
@@ -267,15 +325,22 @@ def test_when_retries_run_out_only_that_request_fails(fake_server) -> None:
     assert len(fake_server.requests) == 6
 
 
-def test_a_dead_server_gives_each_request_an_error_and_the_batch_returns() -> None:
+def test_a_dead_server_stops_the_batch_instead_of_trying_every_request() -> None:
     port = free_port()  # nothing listens there
     base_url = f"http://127.0.0.1:{port}/v1"
-    model = OpenAIModel("m", base_url=base_url, max_retries=2, retry_backoff_s=0.01)
-    predictions = model.predict_batch(requests_for(["A", "B", "C"]))
-    assert [prediction.text for prediction in predictions] == ["", "", ""]
-    for prediction in predictions:
-        assert prediction.error.startswith(f"POST {base_url}/chat/completions failed after 3")
-        assert "ConnectError" in prediction.error
+    model = OpenAIModel("m", base_url=base_url, max_retries=2, retry_backoff_s=0.01,
+                        concurrency=2, max_connection_failures=2)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable) as caught:
+        model.predict_batch(requests_for([f"Q{i}" for i in range(48)]))
+    assert str(caught.value) == (
+        f"the server at {base_url}/chat/completions can't be reached: 2 requests in a row could "
+        "not connect (ConnectError: All connection attempts failed); start it, or fix base_url"
+    )
+    assert time.monotonic() - started < 5  # not 48 requests x 3 attempts
+    with pytest.raises(ModelUnavailable):  # still down: the next call gives up just as fast
+        model.predict_batch(requests_for(["again"]))
+    model.close()
 
     with pytest.raises(RuntimeError, match=rf"GET {base_url}/models failed after 3 attempt"):
         OpenAIModel(base_url=base_url, max_retries=2, retry_backoff_s=0.01)  # no name to list

@@ -2,30 +2,41 @@
 ``python -m runners.serve``, or a cloud API.
 
 Each request is one ``POST {base_url}/chat/completions`` with the images as base64 ``data:`` URLs
-(see :mod:`model_interface.chat`). A batch is sent as concurrent requests, at most
-``concurrency`` in flight, over one pooled ``httpx.Client``; the server does the batching.
+(see :mod:`model_interface.chat`). Requests are sent concurrently, at most ``concurrency`` in
+flight over the model's whole life, whoever calls ``predict_batch``; the server does the
+batching. One event loop in a background thread runs one ``httpx.AsyncClient`` (one connection
+pool), so a request can be given up at any moment: ``timeout`` bounds each attempt from
+connecting to the last byte, ``deadline_s`` each request with all its retries.
 
 Failures stay with their request: a request that still fails after its retries comes back as a
-``Prediction`` with ``error`` set, and the rest of the batch goes on.
+``Prediction`` with ``error`` set, and the rest of the batch goes on. A server that can't be
+reached at all is different: after ``max_connection_failures`` requests in a row failed to
+connect, ``predict_batch`` raises :class:`ModelUnavailable` instead of trying every sample.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and kept only in
 the HTTP client's headers (which httpx masks in its repr), never in an attribute, a log line or
-a config.
+a config; should a server echo it back, it is masked in every text and error the client returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import os
 import random
-import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from model_interface.chat import openai_messages
-from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
+from model_interface.model_interface import (
+    ModelInterface,
+    ModelUnavailable,
+    Prediction,
+    PredictionRequest,
+)
 
 try:
     import httpx
@@ -45,7 +56,14 @@ if logging.getLogger("httpx").level == logging.NOTSET:
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Exceptions worth another attempt: the server was slow, not (yet) listening, or dropped the
 # connection. Other transport errors (a malformed URL, an unsupported scheme) are our mistake.
-RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+RETRY_EXCEPTIONS = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    TimeoutError,  # an attempt over ``timeout`` from start to finish
+)
+# What a server that is not there at all looks like.
+CONNECTION_EXCEPTIONS = (httpx.ConnectError, httpx.ConnectTimeout)
 MAX_BACKOFF_S = 30.0  # the cap on one exponential backoff sleep
 MAX_RETRY_AFTER_S = 60.0  # the cap on a server's Retry-After, so one header can't stall a run
 MAX_ERROR_BODY_CHARS = 500
@@ -66,15 +84,21 @@ class OpenAIModel(ModelInterface):
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
         api_key_env: the NAME of the environment variable holding the API key, e.g.
             ``OPENAI_API_KEY``; ``None`` sends no key.
-        timeout: seconds allowed for connecting, and between bytes of the answer.
+        timeout: seconds one attempt may take, from connecting to the answer's last byte.
+        deadline_s: seconds one request may take with all its retries and backoffs; ``None``:
+            ``(max_retries + 1) * (timeout + 30)``, every attempt and the longest backoffs.
         max_retries: further attempts after a failed one (so ``max_retries + 1`` in all) on
             429/500/502/503/504, timeouts, refused and dropped connections.
-        concurrency: requests in flight at once (also the connection pool's size).
+        concurrency: requests in flight at once over the model's life (also the connection
+            pool's size); the runner hands the model at least this many per call.
+        max_connection_failures: requests in a row that could not connect at all (after their
+            retries) before the server counts as down and ``predict_batch`` raises
+            :class:`ModelUnavailable`.
         retry_backoff_s: the first backoff; it doubles each attempt (full jitter, capped at 30 s).
         image_format: how images are encoded into data URLs; PNG is lossless.
         **generation: ``max_new_tokens``, ``temperature``, ... (see ``GenerationSettings``);
-            they are sent with every request, and ``generation_kwargs`` are merged into the
-            request body as they are.
+            they are sent with every request (a request's own override them), and
+            ``generation_kwargs`` are merged into the request body as they are.
     """
 
     framework = "OpenAI API"
@@ -88,8 +112,10 @@ class OpenAIModel(ModelInterface):
         base_url: str,
         api_key_env: str | None = None,
         timeout: float = 60,
+        deadline_s: float | None = None,
         max_retries: int = 3,
         concurrency: int = 8,
+        max_connection_failures: int = 3,
         retry_backoff_s: float = 0.5,
         image_format: str = "PNG",
         **generation: Any,
@@ -97,20 +123,26 @@ class OpenAIModel(ModelInterface):
         super().__init__(model_name, system_prompt, cache_dir, **generation)
         if not base_url:
             raise ValueError("base_url is required, e.g. http://127.0.0.1:8000/v1")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        lower_bounds = [
+            ("concurrency", concurrency, 1),
+            ("max_retries", max_retries, 0),
+            ("max_connection_failures", max_connection_failures, 1),
+        ]
+        for name, value, least in lower_bounds:
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
+        if timeout <= 0 or (deadline_s is not None and deadline_s <= 0):
+            raise ValueError(f"timeout and deadline_s must be > 0 s, got {timeout}, {deadline_s}")
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
+        every_attempt = (self.max_retries + 1) * (self.timeout + MAX_BACKOFF_S)
+        self.deadline_s = float(deadline_s or every_attempt)
         self.concurrency = int(concurrency)
+        self.max_connection_failures = int(max_connection_failures)
         self.retry_backoff_s = float(retry_backoff_s)
         self.image_format = image_format
-
         headers = {"Accept": "application/json"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -122,16 +154,15 @@ class OpenAIModel(ModelInterface):
                 )
             # The only place the key lives: httpx masks Authorization in its reprs.
             headers["Authorization"] = f"Bearer {key}"
-        self._client: httpx.Client | None = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(
-                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-            ),
-        )
+
+        self._connection_failures = 0  # requests in a row that could not connect
+        self._unreachable: str | None = None  # why the server counts as down, once it does
+        self._loop: asyncio.AbstractEventLoop | None = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="openai-client", daemon=True).start()
+        self._client: httpx.AsyncClient | None = self._run(self._open(headers))
         if not self.model_name:
             try:
-                self.model_name = self._first_listed_model()
+                self.model_name = self._run(self._first_listed_model())
             except Exception:
                 self.close()
                 raise
@@ -139,20 +170,28 @@ class OpenAIModel(ModelInterface):
     # --- the batch entry point ------------------------------------------------------------
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
-        """One request per item, at most ``concurrency`` in flight; answers in request order."""
+        """All requests at once (at most ``concurrency`` in flight); answers in request order.
+
+        Raises :class:`ModelUnavailable` once the server can't be reached at all.
+        """
         if not requests:
             return []
-        workers = min(self.concurrency, len(requests))
-        if workers == 1:
-            return [self._predict_one(request) for request in requests]
-        with ThreadPoolExecutor(workers, thread_name_prefix="openai-request") as pool:
-            # map() yields results in the order of its input, whatever order they finish in.
-            return list(pool.map(self._predict_one, requests))
+        if self._loop is None:
+            return [Prediction("", error=f"{self!r} was closed") for _ in requests]
+        self._unreachable = None  # try again; one more failure to connect says it is still down
+        predictions = self._run(self._predict_all(requests))
+        if self._unreachable is not None:
+            raise ModelUnavailable(self._unreachable)
+        return predictions
 
     def close(self) -> None:
-        client, self._client = getattr(self, "_client", None), None
+        loop, self._loop = getattr(self, "_loop", None), None
+        if loop is None:
+            return
+        client, self._client = self._client, None
         if client is not None:
-            client.close()
+            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
 
     def __repr__(self) -> str:
         return (
@@ -174,19 +213,49 @@ class OpenAIModel(ModelInterface):
             **self.settings_for(request).sampling_options(),
         }
 
-    def _predict_one(self, request: PredictionRequest) -> Prediction:
+    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coroutine`` on the client's event loop and wait for its result."""
+        assert self._loop is not None, "closed"
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _open(self, headers: dict[str, str]) -> httpx.AsyncClient:
+        # Created on the loop: the semaphore and the connection pool belong to it.
+        self._slots = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        return httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(None), limits=limits)
+
+    async def _predict_all(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        return list(await asyncio.gather(*(self._predict_one(r) for r in requests)))
+
+    async def _predict_one(self, request: PredictionRequest) -> Prediction:
         """Never raises: a failure becomes the prediction's ``error``."""
+        url = f"{self.base_url}/chat/completions"
         try:
-            body = self.request_body(request)
-            answer = self._send("POST", "/chat/completions", json=body)
-            return _parse_completion(answer)
+            body = self.request_body(request)  # before the slot: encoding images takes time
+            async with self._slots:
+                if self._unreachable is not None:
+                    return Prediction("", error=self._unreachable)
+                try:
+                    answer = await asyncio.wait_for(
+                        self._send("POST", "/chat/completions", json=body), self.deadline_s
+                    )
+                except TimeoutError:
+                    raise OpenAIRequestError(
+                        f"POST {url} got no answer within deadline_s={self.deadline_s:g} s"
+                    ) from None
+            prediction = _parse_completion(answer)
+            prediction.text = self._redact(prediction.text)
+            return prediction
         except Exception as error:
-            message = str(error) if isinstance(error, OpenAIRequestError) else _describe(error)
+            described = str(error) if isinstance(error, OpenAIRequestError) else _describe(error)
+            message = self._redact(described)
             log.warning("%s", message)
             return Prediction("", error=message)
 
-    def _first_listed_model(self) -> str:
-        listing = self._send("GET", "/models")
+    async def _first_listed_model(self) -> str:
+        listing = await self._send("GET", "/models")
         models = listing.get("data") if isinstance(listing, dict) else None
         if not models:
             raise OpenAIRequestError(
@@ -198,7 +267,7 @@ class OpenAIModel(ModelInterface):
             raise OpenAIRequestError(f"GET {self.base_url}/models: a model without an id")
         return str(first)
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
         """The decoded JSON answer, retrying what is worth retrying.
 
         Raises :class:`OpenAIRequestError` with the URL, the status or exception, and the
@@ -211,13 +280,22 @@ class OpenAIModel(ModelInterface):
             if client is None:
                 raise OpenAIRequestError(f"{method} {url}: the model was closed")
             retry_after: float | None = None
+            connected = True
             try:
-                response = client.request(method, url, **kwargs)
+                response = await asyncio.wait_for(
+                    client.request(method, url, **kwargs), self.timeout
+                )
             except RETRY_EXCEPTIONS as error:
-                problem = _describe(error)
+                connected = not isinstance(error, CONNECTION_EXCEPTIONS)
+                problem = (
+                    f"no answer within timeout={self.timeout:g} s"
+                    if isinstance(error, TimeoutError)
+                    else _describe(error)
+                )
             except httpx.HTTPError as error:
                 raise OpenAIRequestError(f"{method} {url} failed: {_describe(error)}") from None
             else:
+                self._connection_failures = 0
                 if response.is_success:
                     try:
                         return response.json()
@@ -230,22 +308,25 @@ class OpenAIModel(ModelInterface):
                 if response.status_code not in RETRY_STATUSES:
                     raise OpenAIRequestError(f"{method} {url} failed with {problem} (not retried)")
                 retry_after = _retry_after_s(response)
-            if attempt == attempts:
+            if attempt == attempts or self._unreachable is not None:
+                if not connected:
+                    self._count_connection_failure(url, problem)
                 raise OpenAIRequestError(
-                    f"{method} {url} failed after {attempts} attempt(s); last: {problem}"
+                    f"{method} {url} failed after {attempt} attempt(s); last: {problem}"
                 )
             delay = self._backoff_s(attempt, retry_after)
-            log.info(
-                "%s %s: %s; retry %d of %d in %.2f s",
-                method,
-                url,
-                problem,
-                attempt,
-                self.max_retries,
-                delay,
-            )
-            time.sleep(delay)
+            log.info("%s %s: %s; retry %d of %d in %.2f s", method, url, problem, attempt,
+                     self.max_retries, delay)  # fmt: skip
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _count_connection_failure(self, url: str, problem: str) -> None:
+        self._connection_failures += 1
+        if self._unreachable is None and self._connection_failures >= self.max_connection_failures:
+            self._unreachable = (
+                f"the server at {url} can't be reached: {self._connection_failures} requests in "
+                f"a row could not connect ({problem}); start it, or fix base_url"
+            )
 
     def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
         """Full jitter: uniform over [0, base * 2^(attempt-1)], so clients that failed together
@@ -254,6 +335,13 @@ class OpenAIModel(ModelInterface):
             return min(retry_after, MAX_RETRY_AFTER_S)
         ceiling = min(MAX_BACKOFF_S, self.retry_backoff_s * 2 ** (attempt - 1))
         return random.uniform(0, ceiling)
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the API key masked, should a server have echoed it back."""
+        client = self._client
+        authorization = client.headers.get("Authorization", "") if client is not None else ""
+        key = authorization.removeprefix("Bearer ")
+        return text.replace(key, "***") if key else text
 
 
 def _parse_completion(answer: Any) -> Prediction:
@@ -288,13 +376,14 @@ def _server_message(response: httpx.Response) -> str:
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
-    """A numeric Retry-After header in seconds (an HTTP date is ignored: backoff applies)."""
+    """A numeric Retry-After header in seconds; anything else (an HTTP date, ``nan``, a
+    negative number) is ignored, and the backoff applies."""
     value = response.headers.get("Retry-After")
     try:
         seconds = float(value) if value is not None else None
     except ValueError:
         return None
-    return None if seconds is None or seconds < 0 else seconds
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _describe(error: BaseException) -> str:
