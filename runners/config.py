@@ -161,6 +161,9 @@ class ServeConfig:
     max_batch_size: int = 8
     # How long the first request of a batch waits for company.
     batch_wait_ms: float = 5
+    # How long a batch may wait to fill up while fewer requests are in it than clients recently
+    # kept in flight together (their next requests come as soon as their answers arrive).
+    batch_fill_ms: float = 50
     # The NAME of the environment variable holding the key clients must send as
     # "Authorization: Bearer <key>" (every endpoint but /health); null: no key.
     api_key_env: str | None = None
@@ -173,6 +176,7 @@ class ServeConfig:
             (0 <= self.port <= 65535, "serve.port must be between 0 and 65535"),
             (self.max_batch_size >= 1, "serve.max_batch_size must be >= 1"),
             (self.batch_wait_ms >= 0, "serve.batch_wait_ms must be >= 0"),
+            (self.batch_fill_ms >= 0, "serve.batch_fill_ms must be >= 0"),
         ]
         _raise_first_failure(checks, self)
 

@@ -28,7 +28,8 @@ One request never hurts another:
   ``/openapi.json`` are off unless ``serve.docs=true``.
 
 Batching: requests wait in one queue; a single worker takes up to ``max_batch_size`` of them
-(waiting at most ``batch_wait_s`` after the first) and answers them with one
+(waiting ``batch_wait_s`` after the first for company, and up to ``batch_fill_s`` while fewer
+have come than clients recently kept in flight together) and answers them with one
 ``model.predict_batch`` call, in one thread, so the model is never called concurrently. Clients
 that send many requests at once (``OpenAIModel`` with ``concurrency`` > 1) thus get batched
 inference, which is what makes concurrency pay off with a local model.
@@ -84,6 +85,8 @@ else:
 log = logging.getLogger("runners.serve")
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.25
+# How far back the batcher looks for how many requests clients keep in flight together.
+RECENT_S = 2.0
 # The OpenAI request fields that set generation, and the GenerationSettings field each sets.
 REQUEST_SETTINGS = {
     "max_tokens": "max_new_tokens",
@@ -338,16 +341,26 @@ class _Pending:
 
 @dataclass
 class _Batcher:
-    """One queue and one worker task; the model runs in one dedicated thread."""
+    """One queue and one worker task; the model runs in one dedicated thread.
+
+    How long a batch waits: ``batch_wait_s`` for company, as any batch does; and, while it holds
+    fewer requests than were recently in flight together (clients that keep several requests
+    going send the next ones as soon as their answers arrive), up to ``batch_fill_s`` for
+    them. A client that sends one request at a time never waits longer than ``batch_wait_s``.
+    """
 
     model: ModelInterface
     max_batch_size: int
     batch_wait_s: float
+    batch_fill_s: float = 0.0
     queue: asyncio.Queue[_Pending] | None = None
     task: asyncio.Task[None] | None = None
     executor: ThreadPoolExecutor | None = None
     # The sizes of the latest batches, for tests and debugging; bounded for long-lived servers.
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+    in_flight: int = 0  # requests between their arrival and their answer
+    # (time, in_flight) at each arrival within the last RECENT_S seconds.
+    _arrivals: deque[tuple[float, int]] = field(default_factory=deque)
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -373,15 +386,21 @@ class _Batcher:
         """The request's answer; None if the client went away (``gone()``) while it waited."""
         if self.queue is None:
             raise RuntimeError("the batch worker is not running (was the app started?)")
-        future: asyncio.Future[TimedPrediction] = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(request, future))
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return future.result()
-            if await gone():
-                future.cancel()  # the worker skips it, if its batch has not started yet
-                return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[TimedPrediction] = loop.create_future()
+        self.in_flight += 1
+        self._arrivals.append((loop.time(), self.in_flight))
+        try:
+            await self.queue.put(_Pending(request, future))
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return future.result()
+                if await gone():
+                    future.cancel()  # the worker skips it, if its batch has not started yet
+                    return None
+        finally:
+            self.in_flight -= 1
 
     async def _work(self) -> None:
         assert self.queue is not None
@@ -405,17 +424,24 @@ class _Batcher:
     ) -> list[_Pending]:
         """Up to max_batch_size requests: the first, then whatever arrives within the wait."""
         batch = [await queue.get()]
-        deadline = loop.time() + self.batch_wait_s
+        started = loop.time()
         while len(batch) < self.max_batch_size:
             if not queue.empty():
                 batch.append(queue.get_nowait())
                 continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            expected = min(self.max_batch_size, self._recently_together(loop.time()))
+            wait = self.batch_fill_s if len(batch) < expected else self.batch_wait_s
+            if loop.time() - started >= max(wait, self.batch_wait_s):
                 break
             # Polling (rather than wait_for(queue.get())) can never lose an item to a timeout.
-            await asyncio.sleep(min(remaining, 0.001))
+            await asyncio.sleep(0.001)
         return batch
+
+    def _recently_together(self, now: float) -> int:
+        """The most requests in flight at once over the last RECENT_S seconds."""
+        while self._arrivals and self._arrivals[0][0] < now - RECENT_S:
+            self._arrivals.popleft()
+        return max((count for _, count in self._arrivals), default=1)
 
 
 # --- the app -------------------------------------------------------------------------------
@@ -427,6 +453,7 @@ def create_app(
     max_batch_size: int = 8,
     batch_wait_s: float = 0.005,
     *,
+    batch_fill_s: float = 0.0,
     limits: RequestLimits | None = None,
     api_key: str | None = None,
     docs: bool = False,
@@ -441,13 +468,14 @@ def create_app(
     _require_fastapi()
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    if batch_wait_s < 0:
-        raise ValueError(f"batch_wait_s must be >= 0, got {batch_wait_s}")
+    if batch_wait_s < 0 or batch_fill_s < 0:
+        raise ValueError(f"batch_wait_s and batch_fill_s must be >= 0, got {batch_wait_s}, "
+                         f"{batch_fill_s}")  # fmt: skip
     if api_key is not None and not api_key:
         raise ValueError("api_key is empty; pass None for a server without a key")
     limits = limits or RequestLimits()
     max_body_bytes = int(limits.max_body_mb * 2**20)
-    batcher = _Batcher(model, max_batch_size, batch_wait_s)
+    batcher = _Batcher(model, max_batch_size, batch_wait_s, batch_fill_s)
     created = int(time.time())
 
     @asynccontextmanager
@@ -627,6 +655,7 @@ def serve(cfg: DictConfig) -> None:
         str(served_name),
         max_batch_size=options.max_batch_size,
         batch_wait_s=options.batch_wait_ms / 1000,
+        batch_fill_s=options.batch_fill_ms / 1000,
         limits=options.limits,
         api_key=api_key,
         docs=options.docs,

@@ -260,3 +260,46 @@ def test_serving_beyond_loopback_without_a_key_warns_and_a_missing_key_refuses(
     assert "serving on 0.0.0.0 without an API key: anyone who can reach this address" in (
         warned.stdout
     )
+
+
+# --- batches that fill up ----------------------------------------------------------------------
+
+
+class Counting(DummyModel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_sizes: list[int] = []
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        self.batch_sizes.append(len(requests))
+        time.sleep(0.02)
+        return super().predict_batch(requests)
+
+
+def test_batches_fill_up_to_what_clients_keep_in_flight() -> None:
+    from model_interface.backends.openai_api import OpenAIModel
+
+    model = Counting("counting")
+    with serve_in_thread(model, "m", max_batch_size=8, batch_wait_s=0.0,
+                         batch_fill_s=0.5) as base_url:  # fmt: skip
+        requests = [PredictionRequest([SQUARE], f"q{index}") for index in range(32)]
+        with OpenAIModel(base_url=base_url, concurrency=4) as client:
+            assert all(p.error is None for p in client.predict_batch(requests))
+    # After the first batch (the server has seen no client yet), each batch waits for the 4
+    # requests the client keeps going; the last takes what is left.
+    middle = model.batch_sizes[1:-1]
+    assert sum(model.batch_sizes) == 32 and set(middle) == {4} and len(middle) >= 6
+
+
+def test_one_request_at_a_time_never_waits_for_company_that_is_not_coming() -> None:
+    from model_interface.backends.openai_api import OpenAIModel
+
+    model = Counting("counting")
+    served = serve_in_thread(model, "m", batch_wait_s=0.0, batch_fill_s=2.0)
+    with served as base_url, OpenAIModel(base_url=base_url, concurrency=1) as client:
+        started = time.monotonic()
+        for index in range(5):
+            client.predict_batch([PredictionRequest([SQUARE], f"q{index}")])
+        elapsed = time.monotonic() - started
+    assert model.batch_sizes == [1] * 5
+    assert elapsed < 2  # waiting out batch_fill_s even once would take 2 s

@@ -27,10 +27,14 @@ import math
 import os
 import random
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from model_interface.chat import openai_messages
+from PIL import Image
+
+from model_interface.chat import image_to_data_url, openai_messages
 from model_interface.model_interface import (
     ModelInterface,
     ModelUnavailable,
@@ -143,6 +147,7 @@ class OpenAIModel(ModelInterface):
         self.max_connection_failures = int(max_connection_failures)
         self.retry_backoff_s = float(retry_backoff_s)
         self.image_format = image_format
+        self._encoded_images = _EncodedImages(image_format)
         headers = {"Accept": "application/json"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -206,7 +211,7 @@ class OpenAIModel(ModelInterface):
         return {
             "model": self.model_name,
             "messages": openai_messages(
-                self.system_prompt, request, image_format=self.image_format
+                self.system_prompt, request, image_part=self._encoded_images.part
             ),
             # top_k, repetition_penalty and seed are not OpenAI's own, but vLLM and SGLang take
             # them; they are sent only when set. A request's own settings override the model's.
@@ -233,7 +238,8 @@ class OpenAIModel(ModelInterface):
         """Never raises: a failure becomes the prediction's ``error``."""
         url = f"{self.base_url}/chat/completions"
         try:
-            body = self.request_body(request)  # before the slot: encoding images takes time
+            # Encoding images is CPU work (mostly outside the GIL): off the loop, before a slot.
+            body = await asyncio.to_thread(self.request_body, request)
             async with self._slots:
                 if self._unreachable is not None:
                     return Prediction("", error=self._unreachable)
@@ -342,6 +348,40 @@ class OpenAIModel(ModelInterface):
         authorization = client.headers.get("Authorization", "") if client is not None else ""
         key = authorization.removeprefix("Bearer ")
         return text.replace(key, "***") if key else text
+
+
+class _EncodedImages:
+    """The ``image_url`` parts of the latest pictures sent, by picture object: a document page
+    asked about several times (the runner hands the model the same decoded page for each
+    question) is encoded once.
+
+    A picture is recognised by identity, as long as it is alive; one drawn on after it was sent
+    would not be encoded again (the runner's page cache makes the same assumption).
+    """
+
+    def __init__(self, image_format: str, size: int = 64) -> None:
+        self.image_format, self.size = image_format, size
+        self._parts: OrderedDict[int, tuple[weakref.ref[Any], dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def part(self, image: Any) -> dict[str, Any]:
+        if not isinstance(image, Image.Image):  # a path or bytes: nothing to recognise it by
+            return self._encode(image)
+        with self._lock:
+            cached = self._parts.get(id(image))
+            if cached is not None and cached[0]() is image:
+                self._parts.move_to_end(id(image))
+                return cached[1]
+        part = self._encode(image)
+        with self._lock:
+            self._parts[id(image)] = (weakref.ref(image), part)
+            while len(self._parts) > self.size:
+                self._parts.popitem(last=False)
+        return part
+
+    def _encode(self, image: Any) -> dict[str, Any]:
+        url = image_to_data_url(image, image_format=self.image_format)
+        return {"type": "image_url", "image_url": {"url": url}}
 
 
 def _parse_completion(answer: Any) -> Prediction:
