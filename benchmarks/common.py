@@ -5,19 +5,22 @@ Every script ends with lines ``figure=value`` so that runs can be compared by a 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 120
 SAMPLE_DOCS = REPO_ROOT / "data" / "sample_docs"
 COLUMNS = ["data_index", "split", "image_path", "question", "answer", "doc_class", "question_type"]
 
@@ -77,6 +80,52 @@ def timed(fn: Callable[[], object]) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(model: str, workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``runners.serve`` with ``model`` in a subprocess; yields its base URL and process, and
+    stops it after."""
+    import httpx
+
+    port = free_port()
+    log_path = workdir / "serve.log"
+    command = [
+        sys.executable,
+        "-m",
+        "runners.serve",
+        f"model={model}",
+        f"serve.port={port}",
+        f"hydra.run.dir={workdir / 'hydra'}",  # keep the repo's outputs/ clean
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"runners.serve did not come up:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1", process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def run_command(command: Sequence[str], *, env: dict[str, str] | None = None) -> float:

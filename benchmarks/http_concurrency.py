@@ -15,20 +15,14 @@ almost none (only the HTTP and image-encoding overlap).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import itertools
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from common import served
 
 from model_interface.backends.openai_api import OpenAIModel
 from model_interface.images import load_image
@@ -37,7 +31,6 @@ from model_interface.model_interface import PredictionRequest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DOCS = PROJECT_ROOT / "data" / "sample_docs"
 CONCURRENCIES = (1, 4, 8)
-STARTUP_TIMEOUT_S = 120
 
 
 def load_requests(count: int) -> list[PredictionRequest]:
@@ -50,49 +43,6 @@ def load_requests(count: int) -> list[PredictionRequest]:
         PredictionRequest([images[row["image_path"]]], row["question"])
         for row in itertools.islice(itertools.cycle(rows), count)
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(model: str, workdir: Path) -> Iterator[str]:
-    """``runners.serve`` with ``model`` in a subprocess; yields its base URL, stops it after."""
-    port = free_port()
-    log_path = workdir / "serve.log"
-    command = [
-        sys.executable,
-        "-m",
-        "runners.serve",
-        f"model={model}",
-        f"serve.port={port}",
-        f"hydra.run.dir={workdir / 'hydra'}",  # keep the repo's outputs/ clean
-    ]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "HF_HUB_OFFLINE": "1"}
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"runners.serve did not come up:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def samples_per_s(client: OpenAIModel, requests: list[PredictionRequest]) -> float:
@@ -114,7 +64,10 @@ def main() -> None:
 
     requests = load_requests(args.samples)
     medians: dict[int, float] = {}
-    with tempfile.TemporaryDirectory() as workdir, served(args.model, Path(workdir)) as base_url:
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        served(args.model, Path(workdir)) as (base_url, _),
+    ):
         for concurrency in CONCURRENCIES:
             # A long timeout: at concurrency 1 nothing queues, but at 8 a request may wait
             # behind a whole batch on a slow model. The server applies what a request asks

@@ -27,6 +27,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
          ["help_s", "cfg_job_s", "end_to_end_s", "end_to_end_over_bare"]),
         ("sweep_reuse.py", ["--limit", "2"], ["sweep_model_loads"]),
         ("http_concurrency.py", ["--samples", "4", "--repeats", "1"], ["http_c8_speedup"]),
+        ("http_load.py", ["--requests", "64", "--concurrency", "8"],
+         ["load_good_ok", "load_bad_4xx", "load_requests_per_s", "load_server_rss_growth_mb"]),
     ],
 )  # fmt: skip
 def test_benchmark_runs_and_prints_its_figures(script, args, figures, model_cache) -> None:
@@ -39,4 +41,4 @@ def test_benchmark_runs_and_prints_its_figures(script, args, figures, model_cach
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for figure in figures:
-        assert re.search(rf"^{figure}=[0-9.]+$", result.stdout, re.MULTILINE), result.stdout
+        assert re.search(rf"^{figure}=-?[0-9.]+$", result.stdout, re.MULTILINE), result.stdout
