@@ -238,11 +238,12 @@ class OpenAIModel(ModelInterface):
         """Never raises: a failure becomes the prediction's ``error``."""
         url = f"{self.base_url}/chat/completions"
         try:
-            # Encoding images is CPU work (mostly outside the GIL): off the loop, before a slot.
-            body = await asyncio.to_thread(self.request_body, request)
+            # Slots are taken in request order (the semaphore is first come, first served).
             async with self._slots:
                 if self._unreachable is not None:
                     return Prediction("", error=self._unreachable)
+                # Encoding images is CPU work, mostly outside the GIL: off the loop.
+                body = await asyncio.to_thread(self.request_body, request)
                 try:
                     answer = await asyncio.wait_for(
                         self._send("POST", "/chat/completions", json=body), self.deadline_s
