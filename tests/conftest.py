@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
@@ -30,11 +29,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def clean_registry():
     """Give a test its own ModelFactory registry and put the shared one back afterwards."""
-    from model_interface.model_factory import ModelFactory
+    from model_interface.model_factory import MODELS, ModelFactory
 
-    saved = copy.deepcopy(ModelFactory._registry), ModelFactory._entry_points_loaded
+    saved = MODELS.state()
     yield ModelFactory
-    ModelFactory._registry, ModelFactory._entry_points_loaded = saved
+    MODELS.restore(saved)
 
 
 @pytest.fixture(scope="session")
