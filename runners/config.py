@@ -120,6 +120,8 @@ class RunConfig:
     # is checked by ModelFactory (unknown keys, names that are not registered), not here.
     model: Any = MISSING
     dataset: DatasetConfig = MISSING
+    # {name, ...}: the other keys are the task's own options (runners/tasks), checked by it.
+    task: Any = MISSING
     runner: RunnerConfig = MISSING
     paths: PathsConfig = MISSING
     # Names the output directory outputs/<run_name>; running again with it resumes the run.

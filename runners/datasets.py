@@ -41,7 +41,8 @@ class DatasetError(ValueError):
     """The dataset can't be read as configured; the message says what to fix."""
 
 
-Reference = str | tuple[str, ...]  # one answer, or several acceptable ones
+# One answer, several acceptable ones, or (for field extraction) an object of fields.
+Reference = str | tuple[str, ...] | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,17 @@ class Dataset:
                 dataset._csv_reader(handle)  # a wrong header or separator fails here, early
         return dataset
 
-    def check(self) -> int:
-        """Read every record of the annotation file (text only, no image) and count them.
+    def all_samples(self) -> Iterator[Sample]:
+        """Every record of the annotation file as a sample (text only, no image), filtered out
+        or not.
 
         Raises :class:`DatasetError` for the first bad record or duplicate id anywhere in the
-        file, filtered out or not, so that a mistake never surfaces halfway through a run.
+        file, so that reading it all before a run means a mistake never surfaces halfway.
         """
+        return self._read()
+
+    def check(self) -> int:
+        """Read every record of the annotation file and count them (see :meth:`all_samples`)."""
         return sum(1 for _ in self._read())
 
     def references(self) -> dict[str, Reference | None]:
@@ -315,9 +321,11 @@ def _reference(value: Any, where: str) -> Reference | None:
         return tuple(str(item) for item in value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, dict):  # fields; the task decides whether it can score them
+        return value
     raise DatasetError(
-        f"{where}: the answer must be a string, a number or a list of acceptable answers, "
-        f"got {type(value).__name__} {value!r}"
+        f"{where}: the answer must be a string, a number, a list of acceptable answers or an "
+        f"object of fields, got {type(value).__name__} {value!r}"
     )
 
 
@@ -335,9 +343,12 @@ def decode_reference(text: str) -> Reference:
 
 
 def encode_reference(reference: Reference | None) -> str | None:
-    """A reference for a CSV cell: a list of acceptable answers as a JSON array."""
+    """A reference for a CSV cell: a list of acceptable answers as a JSON array, an object of
+    fields as a JSON object."""
     if isinstance(reference, tuple):
         return json.dumps(list(reference), ensure_ascii=False)
+    if isinstance(reference, Mapping):
+        return json.dumps(reference, ensure_ascii=False)
     return reference
 
 

@@ -7,7 +7,8 @@ from the same model and the same questions. The fingerprint holds:
   generation settings, but without those that only say where or how fast it runs
   (:data:`NOT_ANSWER_SETTINGS`);
 * the dataset: format, root, annotation file, filters, prompt template, and the SHA-256 of the
-  annotation file's content.
+  annotation file's content;
+* the task: its class, its options, and what it adds of its own (e.g. a schema file's content).
 
 What only chooses *which* samples run (``limit``, ``shuffle``, ``seed``) or how they are batched
 is left out: a run may be extended with a larger limit, or resumed with a smaller batch after
@@ -24,6 +25,7 @@ from model_interface import ModelFactory
 from runners.config import RunnerError
 from runners.datasets import Dataset
 from runners.outputs import has_rows, read_json, write_json
+from runners.tasks import TASKS, Task
 
 FILE_NAME = "fingerprint.json"
 
@@ -46,8 +48,14 @@ NOT_ANSWER_SETTINGS = frozenset(
 )
 
 
-def fingerprint(model_config: Mapping[str, Any], dataset: Dataset) -> dict[str, Any]:
-    """The fingerprint of a run of ``model_config`` on ``dataset`` (no import, no image read)."""
+def fingerprint(
+    model_config: Mapping[str, Any],
+    dataset: Dataset,
+    task_config: Mapping[str, Any],
+    task: Task,
+) -> dict[str, Any]:
+    """The fingerprint of a run of ``model_config`` on ``dataset`` with ``task`` (no model
+    import, no image read)."""
     init_params = model_config.get("init_params") or {}
     return {
         "model": {
@@ -65,6 +73,11 @@ def fingerprint(model_config: Mapping[str, Any], dataset: Dataset) -> dict[str, 
             "filters": {name: sorted(values) for name, values in sorted(dataset.filters.items())},
             "prompt_template": dataset.prompt_template,
             "annotation_sha256": dataset.content_sha256(),
+        },
+        "task": {
+            "class": TASKS.target(task_config["name"]),
+            "options": {key: value for key, value in sorted(task_config.items()) if key != "name"},
+            **task.fingerprint(),
         },
     }
 

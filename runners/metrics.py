@@ -24,7 +24,6 @@ reference: the sample has no ground truth and must not count as wrong.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import statistics
@@ -34,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
+
+from model_interface.registry import Registry
 
 Reference = str | Sequence[str]  # one answer or several acceptable ones
 
@@ -108,34 +109,43 @@ def wer(prediction: str | None, reference: Reference) -> float:
     return _error_rate(_word_error_rate, prediction, reference)
 
 
-METRICS: dict[str, Callable[[str, str], float]] = {
-    "exact_match": exact_match,
-    "anls": anls,
-    "cer": cer,
-    "wer": wer,
-}
+# Every metric is found by name here, like models in ModelFactory: a function
+# (prediction, reference) -> float, reference one answer or several acceptable ones. A package
+# adds its own under the "model_interface.metrics" entry-point group.
+METRICS: Registry[Callable[[str | None, Reference], float]] = Registry(
+    kind="metric",
+    group="model_interface.metrics",
+    builtins={name: f"runners.metrics:{name}" for name in ("exact_match", "anls", "cer", "wer")},
+    accepts=callable,
+    expected="a function (prediction, reference) -> float",
+    example="function",
+    how_to_register=lambda name: (
+        f"Register it with runners.metrics.METRICS.register('{name}', 'package.module:function')"
+    ),
+)
+
+
+def metric_functions(names: Sequence[str]) -> list[Callable[[str | None, Reference], float]]:
+    """The metric functions for ``names``; raises ``ValueError`` for an unknown name, suggesting
+    the closest registered one."""
+    return [METRICS.get(name) for name in names]
 
 
 def validate_names(names: Sequence[str]) -> None:
-    """Raise ``ValueError`` for the first unknown metric name, suggesting the closest valid one."""
-    for name in names:
-        if name not in METRICS:
-            close = difflib.get_close_matches(str(name).lower(), METRICS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"Unknown metric {name!r}.{hint} Valid metrics: {', '.join(sorted(METRICS))}."
-            )
+    """Raise ``ValueError`` for the first unknown metric name, suggesting the closest one."""
+    metric_functions(names)
 
 
 def score(
     prediction: str | None, reference: Reference | None, names: Sequence[str]
 ) -> dict[str, float]:
     """Score one sample with each named metric; ``{}`` when there is no reference."""
-    validate_names(names)  # even without a reference, so a config typo fails on any sample
+    functions = metric_functions(names)  # even without a reference: a typo fails on any sample
     missing = reference is None or (isinstance(reference, float) and math.isnan(reference))
     if missing or (not isinstance(reference, str) and len(reference) == 0):
         return {}
-    return {name: METRICS[name](prediction, reference) for name in names}
+    return {name: function(prediction, reference)
+            for name, function in zip(names, functions, strict=True)}  # fmt: skip
 
 
 class QualitySummary:
@@ -188,11 +198,9 @@ class _Totals:
         return {"n": self.n, "n_scored": self.n_scored, **means}
 
 
-GROUP_COLUMNS = ("doc_class", "question_type")
-
-
 class RunTally:
-    """What metrics.csv reports, gathered from the rows of predictions.csv, one at a time.
+    """Counts, timing and tokens for metrics.csv, gathered from the rows of predictions.csv, one
+    at a time (quality is the task's: :mod:`runners.tasks`).
 
     Everything comes from what the rows record, so the figures describe the whole run directory
     however many attempts it took, and a resume with nothing left to do reproduces them:
@@ -202,16 +210,14 @@ class RunTally:
       ``call_s`` seconds, so it accounts for ``call_s / batch_size`` of model time.
     """
 
-    def __init__(self, metric_names: Sequence[str]) -> None:
-        self.metric_names = list(metric_names)
-        self.quality = QualitySummary(metric_names)
+    def __init__(self) -> None:
         self.n_samples = self.n_input_errors = self.n_model_errors = 0
         self.model_s = 0.0
         self.prompt_tokens = self.completion_tokens = 0
         self.call_times = array("d")  # one float per sample that reached the model
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Count one scored row of predictions.csv."""
+        """Count one row of predictions.csv."""
         self.n_samples += 1
         batch_size = int(_number(row["batch_size"]) or 0)
         if batch_size == 0:
@@ -223,18 +229,12 @@ class RunTally:
             self.n_model_errors += bool(row["error"])
         self.prompt_tokens += int(_number(row["prompt_tokens"]) or 0)
         self.completion_tokens += int(_number(row["completion_tokens"]) or 0)
-        scores = {name: _number(row.get(name)) for name in self.metric_names}
-        group = tuple(str(row.get(column) or "") for column in GROUP_COLUMNS)
-        self.quality.add(
-            {name: value for name, value in scores.items() if value is not None},
-            group if any(group) else (),
-        )
 
     def summary(self) -> dict[str, Any]:
-        """Counts, timing and token figures, then each metric's mean over all rows."""
+        """Counts, timing and token figures."""
         n_errors = self.n_input_errors + self.n_model_errors
         reached, model_s = len(self.call_times), self.model_s
-        row = {
+        return {
             "n_samples": self.n_samples,
             "n_errors": n_errors,
             "n_input_errors": self.n_input_errors,
@@ -248,16 +248,6 @@ class RunTally:
             "completion_tokens": self.completion_tokens,
             "tokens_per_s": self.completion_tokens / model_s if model_s else math.nan,
         }
-        overall = self.quality.overall()
-        row.update({name: overall[name] for name in self.metric_names})
-        return row
-
-    def groups(self) -> list[dict[str, Any]]:
-        """Quality per (doc_class, question_type), when the dataset has them."""
-        return [
-            {**dict(zip(GROUP_COLUMNS, group, strict=True)), **row}
-            for group, row in self.quality.groups()
-        ]
 
 
 def _percentiles(call_times: Sequence[float]) -> dict[str, float]:

@@ -38,6 +38,7 @@ class Answer:
     """One sample's outcome."""
 
     sample: Sample
+    prompt: str  # as sent to the model (the task built it from the sample)
     prediction: Prediction
     call_s: float | None  # wall time of the model call that answered it (None: never reached)
     batch_size: int  # requests in that call; 0 when the sample failed before the model
@@ -60,6 +61,9 @@ def answer_samples(
     dataset: Dataset,
     samples: Iterable[Sample],
     *,
+    build_request: Callable[[Sample, list[Image.Image]], PredictionRequest] = (
+        lambda sample, images: PredictionRequest(images, sample.prompt)
+    ),
     batch_size: int,
     sort_window_batches: int = 8,
     prefetch_workers: int = 2,
@@ -82,7 +86,7 @@ def answer_samples(
             if sort_window_batches > 1:
                 loaded.sort(key=lambda item: item.size)
             for start in range(0, len(loaded), batch_size):
-                yield _answer_batch(model, loaded[start : start + batch_size])
+                yield _answer_batch(model, loaded[start : start + batch_size], build_request)
 
 
 class DecodedImages:
@@ -165,20 +169,24 @@ def _chunks(items: Iterable[Sample], first: int, size: int) -> Iterator[list[Sam
         chunk = list(itertools.islice(iterator, size))
 
 
-def _answer_batch(model: ModelInterface, batch: Sequence[_Loaded]) -> list[Answer]:
+def _answer_batch(
+    model: ModelInterface,
+    batch: Sequence[_Loaded],
+    build_request: Callable[[Sample, list[Image.Image]], PredictionRequest],
+) -> list[Answer]:
     ready = [item for item in batch if item.error is None]
-    answers = {answer.sample.position: answer for answer in _answer_loaded(model, ready)}
+    requests = [build_request(item.sample, item.images or []) for item in ready]
+    answers = {
+        item.sample.position: Answer(
+            item.sample, request.prompt, timed.prediction, timed.call_s, timed.batch_size
+        )
+        for item, request, timed in zip(
+            ready, requests, predict_isolated(model, requests), strict=True
+        )
+    }
     for item in batch:
         if item.error is not None:
-            failed = Prediction("", error=item.error)
-            answers[item.sample.position] = Answer(item.sample, failed, None, 0)
+            prompt = build_request(item.sample, []).prompt
+            failed = Answer(item.sample, prompt, Prediction("", error=item.error), None, 0)
+            answers[item.sample.position] = failed
     return [answers[item.sample.position] for item in batch]
-
-
-def _answer_loaded(model: ModelInterface, ready: Sequence[_Loaded]) -> list[Answer]:
-    """Answers for samples whose images loaded; a failed batch is retried one by one."""
-    requests = [PredictionRequest(item.images, item.sample.prompt) for item in ready]
-    return [
-        Answer(item.sample, timed.prediction, timed.call_s, timed.batch_size)
-        for item, timed in zip(ready, predict_isolated(model, requests), strict=True)
-    ]

@@ -37,11 +37,11 @@ log = logging.getLogger("runners.run")
 
 @dataclass
 class Plan:
-    """What :func:`check` established: the settings, the dataset and what to run."""
+    """What :func:`check` established: the settings, the dataset, the task and what to run."""
 
     settings: RunConfig
     dataset: Any  # runners.datasets.Dataset
-    metric_names: list[str]
+    task: Any  # runners.tasks.Task
     n_selected: int
 
 
@@ -79,28 +79,27 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     loaded, reused = load(plan.settings.model)
     predictions, todo, n_todo = resume(run_dir, plan, loaded)
     answered = answer(loaded.model, plan, predictions, todo, n_todo)
-    tally = score(predictions, plan)
-    return write(run_dir, plan, loaded, reused, answered, tally)
+    run_tally, quality = score(predictions, plan)
+    return write(run_dir, plan, loaded, reused, answered, run_tally, quality)
 
 
 def check(cfg: DictConfig, run_dir: Path) -> Plan:
-    """Check the config, every record of the dataset and the run directory; claim the directory.
-
-    Reads the annotation file (never an image) and imports no model.
-    """
+    """Check the config, every record of the dataset against the task, and the run directory;
+    claim the directory. Reads the annotation file (never an image) and imports no model."""
     from model_interface import ModelFactoryError
-    from runners import metrics as quality
     from runners.datasets import Dataset, DatasetError
     from runners.fingerprint import claim, fingerprint
+    from runners.tasks import make_task
 
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
     try:
-        quality.validate_names(runner.metrics)
+        task = make_task(settings.task, list(runner.metrics))
         dataset = Dataset.from_config(dataclasses.asdict(settings.dataset))
-        dataset.check()
+        for sample in dataset.all_samples():
+            task.check(sample)
         n_selected = sum(1 for _ in itertools.islice(dataset.samples(), runner.limit))
-        current = fingerprint(settings.model, dataset)
+        current = fingerprint(settings.model, dataset, settings.task, task)
     except (DatasetError, ModelFactoryError, ValueError) as error:
         raise RunnerError(str(error)) from None
     if n_selected == 0:
@@ -111,7 +110,7 @@ def check(cfg: DictConfig, run_dir: Path) -> Plan:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     claim(run_dir, current, resume=runner.resume)
-    return Plan(settings, dataset, list(runner.metrics), n_selected)
+    return Plan(settings, dataset, task, n_selected)
 
 
 def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
@@ -188,6 +187,7 @@ def answer(
                 model,
                 plan.dataset,
                 todo(),
+                build_request=plan.task.request,
                 batch_size=runner.batch_size,
                 sort_window_batches=runner.sort_window_batches,
                 prefetch_workers=runner.prefetch_workers,
@@ -209,23 +209,24 @@ def answer(
     return Answered(n_todo, cost.wall_s, cost.peak_rss_mb, cost.peak_gpu_mb)
 
 
-def score(predictions: Any, plan: Plan) -> Any:
-    """Score every row of predictions.csv against the dataset's references, and write the file
-    back in dataset order with one column per metric. Returns the tally of all rows."""
-    from runners import metrics as quality
+def score(predictions: Any, plan: Plan) -> tuple[Any, Any]:
+    """Score every row of predictions.csv with the task, against the dataset's references, and
+    write the file back in dataset order with the task's columns. Returns the run's tally of
+    counts and timing, and the task's tally of quality."""
+    from runners.metrics import RunTally
     from runners.outputs import PREDICTION_COLUMNS
 
     references = plan.dataset.references()
-    tally = quality.RunTally(plan.metric_names)
+    run_tally, quality = RunTally(), plan.task.tally()
 
     def scored(row: dict[str, str]) -> dict[str, Any]:
-        reference = references[row["sample_id"]]
-        row = {**row, **quality.score(row["prediction"], reference, plan.metric_names)}
-        tally.add(row)
+        row = {**row, **plan.task.score(row["prediction"], references[row["sample_id"]])}
+        run_tally.add(row)
+        quality.add(row)
         return row
 
-    predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.metric_names)
-    return tally
+    predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
+    return run_tally, quality
 
 
 def write(
@@ -234,18 +235,20 @@ def write(
     loaded: LoadedModel,
     reused: bool,
     answered: Answered,
-    tally: Any,
+    run_tally: Any,
+    quality: Any,
 ) -> dict[str, Any]:
-    """Write metrics.csv (and metrics_by_group.csv); return the metrics row."""
+    """Write metrics.csv, metrics_by_group.csv and the task's own files; return the metrics
+    row."""
     from runners.outputs import write_csv
 
     model, runner = loaded.model, plan.settings.runner
-    figures = tally.summary()
     row = {
         "model": model.model_name,
         "framework": model.framework,
         "dataset": plan.dataset.name,
-        **figures,
+        "task": plan.task.name,
+        **run_tally.summary(),
         "answered_now": answered.n_samples,
         "batch_size": runner.batch_size,
         "import_s": 0.0 if reused else loaded.import_s,
@@ -255,14 +258,15 @@ def write(
         "wall_s": answered.wall_s,
         "peak_rss_mb": max(answered.peak_rss_mb, loaded.peak_rss_mb),
         "peak_gpu_mb": _max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
+        **quality.summary(),
     }
-    # Quality columns go last, in the configured order, then the verdict.
-    for name in plan.metric_names:
-        row[name] = row.pop(name)
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
     write_csv(run_dir / "metrics.csv", [row])
-    if groups := tally.groups():
+    if groups := quality.groups():
         write_csv(run_dir / "metrics_by_group.csv", groups)
+    for name, rows in quality.files().items():
+        if rows:
+            write_csv(run_dir / name, rows)
     log.info("results in %s\n%s", run_dir, _table(row))
     return row
 
@@ -278,7 +282,7 @@ def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
         "model": model.model_name,
         "framework": model.framework,
         "image_paths": json.dumps(list(sample.images), ensure_ascii=False),
-        "prompt": sample.prompt,
+        "prompt": answer.prompt,
         "prediction": prediction.text,
         "reference": encode_reference(sample.reference),
         "call_s": None if answer.call_s is None else round(answer.call_s, 6),

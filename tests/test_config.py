@@ -29,7 +29,7 @@ HEAVY_MODEL = "model=tiny_qwen2_vl"
         ("dataset.limit=-2", "dataset.limit must be >= 0 or null, got -2"),
         ("runner.batch_sise=4", "error: Could not override 'runner.batch_sise': Key "
          "'batch_sise' not in 'RunnerConfig'"),
-        ("runner.metrics=[anl]", "Unknown metric 'anl'. Did you mean 'anls'?"),
+        ("runner.metrics=[anl]", "Metric 'anl' is not registered. Did you mean 'anls'?"),
         ("model.name=hff", "Model 'hff' is not registered. Did you mean 'hf'?"),
         ("model=no_such_model", "error: In 'config': Could not find 'model/no_such_model'; "
          "choose one of: custom, dummy,"),

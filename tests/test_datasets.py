@@ -828,11 +828,18 @@ def test_a_csv_cell_holding_a_json_array_of_strings_is_a_list(tmp_path: Path, ce
     assert sample.reference == expected
 
 
-@pytest.mark.parametrize("answer", [[], [{"a": 1}], {"field": "x"}, True])
+@pytest.mark.parametrize("answer", [[], [{"a": 1}], True])
 def test_an_answer_that_is_not_text_or_a_list_of_text_is_refused(tmp_path: Path, answer) -> None:
     root = write_jsonl(tmp_path / "ds", [{"image": "a.png", "prompt": "p", "answer": answer}])
     with pytest.raises(DatasetError, match=r"data.jsonl line 1: .*answer"):
         load(root, format="jsonl")
+
+
+def test_an_object_answer_is_kept_as_fields(tmp_path: Path) -> None:
+    fields = {"Фамилия": "ОСИПОВ", "Дата": "01.02.2003"}
+    root = write_jsonl(tmp_path / "ds", [{"image": "a.png", "prompt": "p", "answer": fields}])
+    (sample,) = load(root, format="jsonl")
+    assert sample.reference == {"Фамилия": "ОСИПОВ", "Дата": "01.02.2003"}
 
 
 def test_check_reads_the_whole_file_beyond_any_limit_or_filter(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ PREDICTION_COLUMNS = {
     "error", "exact_match", "anls", "cer", "wer",
 }  # fmt: skip
 METRICS_COLUMNS = {
-    "model", "framework", "dataset", "n_samples", "n_errors", "n_input_errors",
+    "model", "framework", "dataset", "task", "n_samples", "n_errors", "n_input_errors",
     "n_model_errors", "error_rate", "model_s", "s_per_sample", "samples_per_s", "call_p50_s",
     "call_p95_s", "prompt_tokens", "completion_tokens", "tokens_per_s", "answered_now",
     "batch_size", "import_s", "load_s", "model_reused", "cache_hit", "wall_s", "peak_rss_mb",

@@ -1,0 +1,156 @@
+"""The task layer: tasks found by name like models, a user's own task, the checks a task makes
+before any model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runners.run import RunnerError, run_experiment
+from runners.tasks import TASKS, make_task
+from tests.helpers import (
+    error_lines,
+    make_config,
+    read_metrics,
+    read_predictions,
+    run_cli,
+    write_jsonl,
+)
+
+PROMPT_LENGTH_TASK = '''
+from runners.tasks.base import Tally, Task
+from model_interface.model_interface import PredictionRequest
+
+
+class PromptLength(Task):
+    """Asks for the prompt's length and scores the answer's length against it."""
+
+    name = "prompt_length"
+
+    def __init__(self, *, metric_names, unit="characters"):
+        super().__init__(metric_names=metric_names)
+        self.unit = unit
+
+    def request(self, sample, images):
+        return PredictionRequest(images, f"How many {self.unit} in: {sample.prompt}")
+
+    @property
+    def columns(self):
+        return ["length_gap"]
+
+    def score(self, prediction, reference):
+        return {"length_gap": abs(len(prediction) - len(reference or ""))}
+
+    def tally(self):
+        return _Gaps()
+
+
+class _Gaps(Tally):
+    def __init__(self):
+        self.gaps = []
+
+    def add(self, row):
+        self.gaps.append(float(row["length_gap"]))
+
+    def summary(self):
+        return {"mean_length_gap": sum(self.gaps) / len(self.gaps)}
+'''
+
+
+@pytest.fixture
+def user_task_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    package = tmp_path / "site" / "acme_tasks"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(PROMPT_LENGTH_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    saved = TASKS.state()
+    yield tmp_path / "site"
+    TASKS.restore(saved)
+    for name in [module for module in sys.modules if module.startswith("acme_tasks")]:
+        del sys.modules[name]
+
+
+def test_a_misspelt_task_suggests_the_closest_name() -> None:
+    with pytest.raises(ValueError, match=r"Task 'vq' is not registered\. Did you mean 'vqa'\?"):
+        make_task({"name": "vq"}, ["anls"])
+
+
+def test_options_a_task_does_not_take_are_named() -> None:
+    with pytest.raises(ValueError, match=r"task 'vqa' can't take these options \['labels'\]"):
+        make_task({"name": "vqa", "labels": ["a"]}, ["anls"])
+
+
+def test_a_users_task_registered_by_path_runs_with_its_own_columns(
+    user_task_package, model_cache, tmp_path
+) -> None:
+    TASKS.register("prompt_length", "acme_tasks.tasks:PromptLength")
+    cfg = make_config(model_cache, "model=custom", "model.class_path=tests.wrappers:PromptEcho",
+                      "model.init_params.model_name=echo", "task.name=prompt_length",
+                      "+task.unit=words", "runner.limit=4")  # fmt: skip
+    row = run_experiment(cfg, tmp_path / "run")
+    predictions = read_predictions(tmp_path / "run")
+    assert predictions["prompt"].str.startswith("How many words in: ").all()
+    assert "length_gap" in predictions.columns and row["task"] == "prompt_length"
+    assert read_metrics(tmp_path / "run")["mean_length_gap"] == pytest.approx(
+        predictions["length_gap"].astype(float).mean()
+    )
+
+
+def test_a_users_task_found_through_its_entry_point(user_task_package, model_cache, tmp_path):
+    dist_info = user_task_package / "acme_tasks-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-tasks\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[model_interface.tasks]\nprompt_length = acme_tasks.tasks:PromptLength\n"
+    )
+    path = f"{user_task_package}:{Path(__file__).parents[1]}"
+    result = run_cli("model=custom", "model.class_path=tests.wrappers:PromptEcho",
+                     "model.init_params.model_name=echo", "task.name=prompt_length",
+                     "runner.limit=2", "run_name=by_entry_point", cwd=tmp_path,
+                     cache_dir=model_cache, env={"PYTHONPATH": path})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    predictions = read_predictions(tmp_path / "outputs" / "by_entry_point")
+    assert predictions["prompt"].str.startswith("How many characters in: ").all()
+
+
+def test_an_object_answer_under_task_vqa_is_refused_before_the_model_loads(
+    model_cache, tmp_path
+) -> None:
+    root = write_jsonl(tmp_path / "data", [
+        {"id": "a", "image": "a.png", "prompt": "q", "answer": "text"},
+        {"id": "b", "image": "b.png", "prompt": "q", "answer": {"Фамилия": "ОСИПОВ"}},
+    ])  # fmt: skip
+    result = run_cli("dataset=jsonl", f"dataset.root={root}", cwd=tmp_path,
+                     cache_dir=model_cache, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    (line,) = error_lines(result.stdout)
+    assert line.endswith("sample 'b' has an object for its answer; task=vqa compares text "
+                         "answers (use task=kie for fields)")  # fmt: skip
+    with pytest.raises(RunnerError, match="has an object for its answer"):
+        run_experiment(make_config(model_cache, "dataset=jsonl", f"dataset.root={root}"),
+                       tmp_path / "run")  # fmt: skip
+
+
+def test_the_task_is_part_of_the_fingerprint(user_task_package, model_cache, tmp_path) -> None:
+    TASKS.register("prompt_length", "acme_tasks.tasks:PromptLength")
+    base = ["model=custom", "model.class_path=tests.wrappers:PromptEcho",
+            "model.init_params.model_name=echo", "runner.limit=2"]  # fmt: skip
+    run_experiment(make_config(model_cache, *base), tmp_path / "run")
+    with pytest.raises(RunnerError, match=r"task.class: 'runners.tasks.vqa:VQATask' -> "
+                                          r"'acme_tasks.tasks:PromptLength'"):  # fmt: skip
+        run_experiment(make_config(model_cache, *base, "task.name=prompt_length"),
+                       tmp_path / "run")  # fmt: skip
+
+
+def test_the_builtin_tasks_are_listed() -> None:
+    assert "vqa" in TASKS.names()
+    script = "import sys, runners.tasks; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).parents[1])  # fmt: skip
+    assert result.stdout.strip() == "False"
