@@ -60,6 +60,10 @@ class DatasetConfig:
     limit: int | None = None
     shuffle: bool = False
     seed: int = "${seed}"  # type: ignore[assignment]
+    # A VLMHyperBench prompt collection (';'-separated CSV, prompt;doc_class_question_type):
+    # each question is replaced by the prompt keyed "<doc_class> <question_type>". A relative
+    # path is looked up in the current directory, then in the dataset root.
+    prompt_collection: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 0:
@@ -190,6 +194,29 @@ class ServeAppConfig:
     model: Any = MISSING  # as in RunConfig
     paths: PathsConfig = MISSING
     serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def model_config(model: Any) -> dict[str, Any]:
+    """The model config with ``init_params.system_prompt_file`` (VLMHyperBench keeps system
+    prompts in ``.txt`` files) replaced by ``system_prompt``, the file's text."""
+    config = dict(model)
+    params = dict(config.get("init_params") or {})
+    path = params.pop("system_prompt_file", None)
+    if path is None:
+        return config
+    if params.get("system_prompt"):
+        raise RunnerError(
+            "model.init_params has both system_prompt and system_prompt_file; keep one"
+        )
+    file = Path(path).expanduser()
+    try:
+        params["system_prompt"] = file.read_text(encoding="utf-8-sig").strip()
+    except OSError as error:
+        raise RunnerError(
+            f"cannot read model.init_params.system_prompt_file {str(file)!r}: "
+            f"{error.strerror or error}"
+        ) from None
+    return {**config, "init_params": params}
 
 
 def _raise_first_failure(checks: list[tuple[bool, str]], config: object) -> None:

@@ -99,6 +99,7 @@ class Dataset:
     limit: int | None = None
     shuffle: bool = False
     seed: int = 0
+    prompt_collection: PromptCollection | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Dataset:
@@ -126,6 +127,7 @@ class Dataset:
         limit = config.get("limit")
         if limit is not None and int(limit) < 0:
             raise DatasetError(f"dataset.limit must be >= 0 or null, got {limit}")
+        collection = config.get("prompt_collection")
         dataset = cls(
             name=config.get("name") or root.name,
             format=data_format,
@@ -136,6 +138,9 @@ class Dataset:
             limit=None if limit is None else int(limit),
             shuffle=bool(config.get("shuffle", False)),
             seed=int(config.get("seed") or 0),
+            prompt_collection=PromptCollection.read(_collection_path(collection, root))
+            if collection
+            else None,
         )
         if data_format != "jsonl":
             with dataset._open() as handle:
@@ -192,7 +197,10 @@ class Dataset:
         return path
 
     def _keep(self, sample: Sample) -> bool:
-        return all(getattr(sample, name) in values for name, values in self.filters.items())
+        return self._passes_filters({name: getattr(sample, name) for name in FILTER_FIELDS})
+
+    def _passes_filters(self, groups: Mapping[str, str | None]) -> bool:
+        return all(groups[name] in values for name, values in self.filters.items())
 
     def _read(self) -> Iterator[Sample]:
         spec = FORMATS[self.format]
@@ -221,13 +229,17 @@ class Dataset:
                     f"{where}: duplicate sample id {sample_id!r}; ids must be unique"
                 )
             seen.add(sample_id)
+            groups = {name: _optional_str(row.get(name)) for name in FILTER_FIELDS}
+            question = str(fields["prompt"])
+            if self.prompt_collection is not None and self._passes_filters(groups):
+                question = self.prompt_collection.prompt(groups, where)
             yield Sample(
                 id=sample_id,
                 position=position,
                 images=_image_list(fields["images"], where),
-                prompt=self._render_prompt(row, str(fields["prompt"]), where),
+                prompt=self._render_prompt(row, question, where),
                 reference=_reference(fields["reference"], where),
-                **{name: _optional_str(row.get(name)) for name in FILTER_FIELDS},
+                **groups,
             )
 
     def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -288,6 +300,64 @@ class Dataset:
                 f"dataset.prompt_template {self.prompt_template!r} failed on {where}: {error!r}; "
                 f"placeholders may name {{prompt}} or a column: {sorted(map(str, row))}"
             ) from None
+
+
+def _collection_path(path: str, root: Path) -> Path:
+    """A prompt collection's file: as given (absolute, or relative to the current directory),
+    else relative to the dataset root."""
+    given = Path(path).expanduser()
+    return given if given.is_absolute() or given.exists() else root / given
+
+
+@dataclass(frozen=True)
+class PromptCollection:
+    """VLMHyperBench's prompts tuned per model: a ``;``-separated CSV with columns
+    ``prompt;doc_class_question_type`` (and an informational ``cer``), UTF-8 with or without
+    BOM. Each sample's question is replaced by the prompt keyed ``"<doc_class> <question_type>"``.
+    """
+
+    path: Path
+    prompts: Mapping[str, str]
+
+    @classmethod
+    def read(cls, path: Path) -> PromptCollection:
+        path = path.expanduser().resolve()
+        if not path.is_file():
+            raise DatasetError(
+                f"prompt collection {str(path)!r} does not exist; fix dataset.prompt_collection"
+            )
+        prompts: dict[str, str] = {}
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter=";")
+            absent = {"prompt", "doc_class_question_type"} - set(reader.fieldnames or [])
+            if absent:
+                raise DatasetError(
+                    f"prompt collection {path.name} has no column(s) {sorted(absent)}; its "
+                    f"header is {reader.fieldnames} (columns are separated by ';')"
+                )
+            for row in reader:
+                key = (row["doc_class_question_type"] or "").strip()
+                if key in prompts:
+                    raise DatasetError(
+                        f"prompt collection {path.name} line {reader.line_num}: a second prompt "
+                        f"for {key!r}; keep one"
+                    )
+                prompts[key] = row["prompt"] or ""
+        return cls(path, prompts)
+
+    def prompt(self, groups: Mapping[str, str | None], where: str) -> str:
+        key = f"{groups['doc_class'] or ''} {groups['question_type'] or ''}"
+        if key not in self.prompts:
+            known = sorted(self.prompts)
+            shown = ", ".join(map(repr, known[:10])) + (", ..." if len(known) > 10 else "")
+            raise DatasetError(
+                f"prompt collection {self.path.name} has no prompt for {key!r} ({where}); it "
+                f"has {shown}"
+            )
+        return self.prompts[key]
+
+    def content_sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
 @functools.lru_cache(maxsize=4096)

@@ -7,7 +7,7 @@ from the same model and the same questions. The fingerprint holds:
   generation settings, but without those that only say where or how fast it runs
   (:data:`NOT_ANSWER_SETTINGS`);
 * the dataset: format, root, annotation file, filters, prompt template, and the SHA-256 of the
-  annotation file's content;
+  annotation file's content and of the prompt collection's;
 * the task: its class, its options, and what it adds of its own (e.g. a schema file's content).
 
 What only chooses *which* samples run (``limit``, ``shuffle``, ``seed``) or how they are batched
@@ -73,6 +73,9 @@ def fingerprint(
             "filters": {name: sorted(values) for name, values in sorted(dataset.filters.items())},
             "prompt_template": dataset.prompt_template,
             "annotation_sha256": dataset.content_sha256(),
+            "prompt_collection_sha256": (
+                dataset.prompt_collection.content_sha256() if dataset.prompt_collection else None
+            ),
         },
         "task": {
             "class": TASKS.target(task_config["name"]),

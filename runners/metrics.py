@@ -30,6 +30,7 @@ import statistics
 import unicodedata
 from array import array
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -109,15 +110,37 @@ def wer(prediction: str | None, reference: Reference) -> float:
     return _error_rate(_word_error_rate, prediction, reference)
 
 
+@dataclass(frozen=True)
+class CorpusMetric:
+    """A metric over a whole group's texts at once (BLEU), rather than a mean of per-sample
+    values: ``score(predictions, references) -> float``, one reference per prediction."""
+
+    name: str
+    score: Callable[[list[str], list[str]], float]
+
+
+def _bleu(predictions: list[str], references: list[str]) -> float:
+    import sacrebleu  # only runs that ask for BLEU need it
+
+    return float(sacrebleu.corpus_bleu(predictions, [references]).score)
+
+
+bleu = CorpusMetric("bleu", _bleu)
+"""Corpus BLEU (sacrebleu's defaults: 13a tokenisation, 0-100) of the predictions against the
+references, texts as they are (no normalisation). Needs ``pip install sacrebleu``."""
+
+
 # Every metric is found by name here, like models in ModelFactory: a function
-# (prediction, reference) -> float, reference one answer or several acceptable ones. A package
-# adds its own under the "model_interface.metrics" entry-point group.
-METRICS: Registry[Callable[[str | None, Reference], float]] = Registry(
+# (prediction, reference) -> float, reference one answer or several acceptable ones, or a
+# CorpusMetric. A package adds its own under the "model_interface.metrics" entry-point group.
+METRICS: Registry[Callable[[str | None, Reference], float] | CorpusMetric] = Registry(
     kind="metric",
     group="model_interface.metrics",
-    builtins={name: f"runners.metrics:{name}" for name in ("exact_match", "anls", "cer", "wer")},
-    accepts=callable,
-    expected="a function (prediction, reference) -> float",
+    builtins={
+        name: f"runners.metrics:{name}" for name in ("exact_match", "anls", "cer", "wer", "bleu")
+    },
+    accepts=lambda found: callable(found) or isinstance(found, CorpusMetric),
+    expected="a function (prediction, reference) -> float, or a CorpusMetric",
     example="function",
     how_to_register=lambda name: (
         f"Register it with runners.metrics.METRICS.register('{name}', 'package.module:function')"
@@ -125,10 +148,15 @@ METRICS: Registry[Callable[[str | None, Reference], float]] = Registry(
 )
 
 
+def is_corpus_metric(name: str) -> bool:
+    return isinstance(METRICS.get(name), CorpusMetric)
+
+
 def metric_functions(names: Sequence[str]) -> list[Callable[[str | None, Reference], float]]:
-    """The metric functions for ``names``; raises ``ValueError`` for an unknown name, suggesting
-    the closest registered one."""
-    return [METRICS.get(name) for name in names]
+    """The per-sample metric functions for ``names`` (corpus metrics are skipped); raises
+    ``ValueError`` for an unknown name, suggesting the closest registered one."""
+    found = [METRICS.get(name) for name in names]
+    return [metric for metric in found if not isinstance(metric, CorpusMetric)]
 
 
 def validate_names(names: Sequence[str]) -> None:
@@ -141,11 +169,12 @@ def score(
 ) -> dict[str, float]:
     """Score one sample with each named metric; ``{}`` when there is no reference."""
     functions = metric_functions(names)  # even without a reference: a typo fails on any sample
+    row_names = [name for name in names if not is_corpus_metric(name)]
     missing = reference is None or (isinstance(reference, float) and math.isnan(reference))
     if missing or (not isinstance(reference, str) and len(reference) == 0):
         return {}
     return {name: function(prediction, reference)
-            for name, function in zip(names, functions, strict=True)}  # fmt: skip
+            for name, function in zip(row_names, functions, strict=True)}  # fmt: skip
 
 
 class QualitySummary:
@@ -196,6 +225,42 @@ class _Totals:
             for name, total, count in zip(names, self.sums, self.counts, strict=True)
         }
         return {"n": self.n, "n_scored": self.n_scored, **means}
+
+
+class CorpusErrorRates:
+    """CER and WER over a whole group's texts, as VLMHyperBench's evaluator computes them with
+    jiwer over lists: all edits over all reference characters (words), texts as they are but
+    stripped (and, for words, split on whitespace), so long answers weigh more than short ones.
+
+    Where a sample lists several acceptable answers, the closest one counts. An empty reference
+    counts its prediction's length as edits (jiwer refuses it instead); a group whose
+    references are all empty has no rate (NaN).
+    """
+
+    def __init__(self) -> None:
+        self.char_edits = self.chars = self.word_edits = self.words = 0
+
+    def add(self, prediction: str | None, reference: Reference) -> None:
+        prediction = (prediction or "").strip()
+        references = [reference] if isinstance(reference, str) else list(reference)
+        char_edits, chars = min(
+            (Levenshtein.distance(ref.strip(), prediction), len(ref.strip())) for ref in references
+        )
+        predicted_words = prediction.split()
+        word_edits, words = min(
+            (Levenshtein.distance(ref.split(), predicted_words), len(ref.split()))
+            for ref in references
+        )
+        self.char_edits += char_edits
+        self.chars += chars
+        self.word_edits += word_edits
+        self.words += words
+
+    def rates(self) -> dict[str, float]:
+        return {
+            "cer_corpus": self.char_edits / self.chars if self.chars else math.nan,
+            "wer_corpus": self.word_edits / self.words if self.words else math.nan,
+        }
 
 
 class RunTally:

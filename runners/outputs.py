@@ -7,6 +7,8 @@ A run directory holds:
   quality metric), in dataset order once the run ends;
 * ``metrics.csv``: one row of counts, timing, resources and mean quality;
 * ``metrics_by_group.csv``: quality per document class and question type;
+* ``answers.csv``: the answers in VLMHyperBench's format, ``id;model_answer`` (UTF-8 with BOM),
+  ``id`` the sample's 0-based position in the annotation file, as their evaluator reads it;
 * ``environment.json``: versions, device, git commit, seed;
 * ``job.json`` (sweep jobs only): the job's number, status and error, for the sweep summary;
 * ``.hydra/``: Hydra's record of the config, enough to reproduce the run.
@@ -285,6 +287,21 @@ def _environment(project_dir: Path) -> dict[str, Any]:
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """A small CSV (metrics) with the first row's keys as header, written atomically."""
     replace_atomically(path, lambda handle: write_rows(handle, list(rows[0]), iter(rows)))
+
+
+def write_answers(path: Path, answers: Sequence[tuple[int, str]]) -> None:
+    """answers.csv in VLMHyperBench's format: ``id;model_answer``, UTF-8 with BOM."""
+
+    def write(handle: Any) -> None:
+        handle.write("\ufeff".encode())
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
+        writer = csv.writer(text, delimiter=";")
+        writer.writerow(["id", "model_answer"])
+        writer.writerows(answers)
+        text.flush()
+        text.detach()
+
+    replace_atomically(path, write)
 
 
 def _cell(value: Any) -> Any:

@@ -28,7 +28,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from runners.config import CONFIG_DIR, PROJECT_ROOT, RunConfig, RunnerError, to_settings
+from runners.config import (
+    CONFIG_DIR,
+    PROJECT_ROOT,
+    RunConfig,
+    RunnerError,
+    model_config,
+    to_settings,
+)
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT", "RunnerError", "main", "run_experiment"]
 
@@ -40,6 +47,7 @@ class Plan:
     """What :func:`check` established: the settings, the dataset, the task and what to run."""
 
     settings: RunConfig
+    model: dict[str, Any]  # the model config, a system_prompt_file read
     dataset: Any  # runners.datasets.Dataset
     task: Any  # runners.tasks.Task
     n_selected: int
@@ -76,10 +84,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """
     run_dir = Path(output_dir)
     plan = check(cfg, run_dir)
-    loaded, reused = load(plan.settings.model)
+    loaded, reused = load(plan.model)
     predictions, todo, n_todo = resume(run_dir, plan, loaded)
     answered = answer(loaded.model, plan, predictions, todo, n_todo)
-    run_tally, quality = score(predictions, plan)
+    run_tally, quality = score(run_dir, predictions, plan)
     return write(run_dir, plan, loaded, reused, answered, run_tally, quality)
 
 
@@ -93,13 +101,14 @@ def check(cfg: DictConfig, run_dir: Path) -> Plan:
 
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
+    model = model_config(settings.model)
     try:
         task = make_task(settings.task, list(runner.metrics))
         dataset = Dataset.from_config(dataclasses.asdict(settings.dataset))
         for sample in dataset.all_samples():
             task.check(sample)
         n_selected = sum(1 for _ in itertools.islice(dataset.samples(), runner.limit))
-        current = fingerprint(settings.model, dataset, settings.task, task)
+        current = fingerprint(model, dataset, settings.task, task)
     except (DatasetError, ModelFactoryError, ValueError) as error:
         raise RunnerError(str(error)) from None
     if n_selected == 0:
@@ -110,7 +119,7 @@ def check(cfg: DictConfig, run_dir: Path) -> Plan:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     claim(run_dir, current, resume=runner.resume)
-    return Plan(settings, dataset, task, n_selected)
+    return Plan(settings, model, dataset, task, n_selected)
 
 
 def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
@@ -209,23 +218,27 @@ def answer(
     return Answered(n_todo, cost.wall_s, cost.peak_rss_mb, cost.peak_gpu_mb)
 
 
-def score(predictions: Any, plan: Plan) -> tuple[Any, Any]:
+def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
     """Score every row of predictions.csv with the task, against the dataset's references, and
-    write the file back in dataset order with the task's columns. Returns the run's tally of
-    counts and timing, and the task's tally of quality."""
+    write the file back in dataset order with the task's columns, and answers.csv beside it.
+    Returns the run's tally of counts and timing, and the task's tally of quality."""
     from runners.metrics import RunTally
-    from runners.outputs import PREDICTION_COLUMNS
+    from runners.outputs import PREDICTION_COLUMNS, write_answers
 
     references = plan.dataset.references()
     run_tally, quality = RunTally(), plan.task.tally()
+    answers: list[tuple[int, str]] = []
 
     def scored(row: dict[str, str]) -> dict[str, Any]:
-        row = {**row, **plan.task.score(row["prediction"], references[row["sample_id"]])}
+        reference = references[row["sample_id"]]
+        row = {**row, **plan.task.score(row["prediction"], reference)}
         run_tally.add(row)
-        quality.add(row)
+        quality.add(row, reference)
+        answers.append((int(row["sample_index"]), row["prediction"]))
         return row
 
     predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
+    write_answers(run_dir / "answers.csv", answers)
     return run_tally, quality
 
 

@@ -624,7 +624,7 @@ def _stream_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[
 
 def serve(cfg: DictConfig) -> None:
     """Load the configured model and serve it until interrupted."""
-    from runners.config import ServeAppConfig, to_settings
+    from runners.config import ServeAppConfig, model_config, to_settings
     from runners.run import load
 
     _require_fastapi()
@@ -636,6 +636,7 @@ def serve(cfg: DictConfig) -> None:
         ) from None
 
     settings = to_settings(cfg, ServeAppConfig)
+    settings.model = model_config(settings.model)
     options = settings.serve
     served_name = (
         options.served_model_name

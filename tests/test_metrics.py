@@ -117,7 +117,7 @@ def test_score_without_reference(reference) -> None:
 def test_unknown_metric_suggests_closest(typo: str, suggestion: str) -> None:
     with pytest.raises(ValueError, match=f"Did you mean '{suggestion}'") as info:
         score("a", "a", ["cer", typo])
-    assert "'anls', 'cer', 'exact_match', 'wer'" in str(info.value)
+    assert "'anls', 'bleu', 'cer', 'exact_match', 'wer'" in str(info.value)
     with pytest.raises(ValueError, match=f"Metric '{typo}' is not registered"):
         score("a", None, [typo])  # a typo fails even on samples without ground truth
 

@@ -112,7 +112,7 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
 
 
 def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp_path) -> None:
-    (command,) = [c for c in readme_commands() if "prompt_template" in c]
+    (command,) = [c for c in readme_commands() if "Answer briefly" in c]
     result = subprocess.run(
         ["bash", "-c", f"{command} --cfg job"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,

@@ -27,7 +27,7 @@ METRICS_COLUMNS = {
     "n_model_errors", "error_rate", "model_s", "s_per_sample", "samples_per_s", "call_p50_s",
     "call_p95_s", "prompt_tokens", "completion_tokens", "tokens_per_s", "answered_now",
     "batch_size", "import_s", "load_s", "model_reused", "cache_hit", "wall_s", "peak_rss_mb",
-    "peak_gpu_mb", "exact_match", "anls", "cer", "wer", "status",
+    "peak_gpu_mb", "exact_match", "anls", "cer", "wer", "cer_corpus", "wer_corpus", "status",
 }  # fmt: skip
 
 

@@ -53,7 +53,7 @@ class _Gaps(Tally):
     def __init__(self):
         self.gaps = []
 
-    def add(self, row):
+    def add(self, row, reference):
         self.gaps.append(float(row["length_gap"]))
 
     def summary(self):

@@ -21,8 +21,9 @@ class Tally(ABC):
     """A task's running summary of scored rows (in dataset order, one at a time)."""
 
     @abstractmethod
-    def add(self, row: Mapping[str, Any]) -> None:
-        """Count one scored row of predictions.csv (its columns as text, the task's included)."""
+    def add(self, row: Mapping[str, Any], reference: Any) -> None:
+        """Count one scored row of predictions.csv (its columns as text, the task's included)
+        with the sample's reference as the dataset holds it."""
 
     @abstractmethod
     def summary(self) -> dict[str, Any]:

@@ -1,10 +1,20 @@
 """Visual question answering: one question about the images, one text answer, compared with
-the reference answer(s) by the run's text metrics (``runner.metrics``)."""
+the reference answer(s) by the run's text metrics (``runner.metrics``).
+
+Per-sample metrics (``exact_match``, ``anls``, ``cer``, ``wer``) are columns of predictions.csv
+and their means the columns of metrics.csv. Over each group of samples (all of them, and each
+document class and question type in metrics_by_group.csv) come ``cer_corpus`` and
+``wer_corpus``, computed as VLMHyperBench's evaluator does, and corpus metrics such as ``bleu``
+when ``runner.metrics`` names them.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from rapidfuzz.distance import Levenshtein
 
 from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
@@ -22,6 +32,8 @@ class VQATask(Task):
     def __init__(self, *, metric_names: Sequence[str]) -> None:
         super().__init__(metric_names=metric_names)
         quality.validate_names(self.metric_names)
+        self.corpus_metrics = [name for name in self.metric_names if quality.is_corpus_metric(name)]
+        self.row_metrics = [name for name in self.metric_names if name not in self.corpus_metrics]
 
     def check(self, sample: Sample) -> None:
         if isinstance(sample.reference, Mapping):
@@ -35,31 +47,73 @@ class VQATask(Task):
 
     @property
     def columns(self) -> list[str]:
-        return list(self.metric_names)
+        return list(self.row_metrics)
 
     def score(self, prediction: str, reference: Any) -> dict[str, Any]:
-        return quality.score(prediction, reference, self.metric_names)
+        return quality.score(prediction, reference, self.row_metrics)
 
     def tally(self) -> Tally:
-        return _MeansByGroup(self.metric_names)
+        return _VQATally(self.row_metrics, self.corpus_metrics)
 
 
-class _MeansByGroup(Tally):
-    """Each metric's mean over all rows, and per (doc_class, question_type)."""
+class _VQATally(Tally):
+    """Means of the per-sample metrics and the corpus metrics, overall and per group."""
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = list(names)
-        self.means = quality.QualitySummary(self.names)
+    def __init__(self, row_metrics: Sequence[str], corpus_metrics: Sequence[str]) -> None:
+        self.row_metrics, self.corpus_metrics = list(row_metrics), list(corpus_metrics)
+        self.means = quality.QualitySummary(self.row_metrics)
+        self.corpora: dict[tuple[str, ...], _Corpus] = {}
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        scores = {name: float(row[name]) for name in self.names if row.get(name) not in (None, "")}
+    def add(self, row: Mapping[str, Any], reference: Any) -> None:
+        scores = {name: float(row[name]) for name in self.row_metrics
+                  if row.get(name) not in (None, "")}  # fmt: skip
         group = tuple(str(row.get(column) or "") for column in GROUP_COLUMNS)
         self.means.add(scores, group if any(group) else ())
+        if reference is None or (not isinstance(reference, str) and not reference):
+            return
+        for key in ((), group) if any(group) else ((),):
+            corpus = self.corpora.setdefault(key, _Corpus(bool(self.corpus_metrics)))
+            corpus.add(row["prediction"], reference)
 
     def summary(self) -> dict[str, Any]:
         overall = self.means.overall()
-        return {name: overall[name] for name in self.names}
+        return {**{name: overall[name] for name in self.row_metrics}, **self._corpus(())}
 
     def groups(self) -> list[dict[str, Any]]:
-        return [{**dict(zip(GROUP_COLUMNS, group, strict=True)), **row}
-                for group, row in self.means.groups()]  # fmt: skip
+        return [
+            {**dict(zip(GROUP_COLUMNS, group, strict=True)), **row, **self._corpus(group)}
+            for group, row in self.means.groups()
+        ]
+
+    def _corpus(self, key: tuple[str, ...]) -> dict[str, float]:
+        corpus = self.corpora.get(key)
+        figures = corpus.rates.rates() if corpus else {"cer_corpus": math.nan,
+                                                       "wer_corpus": math.nan}  # fmt: skip
+        for name in self.corpus_metrics:
+            metric = quality.METRICS.get(name)
+            figures[name] = metric.score(*corpus.texts()) if corpus and corpus.pairs else math.nan
+        return figures
+
+
+class _Corpus:
+    """One group's corpus error rates, and its texts where a corpus metric needs them."""
+
+    def __init__(self, keep_texts: bool) -> None:
+        self.rates = quality.CorpusErrorRates()
+        self.keep_texts = keep_texts
+        self.pairs: list[tuple[str, str]] = []
+
+    def add(self, prediction: str, reference: Any) -> None:
+        self.rates.add(prediction, reference)
+        if self.keep_texts:
+            self.pairs.append((prediction, _closest(prediction, reference)))
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        return [p for p, _ in self.pairs], [r for _, r in self.pairs]
+
+
+def _closest(prediction: str, reference: Any) -> str:
+    """The reference itself, or of several acceptable ones the closest to the prediction."""
+    if isinstance(reference, str):
+        return reference
+    return min(reference, key=lambda candidate: Levenshtein.distance(candidate, prediction))
