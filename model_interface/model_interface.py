@@ -34,13 +34,16 @@ class PredictionRequest:
     ``system_prompt`` overrides the model's own for this request (a server passes on what its
     client sent); ``None`` means the model's. ``generation`` overrides the model's generation
     settings for this request alone, by :class:`GenerationSettings` field name, e.g.
-    ``{"max_new_tokens": 32, "temperature": 0.7, "stop": ["\\n"]}``.
+    ``{"max_new_tokens": 32, "temperature": 0.7, "stop": ["\\n"]}``. ``response_format`` is a
+    JSON Schema the answer must follow (constrained decoding; the same as
+    ``generation={"json_schema": ...}``).
     """
 
     images: Sequence[ImageInput]
     prompt: str
     system_prompt: str | None = None
     generation: Mapping[str, Any] | None = None
+    response_format: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -91,6 +94,10 @@ class GenerationSettings:
     seed: int | None = None
     stop: Sequence[str] = ()
     """Strings that end the answer; the answer is cut before the first one it contains."""
+    json_schema: Mapping[str, Any] | None = None
+    """A JSON Schema the answer must follow: backends constrain decoding to it (vLLM's and
+    SGLang's structured outputs, ``response_format`` for OpenAI-compatible servers, xgrammar
+    for Hugging Face)."""
     generation_kwargs: dict[str, Any] = field(default_factory=dict)
     """Backend-specific generation options passed through untouched (e.g. ``num_beams``)."""
 
@@ -138,13 +145,15 @@ class GenerationSettings:
         if self.stop:
             options["stop"] = list(self.stop)
         options.update(self.generation_kwargs)
-        return options
+        return options  # json_schema is each backend's own business: their options differ
 
     def __post_init__(self) -> None:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         if not all(isinstance(text, str) and text for text in stop):
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(stop))  # frozen: settings can be compared
+        if self.json_schema is not None and not isinstance(self.json_schema, Mapping):
+            raise ValueError(f"json_schema must be a JSON Schema object, got {self.json_schema!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool):
             raise ValueError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
         if self.max_new_tokens < 1:
@@ -292,8 +301,11 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of three meth
 
     def settings_for(self, request: PredictionRequest) -> GenerationSettings:
         """The generation settings that apply to ``request``: the model's, with the request's
-        own overrides; raises :class:`UnsupportedRequest` for a bad one."""
-        return self.generation.with_overrides(request.generation)
+        own overrides and response format; raises :class:`UnsupportedRequest` for a bad one."""
+        overrides = dict(request.generation or {})
+        if request.response_format is not None:
+            overrides["json_schema"] = request.response_format
+        return self.generation.with_overrides(overrides)
 
     def _refuse_what_one_request_methods_cannot_take(self, request: PredictionRequest) -> None:
         name = type(self).__name__

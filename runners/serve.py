@@ -8,9 +8,10 @@ fetches a URL or reads a file on a client's behalf). Several text parts are join
 newlines, and the images are shown to the model before the text, in order.
 
 A request's ``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``,
-``top_k``, ``seed``, ``stop`` and ``repetition_penalty`` override the model config's for that
-request alone (:attr:`PredictionRequest.generation`); ``usage`` counts what the model really
-read and wrote. ``stream: true`` answers as server-sent events in OpenAI's chunk format; the
+``top_k``, ``seed``, ``stop``, ``repetition_penalty`` and ``response_format`` (a JSON Schema
+the answer must follow) override the model config's for that request alone
+(:attr:`PredictionRequest.generation`); ``usage`` counts what the model really read and
+wrote. ``stream: true`` answers as server-sent events in OpenAI's chunk format; the
 models here don't stream, so the text comes as one chunk once it is complete.
 
 One request never hurts another:
@@ -185,6 +186,9 @@ def parse_chat_request(
 def _generation_overrides(body: dict[str, Any]) -> dict[str, Any]:
     """The request's own generation settings, by GenerationSettings name."""
     overrides: dict[str, Any] = {}
+    schema = _response_schema(body.get("response_format"))
+    if schema is not None:
+        overrides["json_schema"] = schema
     for key, setting in REQUEST_SETTINGS.items():
         value = body.get(key)
         if value is None:
@@ -197,6 +201,26 @@ def _generation_overrides(body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest(f"{key!r} must be a number, got {value!r}")
         overrides[setting] = value
     return overrides
+
+
+def _response_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON Schema OpenAI's ``response_format`` asks for, if any."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if isinstance(schema, dict):
+            return schema
+        raise BadRequest("response_format.json_schema.schema must be a JSON Schema object")
+    raise BadRequest(
+        f"response_format type {kind!r} is not supported; use 'json_schema', 'json_object' or "
+        "'text'"
+    )
 
 
 def _system_text(content: Any, index: int) -> str:

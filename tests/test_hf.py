@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -98,6 +99,46 @@ def test_a_stop_string_ends_the_answer_before_it(model: HFModel) -> None:
     )
     assert stopped.text == expected and again.text == full.text
     assert stopped.completion_tokens < full.completion_tokens
+
+
+FIELDS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "Фамилия": {"type": "string", "maxLength": 12},
+        "Номер": {"type": "string", "minLength": 2, "maxLength": 10},
+        "total": {"type": "string", "maxLength": 8},
+    },
+    "required": ["Фамилия", "Номер", "total"],
+    "additionalProperties": False,
+}
+
+
+def follows_fields_schema(text: str) -> bool:
+    """Valid JSON with exactly the schema's fields, each a string. (Lengths are kept too, but
+    a byte-level model may pick bytes that are not UTF-8, each decoded as one U+FFFD, so they
+    are not checked in characters.)"""
+    try:
+        value = json.loads(text)  # strict: raw control characters are invalid JSON
+    except ValueError:
+        return False
+    properties = FIELDS_SCHEMA["properties"]
+    return set(value) == set(properties) and all(isinstance(value[name], str)
+                                                 for name in properties)  # fmt: skip
+
+
+def test_a_json_schema_makes_every_answer_follow_it(model: HFModel) -> None:
+    # A random-weight model answers garbage; constrained, the garbage is valid JSON of the
+    # schema, every time. Enough new tokens for the longest valid answer: 30 characters of up
+    # to 4 bytes, the keys and punctuation.
+    requests = [
+        PredictionRequest([image], f"Extract the fields ({index}).", response_format=FIELDS_SCHEMA,
+                          generation={"max_new_tokens": 200})
+        for index, image in enumerate([NOISE, WHITE, BLACK, NOISE, WHITE, BLACK])
+    ]  # fmt: skip
+    answers = model.predict_batch(requests)
+    assert all(follows_fields_schema(answer.text) for answer in answers), [a.text for a in answers]
+    unconstrained = model.predict_batch([PredictionRequest([NOISE], "Extract the fields (0).")])
+    assert not follows_fields_schema(unconstrained[0].text)  # the constraint did the work
 
 
 def test_upstream_style_calls(model_cache: Path) -> None:

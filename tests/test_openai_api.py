@@ -214,6 +214,16 @@ def test_empty_model_name_takes_the_first_listed_model_and_the_body_is_complete(
     assert "authorization" not in {name.lower() for name in sent["headers"]}  # no key: no header
 
 
+def test_a_response_format_is_sent_as_openais_json_schema(fake_server) -> None:
+    schema = {"type": "object", "properties": {"total": {"type": "string"}}}
+    model = client_for(fake_server, model_name="m")
+    model.predict_batch([PredictionRequest([small_image()], "Q", response_format=schema)])
+    model.close()
+    assert fake_server.requests[0]["body"]["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }  # fmt: skip
+
+
 def test_a_request_system_prompt_overrides_the_clients(fake_server) -> None:
     model = client_for(fake_server, model_name="m", system_prompt="Mine.")
     model.predict_batch([PredictionRequest([small_image()], "Q", system_prompt="")])

@@ -383,3 +383,15 @@ def test_a_streamed_request_that_fails_is_an_ordinary_error(client) -> None:
     assert response.status_code == 500 and response.json()["error"]["message"] == (
         "cannot read this one"
     )
+
+
+def test_a_response_format_constrains_the_answer(client) -> None:
+    schema = {"type": "object", "properties": {"Фамилия": {"type": "string", "maxLength": 6},
+                                               "pages": {"type": "integer"}}}  # fmt: skip
+    response_format = {"type": "json_schema", "json_schema": {"name": "f", "schema": schema}}
+    response = chat(client, [USER], response_format=response_format)
+    answer = json.loads(response.json()["choices"][0]["message"]["content"])
+    assert set(answer) == {"Фамилия", "pages"} and len(answer["Фамилия"]) <= 6
+    assert isinstance(answer["pages"], int)
+    refused = chat(client, [USER], response_format={"type": "xml"})
+    assert refused.status_code == 400 and "response_format type 'xml'" in refused.text

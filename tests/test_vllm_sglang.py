@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import io
+import json
 import pathlib
 import re
 from types import SimpleNamespace
@@ -448,3 +449,24 @@ def test_sglang_runs_a_tiny_model(tmp_path):
         assert model.cache_hit is True
         check_engine(model)
     assert model.engine is None
+
+
+SCHEMA = {"type": "object", "properties": {"total": {"type": "string"}}, "required": ["total"]}
+
+
+def test_a_json_schema_goes_to_each_engines_structured_outputs():
+    settings = GenerationSettings(max_new_tokens=8).with_overrides({"json_schema": SCHEMA})
+    assert json.loads(sglang_backend.sampling_params(settings)["json_schema"]) == SCHEMA
+
+    class Params:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    # vLLM >= 0.10.2 names it StructuredOutputsParams; before, GuidedDecodingParams.
+    newer = SimpleNamespace(StructuredOutputsParams=Params)
+    options = vllm_backend.options_for(settings, newer)
+    assert options["structured_outputs"].kwargs == {"json": SCHEMA}
+    assert "json_schema" not in options and options["max_tokens"] == 8
+    older = SimpleNamespace(GuidedDecodingParams=Params)
+    assert vllm_backend.options_for(settings, older)["guided_decoding"].kwargs == {"json": SCHEMA}
+    assert "structured_outputs" not in vllm_backend.options_for(GenerationSettings(), newer)

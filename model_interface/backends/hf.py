@@ -12,7 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from model_interface.cache import resolve_model
@@ -109,6 +109,8 @@ class HFModel(ModelInterface):
         if self.device is not None:
             self.model.to(self.device)
         self.model.eval()
+        self._grammar_compiler: Any = None  # made on the first constrained request
+        self._grammars: dict[str, Any] = {}  # compiled JSON Schemas, by schema
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         # One generate call per group of requests that can share it: the same generation
@@ -163,6 +165,8 @@ class HFModel(ModelInterface):
             # transformers stops a row once its text ends with a stop string; the tokenizer
             # lets it read the text.
             options.update(stop_strings=list(settings.stop), tokenizer=self.processor.tokenizer)
+        if settings.json_schema is not None:
+            options["logits_processor"] = [self._json_constraint(settings.json_schema)]
         with torch.inference_mode():
             output = self.model.generate(**inputs, **options)
 
@@ -202,6 +206,29 @@ class HFModel(ModelInterface):
         options["pad_token_id"] = self._pad_token_id()
         options.update(settings.generation_kwargs)
         return options
+
+    def _json_constraint(self, schema: Mapping[str, Any]) -> Any:
+        """A logits processor that keeps generation inside ``schema`` (xgrammar, the grammar
+        engine vLLM and SGLang use); one per generate call, as it keeps each row's state."""
+        try:
+            import xgrammar
+        except ImportError as error:
+            raise UnsupportedRequest(
+                f"constrained decoding with the Hugging Face backend needs xgrammar ({error}); "
+                "install it with: pip install 'model-interface[hf]'"
+            ) from None
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            if self._grammar_compiler is None:
+                vocab_size = self.model.get_output_embeddings().weight.shape[0]
+                info = xgrammar.TokenizerInfo.from_huggingface(
+                    self.processor.tokenizer, vocab_size=vocab_size
+                )
+                self._grammar_compiler = xgrammar.GrammarCompiler(info)
+            self._grammars[key] = self._grammar_compiler.compile_json_schema(
+                json.dumps(grammar_schema(schema)), any_whitespace=False
+            )
+        return xgrammar.contrib.hf.LogitsProcessor(self._grammars[key])
 
     def _pad_token_id(self) -> int | None:
         """What generate fills finished rows with: the checkpoint's, else the tokenizer's."""
@@ -268,3 +295,31 @@ def _load_with_attention_fallback(
 def _settings_key(settings: GenerationSettings) -> str:
     """A hashable stand-in for settings (``generation_kwargs`` is a dict)."""
     return json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
+
+
+NO_CONTROL_OR_QUOTE = '[^\\u0000-\\u001f"\\\\]'
+
+
+def grammar_schema(schema: Any) -> Any:
+    """``schema`` as xgrammar should compile it, with the same meaning where it can.
+
+    xgrammar's JSON strings admit raw control characters, which JSON forbids (``json.loads``
+    refuses them), and a random model is happy to produce them. So every plain string (no
+    ``pattern``, ``enum``, ``const`` or ``format`` of its own) gets a pattern of characters
+    that are neither control characters nor a double quote or backslash, carrying its
+    ``minLength``/``maxLength`` (xgrammar ignores those beside a pattern). The price: such a
+    string can't hold an ASCII double quote or a backslash.
+    """
+    if isinstance(schema, list):
+        return [grammar_schema(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    converted = {key: grammar_schema(value) for key, value in schema.items()}
+    plain = not any(key in schema for key in ("pattern", "enum", "const", "format"))
+    if schema.get("type") == "string" and plain:
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        count = f"{{{low},{'' if high is None else high}}}"
+        converted = {key: value for key, value in converted.items()
+                     if key not in ("minLength", "maxLength")}  # fmt: skip
+        converted["pattern"] = f"^{NO_CONTROL_OR_QUOTE}{count}$"
+    return converted

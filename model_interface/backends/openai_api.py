@@ -208,15 +208,22 @@ class OpenAIModel(ModelInterface):
 
     def request_body(self, request: PredictionRequest) -> dict[str, Any]:
         """The JSON body of the chat completion request for ``request``."""
-        return {
+        settings = self.settings_for(request)
+        body = {
             "model": self.model_name,
             "messages": openai_messages(
                 self.system_prompt, request, image_part=self._encoded_images.part
             ),
             # top_k, repetition_penalty and seed are not OpenAI's own, but vLLM and SGLang take
             # them; they are sent only when set. A request's own settings override the model's.
-            **self.settings_for(request).sampling_options(),
+            **settings.sampling_options(),
         }
+        if settings.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": settings.json_schema, "strict": True},
+            }
+        return body
 
     def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coroutine`` on the client's event loop and wait for its result."""

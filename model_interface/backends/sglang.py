@@ -15,6 +15,7 @@ only when a model is created, so this module imports without it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -136,6 +137,8 @@ def sampling_params(settings: GenerationSettings, engine_seed: int | None = None
     """SGLang's ``sampling_params`` dict. SGLang decodes greedily at temperature 0; ``seed``
     seeds the engine instead (see ``engine_options``), so a request can't have its own."""
     params = settings.sampling_options(max_tokens_key="max_new_tokens")
+    if settings.json_schema is not None:
+        params["json_schema"] = json.dumps(settings.json_schema)
     seed = params.pop("seed", None)
     if seed != engine_seed:
         raise UnsupportedRequest(

@@ -19,7 +19,12 @@ from typing import Any
 from model_interface.cache import resolve_model
 from model_interface.chat import openai_messages
 from model_interface.images import load_image
-from model_interface.model_interface import ModelInterface, Prediction, PredictionRequest
+from model_interface.model_interface import (
+    GenerationSettings,
+    ModelInterface,
+    Prediction,
+    PredictionRequest,
+)
 
 INSTALL_HINT = "pip install 'model-interface[vllm]'"
 
@@ -81,7 +86,6 @@ class VLLMModel(ModelInterface):
                 engine_kwargs=engine_kwargs,
             )
         )
-        self.sampling_params = vllm.SamplingParams(**self.generation.sampling_options())
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         if not requests:
@@ -98,6 +102,12 @@ class VLLMModel(ModelInterface):
             return self.sampling_params
         vllm = _import_vllm()
         return [vllm.SamplingParams(**options) for options in sampling_options(self, requests)]
+
+    @property
+    def sampling_params(self) -> Any:
+        """The SamplingParams of the model's own settings."""
+        vllm = _import_vllm()
+        return vllm.SamplingParams(**options_for(self.generation, vllm.sampling_params))
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -155,7 +165,24 @@ def engine_options(
 
 def sampling_options(model: ModelInterface, requests: Sequence[PredictionRequest]) -> list[dict]:
     """``vllm.SamplingParams`` keyword arguments for each request (its own settings applied)."""
-    return [model.settings_for(request).sampling_options() for request in requests]
+    return [options_for(model.settings_for(request)) for request in requests]
+
+
+def options_for(settings: GenerationSettings, sampling_params: Any = None) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keyword arguments for ``settings``. A JSON Schema goes to
+    vLLM's structured outputs: ``structured_outputs=StructuredOutputsParams(json=...)`` in
+    vLLM >= 0.10.2, ``guided_decoding=GuidedDecodingParams(json=...)`` before;
+    ``sampling_params`` is the ``vllm.sampling_params`` module that says which (imported when
+    a schema needs it)."""
+    options = settings.sampling_options()
+    if settings.json_schema is not None:
+        sampling_params = sampling_params or _import_vllm().sampling_params
+        schema = dict(settings.json_schema)
+        if hasattr(sampling_params, "StructuredOutputsParams"):
+            options["structured_outputs"] = sampling_params.StructuredOutputsParams(json=schema)
+        else:
+            options["guided_decoding"] = sampling_params.GuidedDecodingParams(json=schema)
+    return options
 
 
 def predictions_from_outputs(outputs: Sequence[Any]) -> list[Prediction]:
