@@ -11,6 +11,10 @@ Formats:
 * ``csv``: comma-separated, columns ``id, image, prompt, answer`` (a JSON list in ``image``
   gives several images), optional ``split, doc_class, question_type``.
 * ``jsonl``: one object per line with the same keys as ``csv``; ``image`` a string or a list.
+* ``kie_json``: VLMHyperBench's field-extraction layout, ``jsons/<page>.json`` beside
+  ``images/<page>.<png|jpg|...>``; each JSON is the page's fields, a flat object
+  (``{"Фамилия": "ОСИПОВ"}``) or ``{"fields": {name: {"value": ..., "bboxes": [...]}}}``. The
+  sample id is the page name; there is no question (the task asks for the fields).
 
 Image paths are relative to the dataset root and may not leave it.
 
@@ -73,19 +77,27 @@ FORMATS = {
         ("data_index", "image_path", "question", "answer"),
         ("image_path", "question"),
     ),
+    # An empty prompt is the task's to judge: field extraction asks its own question.
     "csv": _Format(
         "data.csv",
         {"id": "id", "image": "images", "prompt": "prompt", "answer": "reference"},
         ("image", "prompt"),
-        ("image", "prompt"),
+        ("image",),
     ),
     "jsonl": _Format(
         "data.jsonl",
         {"id": "id", "image": "images", "prompt": "prompt", "answer": "reference"},
         ("image", "prompt"),
-        ("image", "prompt"),
+        ("image",),
+    ),
+    "kie_json": _Format(
+        "jsons",
+        {"id": "id", "image": "images", "prompt": "prompt", "answer": "reference"},
+        ("id", "image", "answer"),
+        ("id", "image"),
     ),
 }
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,7 @@ class Dataset:
         if not root.is_dir():
             raise DatasetError(f"dataset root {str(root)!r} is not a directory; fix dataset.root")
         file = root / (config.get("file") or FORMATS[data_format].default_file)
-        if not file.is_file():
+        if not (file.is_dir() if data_format == "kie_json" else file.is_file()):
             raise DatasetError(
                 f"dataset file {str(file)!r} does not exist; fix dataset.file or dataset.root"
             )
@@ -142,7 +154,7 @@ class Dataset:
             if collection
             else None,
         )
-        if data_format != "jsonl":
+        if data_format not in ("jsonl", "kie_json"):
             with dataset._open() as handle:
                 dataset._csv_reader(handle)  # a wrong header or separator fails here, early
         return dataset
@@ -165,11 +177,15 @@ class Dataset:
         return {sample.id: sample.reference for sample in self._read()}
 
     def content_sha256(self) -> str:
-        """The annotation file's hash: a run's answers belong to exactly this content."""
+        """The annotation file's hash (of every ground-truth file's name and content, for a
+        folder of them): a run's answers belong to exactly this content."""
         digest = hashlib.sha256()
-        with self.file.open("rb") as handle:
-            for block in iter(lambda: handle.read(2**20), b""):
-                digest.update(block)
+        files = sorted(self.file.glob("*.json")) if self.file.is_dir() else [self.file]
+        for path in files:
+            digest.update(path.name.encode() + b"\0")
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(2**20), b""):
+                    digest.update(block)
         return digest.hexdigest()
 
     def samples(self) -> Iterator[Sample]:
@@ -272,6 +288,9 @@ class Dataset:
         return reader
 
     def _decoded_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.format == "kie_json":
+            yield from self._ground_truth_files()
+            return
         if self.format == "jsonl":
             with self._open() as handle:
                 for line, text in enumerate(handle, start=1):
@@ -291,6 +310,23 @@ class Dataset:
             reader = self._csv_reader(handle)
             for row in reader:
                 yield reader.line_num, row
+
+    def _ground_truth_files(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """One row per ``jsons/<page>.json`` (sorted by name), its image found beside it."""
+        for number, path in enumerate(sorted(self.file.glob("*.json")), start=1):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8-sig"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise DatasetError(f"{path.name}: bad JSON: {error}") from None
+            candidates = [f"images/{path.stem}{suffix}" for suffix in IMAGE_SUFFIXES]
+            image = next((c for c in candidates if (self.root / c).is_file()), None)
+            if image is None:
+                raise DatasetError(
+                    f"{path.name} has no image beside it; looked for {candidates[0]}, "
+                    f"{candidates[1]}, ... in {self.root}"
+                )
+            yield number, {"id": path.stem, "image": image, "prompt": "",
+                           "answer": _fields_of(record, path.name)}  # fmt: skip
 
     def _render_prompt(self, row: Mapping[str, Any], prompt: str, where: str) -> str:
         try:
@@ -420,6 +456,21 @@ def encode_reference(reference: Reference | None) -> str | None:
     if isinstance(reference, Mapping):
         return json.dumps(reference, ensure_ascii=False)
     return reference
+
+
+def _fields_of(record: Any, where: str) -> dict[str, Any]:
+    """A ground-truth object as field → value: a flat object as it is; VLMHyperBench's
+    ``{"fields": {name: {"value": ..., "bboxes": ...}}}`` reduced to the values."""
+    if not isinstance(record, dict):
+        raise DatasetError(
+            f"{where}: expected a JSON object of fields, got {type(record).__name__}"
+        )
+    fields = record.get("fields")
+    if isinstance(fields, dict) and all(
+        isinstance(value, dict) and "value" in value for value in fields.values()
+    ):
+        return {name: value["value"] for name, value in fields.items()}
+    return record
 
 
 def _as_list(value: Any) -> list[Any]:

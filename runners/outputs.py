@@ -208,6 +208,44 @@ def read_complete_rows(path: Path) -> list[dict[str, str]]:
     return [dict(zip(header, record, strict=True)) for record in body if len(record) == len(header)]
 
 
+class CsvStream:
+    """A CSV written row by row into a temporary file, renamed into place by :meth:`close`
+    (so a large file never sits in memory, and a half-written one never replaces a whole one)."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path, self.temporary = path, path.with_name(path.name + ".tmp")
+        try:
+            self._handle = self.temporary.open("w", encoding="utf-8", newline="")
+            self._writer = csv.DictWriter(self._handle, fieldnames=list(columns),
+                                          extrasaction="ignore")  # fmt: skip
+            self._writer.writeheader()
+        except OSError as error:
+            self.discard()
+            raise write_error(path, error) from None
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        try:
+            self._writer.writerow({key: _cell(value) for key, value in row.items()})
+        except OSError as error:
+            self.discard()
+            raise write_error(self.path, error) from None
+
+    def close(self) -> None:
+        try:
+            self._handle.close()
+            os.replace(self.temporary, self.path)
+        except OSError as error:
+            self.discard()
+            raise write_error(self.path, error) from None
+
+    def discard(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle is not None and not handle.closed:
+            with contextlib.suppress(OSError):
+                handle.close()
+        self.temporary.unlink(missing_ok=True)
+
+
 def has_rows(path: Path) -> bool:
     """Whether a predictions file holds at least one row after its header (reads two lines)."""
     if not path.is_file():

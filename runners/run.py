@@ -226,7 +226,7 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
     from runners.outputs import PREDICTION_COLUMNS, write_answers
 
     references = plan.dataset.references()
-    run_tally, quality = RunTally(), plan.task.tally()
+    run_tally, quality = RunTally(), plan.task.tally(run_dir)
     answers: list[tuple[int, str]] = []
 
     def scored(row: dict[str, str]) -> dict[str, Any]:
@@ -238,6 +238,7 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
         return row
 
     predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
+    quality.close()
     write_answers(run_dir / "answers.csv", answers)
     return run_tally, quality
 

@@ -1,8 +1,18 @@
-"""Generate a small synthetic document-VQA dataset (invoices, receipts, ID cards).
+"""Generate a small synthetic document dataset: invoices, receipts and ID cards, plus Russian
+passports and SNILS cards.
 
-The output follows the VLMHyperBench annotation layout: a `;`-separated ``annotation.csv``
-plus an ``images/`` folder. Everything is rendered with Pillow's bundled font and a fixed
-seed, so re-running the script produces byte-identical files.
+The output follows the VLMHyperBench layout, in three views of the same pages:
+
+* question answering: a `;`-separated ``annotation.csv`` plus an ``images/`` folder (the
+  English documents);
+* field extraction: ``jsons/<page>.json`` beside ``images/``, every field a page shows; the
+  passports' as a flat object of Cyrillic names and values, the SNILS cards' in the
+  ``{"fields": {name: {"value", "bboxes"}}}`` layout;
+* classification: ``classes.csv`` (``id,image,prompt,answer``), every page and its class.
+
+Everything is rendered with a fixed seed, so re-running the script produces byte-identical
+files: the English documents with Pillow's bundled font, the Russian ones with DejaVu Sans
+(Debian's fonts-dejavu-core), as Pillow's font has no Cyrillic.
 
 Usage: python scripts/make_sample_dataset.py [--out data/sample_docs] [--seed 1234]
 """
@@ -11,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import random
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -20,6 +31,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "sample_docs"
+CYRILLIC_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+RUSSIAN_COUNTS = {"passport": 2, "snils": 2}
 DEFAULT_SEED = 1234
 DOC_COUNTS = {"invoice": 8, "receipt": 6, "id_card": 6}
 DEV_PER_CLASS = 1  # the first document of each class goes to the `dev` split
@@ -134,8 +147,10 @@ NATIONALITIES = ["ARDENIAN", "VALORIAN", "NORLANDIC"]
 
 @dataclass
 class Field:
-    """A question about one value printed on a document."""
+    """One value printed on a document, the question that asks for it, and its name among the
+    document's fields (the key of its ground-truth JSON)."""
 
+    key: str
     question: str
     answer: str
     question_type: str
@@ -259,13 +274,23 @@ def make_invoice(rng: random.Random) -> tuple[Image.Image, list[Field]]:
     c.text((margin, height - 32), "Thank you for your business!", size=10, fill=GREY)
 
     fields = [
-        Field("What is the invoice number?", number, "number", meta["Invoice No:"]),
-        Field("What is the invoice date?", issued.isoformat(), "date", meta["Date:"]),
-        Field("What is the due date?", due.isoformat(), "date", meta["Due Date:"]),
-        Field("What is the total amount due?", money(total), "amount", total_box),
-        Field("What is the subtotal?", money(subtotal), "amount", totals["Subtotal"]),
-        Field("Who is the invoice billed to?", customer, "name", customer_box),
-        Field("What is the name of the company issuing the invoice?", vendor, "text", vendor_box),
+        Field(
+            "Invoice number", "What is the invoice number?", number, "number", meta["Invoice No:"]
+        ),
+        Field(
+            "Invoice date", "What is the invoice date?", issued.isoformat(), "date", meta["Date:"]
+        ),
+        Field("Due date", "What is the due date?", due.isoformat(), "date", meta["Due Date:"]),
+        Field("Total due", "What is the total amount due?", money(total), "amount", total_box),
+        Field("Subtotal", "What is the subtotal?", money(subtotal), "amount", totals["Subtotal"]),
+        Field("Billed to", "Who is the invoice billed to?", customer, "name", customer_box),
+        Field(
+            "Vendor",
+            "What is the name of the company issuing the invoice?",
+            vendor,
+            "text",
+            vendor_box,
+        ),
     ]
     return c.image, fields
 
@@ -327,12 +352,12 @@ def make_receipt(rng: random.Random) -> tuple[Image.Image, list[Field]]:
     c.text((mid, y + 126), "Please keep your receipt.", size=10, fill=GREY, anchor="ma")
 
     fields = [
-        Field("What is the name of the store?", store, "text", store_box),
-        Field("What is the date on the receipt?", day, "date", date_box),
-        Field("What is the receipt number?", number, "number", number_box),
-        Field("What is the total amount paid?", money(total), "amount", total_box),
-        Field("What payment method was used?", payment, "text", payment_box),
-        Field("What is the name of the cashier?", cashier, "name", cashier_box),
+        Field("Store", "What is the name of the store?", store, "text", store_box),
+        Field("Date", "What is the date on the receipt?", day, "date", date_box),
+        Field("Receipt number", "What is the receipt number?", number, "number", number_box),
+        Field("Total", "What is the total amount paid?", money(total), "amount", total_box),
+        Field("Paid by", "What payment method was used?", payment, "text", payment_box),
+        Field("Cashier", "What is the name of the cashier?", cashier, "name", cashier_box),
     ]
     return c.image, fields
 
@@ -394,13 +419,39 @@ def make_id_card(rng: random.Random) -> tuple[Image.Image, list[Field]]:
         sx = nx
 
     fields = [
-        Field("What is the surname of the card holder?", surname, "name", boxes["Surname"]),
-        Field("What are the given names of the card holder?", given, "name", boxes["Given names"]),
-        Field("What is the date of birth?", dmy(born), "date", boxes["Date of birth"]),
-        Field("What is the document number?", doc_number, "number", boxes["Document No."]),
-        Field("What is the expiry date of the card?", dmy(expiry), "date", boxes["Date of expiry"]),
         Field(
-            "What is the nationality of the card holder?", nationality, "text", boxes["Nationality"]
+            "Surname", "What is the surname of the card holder?", surname, "name", boxes["Surname"]
+        ),
+        Field(
+            "Given names",
+            "What are the given names of the card holder?",
+            given,
+            "name",
+            boxes["Given names"],
+        ),
+        Field(
+            "Date of birth", "What is the date of birth?", dmy(born), "date", boxes["Date of birth"]
+        ),
+        Field(
+            "Document number",
+            "What is the document number?",
+            doc_number,
+            "number",
+            boxes["Document No."],
+        ),
+        Field(
+            "Date of expiry",
+            "What is the expiry date of the card?",
+            dmy(expiry),
+            "date",
+            boxes["Date of expiry"],
+        ),
+        Field(
+            "Nationality",
+            "What is the nationality of the card holder?",
+            nationality,
+            "text",
+            boxes["Nationality"],
         ),
     ]
     return c.image, fields
@@ -408,18 +459,117 @@ def make_id_card(rng: random.Random) -> tuple[Image.Image, list[Field]]:
 
 MAKERS = {"invoice": make_invoice, "receipt": make_receipt, "id_card": make_id_card}
 
+SURNAMES_RU = ["ОСИПОВ", "КУЗНЕЦОВА", "СМИРНОВ", "ВОЛКОВА", "ЛЕБЕДЕВ", "НОВИКОВА"]
+NAMES_RU = [("ИВАН", "ПЕТРОВИЧ"), ("АННА", "СЕРГЕЕВНА"), ("ОЛЕГ", "ИГОРЕВИЧ"),
+            ("МАРИЯ", "ПАВЛОВНА")]  # fmt: skip
+PLACES_RU = ["ГОР. МОСКВА", "ГОР. КАЗАНЬ", "ГОР. ТОМСК", "ГОР. САМАРА"]
+
+
+@cache
+def cyrillic_font(size: int) -> ImageFont.FreeTypeFont:
+    if not CYRILLIC_FONT.is_file():
+        raise SystemExit(
+            f"the Russian documents need {CYRILLIC_FONT}: apt-get install fonts-dejavu-core"
+        )
+    return ImageFont.truetype(str(CYRILLIC_FONT), size)
+
+
+def cyrillic_text(c: Canvas, xy: tuple[int, int], text: str, size: int, fill: int = BLACK):
+    c.draw.text(xy, text, font=cyrillic_font(size), fill=fill)
+    box = c.draw.textbbox(xy, text, font=cyrillic_font(size))
+    return (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+
+
+def russian_person(rng: random.Random) -> tuple[str, str, str]:
+    surname = rng.choice(SURNAMES_RU).removesuffix("А")
+    name, patronymic = rng.choice(NAMES_RU)
+    female = patronymic.endswith("НА")
+    return surname + ("А" if female else ""), name, patronymic
+
+
+def make_passport(rng: random.Random) -> tuple[Image.Image, list[Field]]:
+    """The data page of a Russian internal passport (simplified)."""
+    c = Canvas(500, 320, background=248)
+    c.draw.rectangle([0, 0, 499, 40], fill=200)
+    cyrillic_text(c, (20, 10), "РОССИЙСКАЯ ФЕДЕРАЦИЯ · ПАСПОРТ", 16)
+    surname, name, patronymic = russian_person(rng)
+    born = random_date(rng, date(1960, 1, 1), date(2002, 12, 31))
+    series = f"{rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(0, 999999):06d}"
+    code = f"{rng.randint(100, 999)}-{rng.randint(0, 999):03d}"
+    values = [
+        ("Фамилия", surname, "name"),
+        ("Имя", name, "name"),
+        ("Отчество", patronymic, "name"),
+        ("Дата рождения", born.strftime("%d.%m.%Y"), "date"),
+        ("Место рождения", rng.choice(PLACES_RU), "text"),
+        ("Серия и номер", series, "number"),
+        ("Код подразделения", code, "number"),
+    ]
+    fields = []
+    for row, (label, value, kind) in enumerate(values):
+        y = 56 + row * 36
+        cyrillic_text(c, (150, y), label, 11, fill=GREY)
+        box = cyrillic_text(c, (150, y + 13), value, 15)
+        fields.append(Field(label, f"{label}?", value, kind, box))
+    c.draw.rectangle([20, 60, 130, 200], fill=LIGHT, outline=GREY)  # the photo
+    return c.image, fields
+
+
+def make_snils(rng: random.Random) -> tuple[Image.Image, list[Field]]:
+    """A green SNILS card: the insurance number and its holder."""
+    c = Canvas(440, 260, background=232)
+    cyrillic_text(c, (20, 14), "СТРАХОВОЕ СВИДЕТЕЛЬСТВО", 15)
+    cyrillic_text(c, (20, 36), "обязательного пенсионного страхования", 11, fill=DARK)
+    surname, name, patronymic = russian_person(rng)
+    digits = [rng.randint(0, 9) for _ in range(9)]
+    number = "{}{}{}-{}{}{}-{}{}{}".format(*digits) + f" {rng.randint(0, 99):02d}"
+    values = [
+        ("Номер снилса", number, "number"),
+        ("ФИО", f"{surname} {name} {patronymic}", "name"),
+        ("Дата рождения", random_date(rng, date(1960, 1, 1), date(2002, 12, 31))
+         .strftime("%d.%m.%Y"), "date"),
+        ("Пол", "женский" if patronymic.endswith("НА") else "мужской", "text"),
+    ]  # fmt: skip
+    fields = []
+    for row, (label, value, kind) in enumerate(values):
+        y = 70 + row * 44
+        cyrillic_text(c, (20, y), label, 11, fill=GREY)
+        box = cyrillic_text(c, (20, y + 14), value, 17 if row == 0 else 14)
+        fields.append(Field(label, f"{label}?", value, kind, box))
+    return c.image, fields
+
+
+RUSSIAN_MAKERS = {"passport": make_passport, "snils": make_snils}
+CLASS_QUESTION = "What kind of document is this?"
+
+
+def write_ground_truth(out: Path, page: str, fields: list[Field], *, nested: bool) -> None:
+    """``jsons/<page>.json``: a flat object of field values, or VLMHyperBench's nested layout
+    ``{"fields": {name: {"value": ..., "bboxes": [[x0, y0, x1, y1]]}}}``."""
+    if nested:
+        record: dict = {"fields": {field.key: {"value": field.answer, "bboxes": [list(field.bbox)]}
+                                   for field in fields}}  # fmt: skip
+    else:
+        record = {field.key: field.answer for field in fields}
+    path = out / "jsons" / f"{page}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
 
 def generate(out: Path, seed: int = DEFAULT_SEED) -> list[list[str]]:
-    """Render all documents into ``out`` and write ``annotation.csv``; return the rows."""
+    """Render all documents into ``out`` and write the three views; return the VQA rows."""
     rng = random.Random(seed)
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
+    classes: list[list[str]] = []
     for doc_class, count in DOC_COUNTS.items():
         for i in range(1, count + 1):
             image, fields = MAKERS[doc_class](rng)
             rel_path = f"images/{doc_class}_{i:03d}.png"
             image.save(out / rel_path, optimize=True)
+            write_ground_truth(out, f"{doc_class}_{i:03d}", fields, nested=False)
+            classes.append([f"{doc_class}_{i:03d}", rel_path, CLASS_QUESTION, doc_class])
             split = "dev" if i <= DEV_PER_CLASS else "test"
             for field in rng.sample(fields, rng.choice([2, 3])):
                 bbox = ",".join(str(v) for v in field.bbox)
@@ -435,10 +585,24 @@ def generate(out: Path, seed: int = DEFAULT_SEED) -> list[list[str]]:
                         bbox,
                     ]
                 )
+    # The Russian documents draw from a random stream of their own, so the English ones (and
+    # annotation.csv) stay as they were before these were added.
+    russian = random.Random(seed + 1)
+    for doc_class, count in RUSSIAN_COUNTS.items():
+        for i in range(1, count + 1):
+            image, fields = RUSSIAN_MAKERS[doc_class](russian)
+            rel_path = f"images/{doc_class}_{i:03d}.png"
+            image.save(out / rel_path, optimize=True)
+            write_ground_truth(out, f"{doc_class}_{i:03d}", fields, nested=doc_class == "snils")
+            classes.append([f"{doc_class}_{i:03d}", rel_path, CLASS_QUESTION, doc_class])
     with open(out / "annotation.csv", "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, delimiter=";", lineterminator="\n")
         writer.writerow(COLUMNS)
         writer.writerows(rows)
+    with open(out / "classes.csv", "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["id", "image", "prompt", "answer"])
+        writer.writerows(classes)
     return rows
 
 

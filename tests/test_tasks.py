@@ -45,7 +45,7 @@ class PromptLength(Task):
     def score(self, prediction, reference):
         return {"length_gap": abs(len(prediction) - len(reference or ""))}
 
-    def tally(self):
+    def tally(self, run_dir):
         return _Gaps()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from model_interface.model_interface import PredictionRequest
@@ -34,8 +35,11 @@ class Tally(ABC):
         return []
 
     def files(self) -> dict[str, list[dict[str, Any]]]:
-        """Further files of the task's own, by file name, as rows."""
+        """Further (small) files of the task's own, by file name, as rows."""
         return {}
+
+    def close(self) -> None:  # noqa: B027 (optional)
+        """All rows are in: finish what was written as they came (large files of its own)."""
 
 
 class Task(ABC):
@@ -65,11 +69,14 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, prediction: str, reference: Any) -> dict[str, Any]:
-        """The row's columns for ``prediction`` against ``reference`` (``None``: no reference)."""
+        """The row's columns for ``prediction`` against ``reference`` (``None``: no reference).
+
+        Keys that are not in :attr:`columns` reach the tally with the row but are not written.
+        """
 
     @abstractmethod
-    def tally(self) -> Tally:
-        """A new, empty summary of scored rows."""
+    def tally(self, run_dir: Path) -> Tally:
+        """A new, empty summary of scored rows; it may write files of its own in ``run_dir``."""
 
     def fingerprint(self) -> dict[str, Any]:
         """What about this task decides an answer (its prompt, its response format)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -36,6 +37,8 @@ class VQATask(Task):
         self.row_metrics = [name for name in self.metric_names if name not in self.corpus_metrics]
 
     def check(self, sample: Sample) -> None:
+        if not sample.prompt.strip():
+            raise ValueError(f"sample {sample.id!r} has an empty question; task=vqa asks it")
         if isinstance(sample.reference, Mapping):
             raise ValueError(
                 f"sample {sample.id!r} has an object for its answer; task=vqa compares text "
@@ -52,7 +55,7 @@ class VQATask(Task):
     def score(self, prediction: str, reference: Any) -> dict[str, Any]:
         return quality.score(prediction, reference, self.row_metrics)
 
-    def tally(self) -> Tally:
+    def tally(self, run_dir: Path) -> Tally:
         return _VQATally(self.row_metrics, self.corpus_metrics)
 
 
