@@ -20,7 +20,11 @@ from runners.tasks.base import Task
 TASKS: Registry[type[Task]] = Registry(
     kind="task",
     group="model_interface.tasks",
-    builtins={"vqa": "runners.tasks.vqa:VQATask", "kie": "runners.tasks.kie:KIETask"},
+    builtins={
+        "vqa": "runners.tasks.vqa:VQATask",
+        "kie": "runners.tasks.kie:KIETask",
+        "classification": "runners.tasks.classification:ClassificationTask",
+    },
     accepts=lambda found: isinstance(found, type) and issubclass(found, Task),
     expected="a subclass of runners.tasks.base.Task",
     example="ClassName",

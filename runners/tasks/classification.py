@@ -1,0 +1,164 @@
+"""Page or document classification: the model answers one class from a label set.
+
+The labels are ``labels`` if given, else every class the dataset's answers name (sorted). The
+prompt lists them (``{labels}``) after the dataset's question (``{prompt}``). With
+``constrained``, each request's response format is a JSON Schema string enum of the labels, so
+a constraining backend can only answer one of them.
+
+An answer is read as a label when, normalised, it is one, or it is a JSON string of one, or it
+names exactly one label (as a whole word); anything else is ``unparseable``, a class of its own
+in the confusion matrix. Per sample: ``predicted_label`` and ``correct``. Over the run:
+``accuracy``, ``macro_f1`` (the mean F1 over the labels the references use) and the share of
+``unparseable`` answers; ``confusion_matrix.csv`` (references down, answers across) and
+``metrics_by_label.csv`` (precision, recall, F1 and support per label).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from model_interface.model_interface import PredictionRequest
+from runners.datasets import Sample
+from runners.metrics import normalize
+from runners.tasks.base import Tally, Task
+
+DEFAULT_PROMPT = "{prompt}\nAnswer with exactly one of: {labels}."
+UNPARSEABLE = "unparseable"
+
+
+class ClassificationTask(Task):
+    """Ask for a class from a label set, and count the answers.
+
+    Args:
+        labels: the classes; ``None`` takes every class the dataset's answers name.
+        prompt_template: the request's prompt; ``{labels}`` lists the labels, ``{prompt}`` is
+            the dataset's question.
+        constrained: send the labels as the response format (a JSON Schema string enum).
+    """
+
+    name = "classification"
+
+    def __init__(
+        self,
+        *,
+        metric_names: Sequence[str],
+        labels: Sequence[str] | None = None,
+        prompt_template: str = DEFAULT_PROMPT,
+        constrained: bool = False,
+    ) -> None:
+        super().__init__(metric_names=metric_names)
+        self.given_labels = list(labels) if labels is not None else None
+        self.prompt_template = prompt_template
+        self.constrained = constrained
+        self._seen: set[str] = set()
+        if self.given_labels is not None and UNPARSEABLE in self.given_labels:
+            raise ValueError(f"{UNPARSEABLE!r} is the class of unreadable answers; rename it")
+
+    @property
+    def labels(self) -> list[str]:
+        return self.given_labels if self.given_labels is not None else sorted(self._seen)
+
+    def check(self, sample: Sample) -> None:
+        reference = sample.reference
+        if reference is None:
+            return
+        if not isinstance(reference, str):
+            raise ValueError(
+                f"sample {sample.id!r}: task=classification needs one class name as the "
+                f"answer, got {reference!r}"
+            )
+        if self.given_labels is not None and reference not in self.given_labels:
+            raise ValueError(
+                f"sample {sample.id!r} is of class {reference!r}, which is not among "
+                f"task.labels {self.given_labels}"
+            )
+        self._seen.add(reference)
+
+    def request(self, sample: Sample, images: Sequence[Any]) -> PredictionRequest:
+        prompt = self.prompt_template.format(prompt=sample.prompt, labels=", ".join(self.labels))
+        schema = {"type": "string", "enum": self.labels} if self.constrained else None
+        return PredictionRequest(images, prompt, response_format=schema)
+
+    @property
+    def columns(self) -> list[str]:
+        return ["predicted_label", "correct"]
+
+    def score(self, prediction: str, reference: Any) -> dict[str, Any]:
+        label = read_label(prediction, self.labels)
+        if reference is None:
+            return {"predicted_label": label}
+        return {"predicted_label": label, "correct": float(label == reference)}
+
+    def tally(self, run_dir: Path) -> Tally:
+        return _Confusion(self.labels)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+
+def read_label(answer: str, labels: Sequence[str]) -> str:
+    """The label an answer gives (module docstring), or ``unparseable``."""
+    text = answer.strip()
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, str):  # a constrained answer is a JSON string
+        text = decoded
+    by_form = {normalize(label): label for label in labels}
+    if normalize(text) in by_form:
+        return by_form[normalize(text)]
+    words = normalize(text)
+    named = [label for form, label in by_form.items()
+             if re.search(rf"(?<!\w){re.escape(form)}(?!\w)", words)]  # fmt: skip
+    return named[0] if len(named) == 1 else UNPARSEABLE
+
+
+class _Confusion(Tally):
+    """Counts of (reference, answer) pairs, and what they give."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = list(labels)
+        self.pairs: Counter[tuple[str, str]] = Counter()
+
+    def add(self, row: Mapping[str, Any], reference: Any) -> None:
+        if reference is not None:
+            self.pairs[(reference, row["predicted_label"])] += 1
+
+    def summary(self) -> dict[str, Any]:
+        total = sum(self.pairs.values())
+        right = sum(count for (truth, answer), count in self.pairs.items() if truth == answer)
+        used = sorted({truth for truth, _ in self.pairs})
+        f1s = [self._per_label(label)["f1"] for label in used]
+        unreadable = sum(
+            count for (_, answer), count in self.pairs.items() if answer == UNPARSEABLE
+        )
+        return {
+            "accuracy": right / total if total else math.nan,
+            "macro_f1": sum(f1s) / len(f1s) if f1s else math.nan,
+            UNPARSEABLE: unreadable / total if total else math.nan,
+        }
+
+    def files(self) -> dict[str, list[dict[str, Any]]]:
+        answers = [*self.labels, UNPARSEABLE]
+        matrix = [
+            {"reference": truth, **{answer: self.pairs[(truth, answer)] for answer in answers}}
+            for truth in self.labels
+        ]
+        by_label = [{"label": label, **self._per_label(label)} for label in self.labels]
+        return {"confusion_matrix.csv": matrix, "metrics_by_label.csv": by_label}
+
+    def _per_label(self, label: str) -> dict[str, Any]:
+        right = self.pairs[(label, label)]
+        answered = sum(count for (_, answer), count in self.pairs.items() if answer == label)
+        support = sum(count for (truth, _), count in self.pairs.items() if truth == label)
+        precision = right / answered if answered else 0.0
+        recall = right / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "support": support}
