@@ -159,6 +159,20 @@ class RequestLimits:
 
 
 @dataclass
+class EvaluateConfig:
+    """``python -m runners.evaluate``: conf/evaluate.yaml."""
+
+    # The answers to score: a run's predictions.csv, or a VLMHyperBench answers file
+    # (id;model_answer, id the 0-based row of the annotation file).
+    predictions: str = MISSING
+    dataset: DatasetConfig = MISSING
+    task: Any = MISSING
+    runner: RunnerConfig = MISSING  # runner.metrics: the text metrics to score with
+    paths: PathsConfig = MISSING
+    seed: int = 0
+
+
+@dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -231,6 +245,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name="serve_schema", node=ServeAppConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="runner", name="default", node=RunnerConfig)
     store.store(group="paths", name="default", node=PathsConfig)
     for name, resolver in (("project_root", lambda: str(PROJECT_ROOT)),

@@ -271,6 +271,8 @@ class RunTally:
     however many attempts it took, and a resume with nothing left to do reproduces them:
 
     * a row with ``batch_size`` 0 failed before the model (its image could not be loaded);
+    * a row without ``batch_size`` (answers made elsewhere, scored by ``runners.evaluate``)
+      counts in no timing figure;
     * every other row reached the model in a call of ``batch_size`` requests that took
       ``call_s`` seconds, so it accounts for ``call_s / batch_size`` of model time.
     """
@@ -284,8 +286,10 @@ class RunTally:
     def add(self, row: Mapping[str, Any]) -> None:
         """Count one row of predictions.csv."""
         self.n_samples += 1
-        batch_size = int(_number(row["batch_size"]) or 0)
-        if batch_size == 0:
+        batch_size = _number(row["batch_size"])
+        if batch_size is None:  # answers made elsewhere: nothing known of how
+            self.n_model_errors += bool(row["error"])
+        elif batch_size == 0:
             self.n_input_errors += 1
         else:
             call_s = _number(row["call_s"]) or 0.0
@@ -305,7 +309,7 @@ class RunTally:
             "n_input_errors": self.n_input_errors,
             "n_model_errors": self.n_model_errors,
             "error_rate": n_errors / self.n_samples if self.n_samples else 0.0,
-            "model_s": model_s,
+            "model_s": model_s if reached else math.nan,
             "s_per_sample": model_s / reached if reached else math.nan,
             "samples_per_s": reached / model_s if model_s else math.nan,
             **_percentiles(self.call_times),

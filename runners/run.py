@@ -95,31 +95,41 @@ def check(cfg: DictConfig, run_dir: Path) -> Plan:
     """Check the config, every record of the dataset against the task, and the run directory;
     claim the directory. Reads the annotation file (never an image) and imports no model."""
     from model_interface import ModelFactoryError
-    from runners.datasets import Dataset, DatasetError
     from runners.fingerprint import claim, fingerprint
-    from runners.tasks import make_task
 
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
     model = model_config(settings.model)
-    try:
-        task = make_task(settings.task, list(runner.metrics))
-        dataset = Dataset.from_config(dataclasses.asdict(settings.dataset))
-        for sample in dataset.all_samples():
-            task.check(sample)
-        n_selected = sum(1 for _ in itertools.islice(dataset.samples(), runner.limit))
-        current = fingerprint(model, dataset, settings.task, task)
-    except (DatasetError, ModelFactoryError, ValueError) as error:
-        raise RunnerError(str(error)) from None
+    dataset, task = dataset_and_task(settings.dataset, settings.task, list(runner.metrics))
+    n_selected = sum(1 for _ in itertools.islice(dataset.samples(), runner.limit))
     if n_selected == 0:
         raise RunnerError(
             f"dataset {dataset.name!r} has no samples to run: check its filters "
             f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
             "dataset.limit and runner.limit"
         )
+    try:
+        current = fingerprint(model, dataset, settings.task, task)
+    except (ModelFactoryError, ValueError) as error:
+        raise RunnerError(str(error)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     claim(run_dir, current, resume=runner.resume)
     return Plan(settings, model, dataset, task, n_selected)
+
+
+def dataset_and_task(dataset_settings: Any, task_config: Any, metric_names: list[str]) -> Any:
+    """The dataset and the task, every record of the dataset read and checked by the task."""
+    from runners.datasets import Dataset, DatasetError
+    from runners.tasks import make_task
+
+    try:
+        task = make_task(task_config, metric_names)
+        dataset = Dataset.from_config(dataclasses.asdict(dataset_settings))
+        for sample in dataset.all_samples():
+            task.check(sample)
+    except (DatasetError, ValueError) as error:
+        raise RunnerError(str(error)) from None
+    return dataset, task
 
 
 def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:

@@ -28,10 +28,10 @@ ANNOTATION_COLUMNS = ["data_index", "split", "image_path", "question", "answer",
 
 def make_config(cache_dir: Path, *overrides: str, config_name: str = "config") -> Any:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            config_name,
-            overrides=[f"paths.cache_dir={cache_dir}", "runner.progress=false", *overrides],
-        )
+        base = [f"paths.cache_dir={cache_dir}"]
+        if config_name != "serve":
+            base.append("runner.progress=false")
+        return compose(config_name, overrides=[*base, *overrides])
 
 
 def run_cli(

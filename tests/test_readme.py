@@ -24,6 +24,7 @@ from tests.helpers import run_cli
 
 COMMAND = "python -m runners.run"
 SERVE_COMMAND = "python -m runners.serve"
+EVALUATE_COMMAND = "python -m runners.evaluate"
 
 
 def readme_commands(command: str = COMMAND) -> list[str]:
@@ -109,6 +110,13 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
             assert "runner:" in result.stdout and "model:" in result.stdout
         composed.append(command)
     assert len(ran) >= 6 and len(composed) >= 3, (ran, composed)
+    # Scoring without a model reads what the runs above wrote.
+    for command in readme_commands(EVALUATE_COMMAND):
+        arguments = shlex.split(command, comments=True)[3:]
+        result = run_cli(*arguments, module="runners.evaluate", cwd=tmp_path,
+                         cache_dir=model_cache)  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
+        ran.append(command)
 
 
 def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp_path) -> None:
