@@ -27,6 +27,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
          ["help_s", "cfg_job_s", "end_to_end_s", "end_to_end_over_bare"]),
         ("sweep_reuse.py", ["--limit", "2"], ["sweep_model_loads"]),
         ("http_concurrency.py", ["--samples", "4", "--repeats", "1"], ["http_c8_speedup"]),
+        ("kie_scoring.py", ["--documents", "50", "--repeats", "1"],
+         ["kie_field_rows_per_s", "kie_scoring_over_bare"]),
         ("http_load.py", ["--requests", "64", "--concurrency", "8"],
          ["load_good_ok", "load_bad_4xx", "load_requests_per_s", "load_server_rss_growth_mb"]),
     ],

@@ -261,14 +261,15 @@ def compare_fields(answer: Any, reference: Mapping[str, Any]) -> list[dict[str, 
     fields = []
     for path, expected in flatten(reference).items():
         text = _text(expected)
-        if path in predicted:
-            given = _text(predicted[path])
-            status = "match" if quality.exact_match(given, text) else "mismatch"
+        given = _text(predicted[path]) if path in predicted else ""
+        scores = {"exact_match": quality.exact_match(given, text),
+                  "anls": quality.anls(given, text), "cer": quality.cer(given, text)}  # fmt: skip
+        if path not in predicted:
+            status = "missing"
         else:
-            given, status = "", "missing"
+            status = "match" if scores["exact_match"] else "mismatch"
         fields.append({"field": path, "reference": text, "prediction": given, "status": status,
-                       **{name: quality.METRICS.get(name)(given, text)
-                          for name in FIELD_METRICS}})  # fmt: skip
+                       **scores})  # fmt: skip
     reference_paths = {field["field"] for field in fields}
     for path, value in predicted.items():
         if path not in reference_paths:
