@@ -35,8 +35,8 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     Returns the metrics row. Raises :class:`RunnerError` for a mistake in the config, the
     dataset or the answers file.
     """
-    from runners.outputs import PredictionsFile, write_csv
-    from runners.run import Plan, dataset_and_task, score
+    from runners.outputs import PredictionsFile
+    from runners.run import Plan, dataset_and_task, score, write_metrics
 
     settings: EvaluateConfig = to_settings(cfg, EvaluateConfig)
     dataset, task = dataset_and_task(settings.dataset, settings.task, list(settings.runner.metrics))
@@ -62,12 +62,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         **run_tally.summary(),
         **quality.summary(),
     }
-    write_csv(run_dir / "metrics.csv", [row])
-    if groups := quality.groups():
-        write_csv(run_dir / "metrics_by_group.csv", groups)
-    for name, file_rows in quality.files().items():
-        if file_rows:
-            write_csv(run_dir / name, file_rows)
+    write_metrics(run_dir, row, quality)
     log.info("scored %d answers into %s", len(rows), run_dir)
     return row
 

@@ -264,8 +264,6 @@ def write(
 ) -> dict[str, Any]:
     """Write metrics.csv, metrics_by_group.csv and the task's own files; return the metrics
     row."""
-    from runners.outputs import write_csv
-
     model, runner = loaded.model, plan.settings.runner
     row = {
         "model": model.model_name,
@@ -285,14 +283,21 @@ def write(
         **quality.summary(),
     }
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
+    write_metrics(run_dir, row, quality)
+    log.info("results in %s\n%s", run_dir, _table(row))
+    return row
+
+
+def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any) -> None:
+    """metrics.csv (``row``), metrics_by_group.csv and the task's own small files."""
+    from runners.outputs import write_csv
+
     write_csv(run_dir / "metrics.csv", [row])
     if groups := quality.groups():
         write_csv(run_dir / "metrics_by_group.csv", groups)
     for name, rows in quality.files().items():
         if rows:
             write_csv(run_dir / name, rows)
-    log.info("results in %s\n%s", run_dir, _table(row))
-    return row
 
 
 def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
