@@ -7,7 +7,9 @@ every row's text, never its images).
 Formats:
 
 * ``vlmhyperbench``: ``annotation.csv``, ``;``-separated, UTF-8 with or without BOM, columns
-  ``data_index;split;image_path;question;answer;doc_class;question_type[;answer_bbox]``.
+  ``data_index;split;image_path;question;answer;doc_class;question_type[;answer_bbox]``. As in
+  VLMHyperBench's own tools, a question is identified by its 0-based row (the ``id`` of their
+  answers file); ``data_index`` names the document, repeated by every question about it.
 * ``csv``: comma-separated, columns ``id, image, prompt, answer`` (a JSON list in ``image``
   gives several images), optional ``split, doc_class, question_type``.
 * ``jsonl``: one object per line with the same keys as ``csv``; ``image`` a string or a list.
@@ -59,6 +61,7 @@ class Sample:
     split: str | None = None
     doc_class: str | None = None
     question_type: str | None = None
+    document: str | None = None  # the document asked about (VLMHyperBench's data_index)
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,21 @@ class _Format:
     columns: Mapping[str, str]
     required: tuple[str, ...]  # columns every row must have
     non_empty: tuple[str, ...]  # ... and may not leave empty
+    ids_by_row: bool = False  # a sample's id is its 0-based row, not a column of its own
 
 
 FORMATS = {
     "vlmhyperbench": _Format(
         "annotation.csv",
-        {"data_index": "id", "image_path": "images", "question": "prompt", "answer": "reference"},
+        {
+            "data_index": "document",
+            "image_path": "images",
+            "question": "prompt",
+            "answer": "reference",
+        },
         ("data_index", "image_path", "question", "answer"),
         ("image_path", "question"),
+        ids_by_row=True,
     ),
     # An empty prompt is the task's to judge: field extraction asks its own question.
     "csv": _Format(
@@ -239,7 +249,10 @@ class Dataset:
                     f"of which {list(spec.non_empty)} may not be empty"
                 )
             fields = {name: row.get(column) for column, name in spec.columns.items()}
-            sample_id = str(fields["id"]) if _present(fields["id"]) else str(line)
+            if spec.ids_by_row:
+                sample_id = str(position)
+            else:
+                sample_id = str(fields["id"]) if _present(fields["id"]) else str(line)
             if sample_id in seen:
                 raise DatasetError(
                     f"{where}: duplicate sample id {sample_id!r}; ids must be unique"
@@ -256,6 +269,7 @@ class Dataset:
                 prompt=self._render_prompt(row, question, where),
                 reference=_reference(fields["reference"], where),
                 **groups,
+                document=_optional_str(fields.get("document")),
             )
 
     def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:

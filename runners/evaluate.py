@@ -109,7 +109,7 @@ def read_answers(path: Path, dataset: Any) -> list[dict[str, Any]]:
             "prediction": row.get("prediction", ""),
             "reference": encode_reference(sample.reference),
             "split": sample.split, "doc_class": sample.doc_class,
-            "question_type": sample.question_type,
+            "question_type": sample.question_type, "document_id": sample.document,
         })  # fmt: skip
     return rows
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from model_interface import ModelFactory
 from runners.config import RunnerError
-from runners.datasets import Dataset
+from runners.datasets import FORMATS, Dataset
 from runners.outputs import has_rows, read_json, write_json
 from runners.tasks import TASKS, Task
 
@@ -68,6 +68,7 @@ def fingerprint(
         },
         "dataset": {
             "format": dataset.format,
+            "sample_ids": "row" if FORMATS[dataset.format].ids_by_row else "id column",
             "root": str(dataset.root),
             "file": str(dataset.file),
             "filters": {name: sorted(values) for name, values in sorted(dataset.filters.items())},

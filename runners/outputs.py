@@ -58,6 +58,7 @@ PREDICTION_COLUMNS = [
     "split",
     "doc_class",
     "question_type",
+    "document_id",
 ]
 
 # Python's default (131,072 characters) is less than a long generated answer can be.

@@ -322,6 +322,7 @@ def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
         "split": sample.split,
         "doc_class": sample.doc_class,
         "question_type": sample.question_type,
+        "document_id": sample.document,
     }
 
 

@@ -54,8 +54,6 @@ def test_an_invalid_value_exits_2_fast_with_one_line_and_no_model(
 @pytest.mark.parametrize(
     ("rows", "line"),
     [
-        ([{}, {}, {"data_index": "0"}],
-         "annotation.csv line 4: duplicate sample id '0'; ids must be unique"),
         ([{}, {}, {"question": ""}],
          "annotation.csv line 4 has no ['question']; required columns"),
         ([{}, {}, {}, {"image_path": ""}],

@@ -116,6 +116,7 @@ def test_vlmhyperbench_rows_become_samples(tmp_path: Path, bom: bool) -> None:
         split="dev",
         doc_class="invoice",
         question_type="amount",
+        document="0",
     )
 
 
@@ -146,12 +147,13 @@ def test_optional_answer_bbox_column(tmp_path: Path) -> None:
     assert sample.prompt == "What is the total? [10,20,30,40]"
 
 
-def test_data_index_is_the_id_and_image_path_a_one_element_tuple(tmp_path: Path) -> None:
-    rows = [["a-17", "dev", "scans/p 1.png", "q?", "x", "invoice", "name"]]
-    (sample,) = load(write_vlm(tmp_path / "ds", rows))
-    assert sample.id == "a-17"
-    assert sample.images == ("scans/p 1.png",)
-    assert isinstance(sample.images, tuple)
+def test_the_row_is_the_id_data_index_the_document(tmp_path: Path) -> None:
+    rows = [["a-17", "dev", "scans/p 1.png", "q?", "x", "invoice", "name"],
+            ["a-17", "dev", "scans/p 1.png", "q2?", "y", "invoice", "name"]]  # fmt: skip
+    first, second = load(write_vlm(tmp_path / "ds", rows))
+    assert (first.id, first.document, second.id, second.document) == ("0", "a-17", "1", "a-17")
+    assert first.images == ("scans/p 1.png",)
+    assert isinstance(first.images, tuple)
 
 
 def test_default_prompt_template_is_the_question(tmp_path: Path) -> None:
@@ -570,10 +572,12 @@ def test_header_only_file_has_no_samples(tmp_path: Path) -> None:
 @pytest.mark.parametrize("data_format", ["vlmhyperbench", "csv", "jsonl"])
 def test_duplicate_ids(tmp_path: Path, data_format: str) -> None:
     root = tmp_path / "ds"
-    if data_format == "vlmhyperbench":
+    if data_format == "vlmhyperbench":  # data_index names a document, repeated by its questions
         write_vlm(root, [VLM_ROWS[0], VLM_ROWS[1], ["1", *VLM_ROWS[2][1:]]])
-        where = "annotation.csv line 4"
-    elif data_format == "csv":
+        samples = load(root, format=data_format)
+        assert [(s.id, s.document) for s in samples] == [("0", "0"), ("1", "1"), ("2", "1")]
+        return
+    if data_format == "csv":
         write_csv(root, ["id", "image", "prompt"], [["1", "a.png", "p"], ["1", "b.png", "q"]])
         where = "data.csv line 3"
     else:
@@ -588,9 +592,10 @@ def test_duplicate_ids(tmp_path: Path, data_format: str) -> None:
 
 
 def test_duplicate_ids_are_caught_even_in_filtered_out_rows(tmp_path: Path) -> None:
-    rows = [VLM_ROWS[0], ["0", "test", "b.png", "q", "a", "receipt", "name"]]
+    root = write_csv(tmp_path / "ds", ["id", "image", "prompt", "split"],
+                     [["0", "a.png", "p", "dev"], ["0", "b.png", "q", "test"]])  # fmt: skip
     with pytest.raises(DatasetError, match="duplicate sample id '0'"):
-        load(write_vlm(tmp_path / "ds", rows), split="dev")
+        load(root, format="csv", split="dev")
 
 
 def test_empty_image_field_vlmhyperbench(tmp_path: Path) -> None:
@@ -843,11 +848,11 @@ def test_an_object_answer_is_kept_as_fields(tmp_path: Path) -> None:
 
 
 def test_check_reads_the_whole_file_beyond_any_limit_or_filter(tmp_path: Path) -> None:
-    rows = [list(row) for row in VLM_ROWS] + [["0", "dev", "z.png", "dup?", "x", "receipt", "x"]]
+    rows = [list(row) for row in VLM_ROWS] + [["9", "dev", "z.png", "", "x", "receipt", "x"]]
     dataset = Dataset.from_config(config(write_vlm(tmp_path / "ds", rows), limit=1,
                                          doc_class="invoice"))  # fmt: skip
     assert len(list(dataset.samples())) == 1  # streaming stops early ...
-    with pytest.raises(DatasetError, match=r"line 8: duplicate sample id '0'"):
+    with pytest.raises(DatasetError, match=r"line 8 has no \['question'\]"):
         dataset.check()  # ... the check does not
 
 

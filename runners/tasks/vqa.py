@@ -2,8 +2,9 @@
 the reference answer(s) by the run's text metrics (``runner.metrics``).
 
 Per-sample metrics (``exact_match``, ``anls``, ``cer``, ``wer``) are columns of predictions.csv
-and their means the columns of metrics.csv. Over each group of samples (all of them, and each
-document class and question type in metrics_by_group.csv) come ``cer_corpus`` and
+and their means the columns of metrics.csv (and of metrics_by_document.csv, per document, where
+the dataset says which document each question is about). Over each group of samples (all of
+them, and each document class and question type in metrics_by_group.csv) come ``cer_corpus`` and
 ``wer_corpus``, computed as VLMHyperBench's evaluator does, and corpus metrics such as ``bleu``
 when ``runner.metrics`` names them.
 """
@@ -65,6 +66,7 @@ class _VQATally(Tally):
     def __init__(self, row_metrics: Sequence[str], corpus_metrics: Sequence[str]) -> None:
         self.row_metrics, self.corpus_metrics = list(row_metrics), list(corpus_metrics)
         self.means = quality.QualitySummary(self.row_metrics)
+        self.by_document = quality.QualitySummary(self.row_metrics)
         self.corpora: dict[tuple[str, ...], _Corpus] = {}
 
     def add(self, row: Mapping[str, Any], reference: Any) -> None:
@@ -72,6 +74,8 @@ class _VQATally(Tally):
                   if row.get(name) not in (None, "")}  # fmt: skip
         group = tuple(str(row.get(column) or "") for column in GROUP_COLUMNS)
         self.means.add(scores, group if any(group) else ())
+        if row.get("document_id"):
+            self.by_document.add(scores, (str(row["document_id"]),))
         if reference is None or (not isinstance(reference, str) and not reference):
             return
         for key in ((), group) if any(group) else ((),):
@@ -87,6 +91,11 @@ class _VQATally(Tally):
             {**dict(zip(GROUP_COLUMNS, group, strict=True)), **row, **self._corpus(group)}
             for group, row in self.means.groups()
         ]
+
+    def files(self) -> dict[str, list[dict[str, Any]]]:
+        """metrics_by_document.csv, where the dataset names the document of each question."""
+        rows = [{"document_id": document, **row} for (document,), row in self.by_document.groups()]
+        return {"metrics_by_document.csv": rows}
 
     def _corpus(self, key: tuple[str, ...]) -> dict[str, float]:
         corpus = self.corpora.get(key)
