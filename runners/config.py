@@ -170,6 +170,7 @@ class EvaluateConfig:
     runner: RunnerConfig = MISSING  # runner.metrics: the text metrics to score with
     paths: PathsConfig = MISSING
     seed: int = 0
+    run_name: str = MISSING  # names the output directory
 
 
 @dataclass
@@ -294,8 +295,11 @@ def one_line(error: BaseException) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """The message's first line, or its first two where the first only announces the second."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def run_hydra_command(main: Callable[[], Any]) -> Any:

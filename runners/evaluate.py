@@ -5,7 +5,7 @@ VLMHyperBench answers file, ``id;model_answer`` with ``id`` the sample's 0-based
 annotation file. They are scored with the configured task and metrics (``dataset=``,
 ``task=``, ``runner.metrics=``, as for ``runners.run``) and written as a run writes them:
 predictions.csv, metrics.csv, metrics_by_group.csv, the task's own files and answers.csv, in
-Hydra's output directory (``outputs/evaluate/<date_time>/``). Timing and token figures come from
+Hydra's output directory (``outputs/evaluate/<run_name>/``). Timing and token figures come from
 a predictions.csv's rows; an answers file has none.
 
 Every answer must belong to a sample of the dataset, once; samples without an answer are not

@@ -51,6 +51,18 @@ def test_an_invalid_value_exits_2_fast_with_one_line_and_no_model(
     assert elapsed < 3, f"took {elapsed:.1f} s"
 
 
+def test_a_mistake_inside_an_experiment_file_is_named_in_its_one_line(model_cache, tmp_path):
+    experiments = tmp_path / "conf" / "experiment"
+    experiments.mkdir(parents=True)
+    (experiments / "typo.yaml").write_text("# @package _global_\nrunner:\n  batch_sise: 4\n")
+    result = run_cli("experiment=typo", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                     cwd=tmp_path, cache_dir=model_cache, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    (error,) = error_lines(result.stdout)
+    assert error == ("error: In 'experiment/typo': ConfigKeyError raised while composing config: "
+                     "Key 'batch_sise' not in 'RunnerConfig'")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("rows", "line"),
     [
