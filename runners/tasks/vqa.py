@@ -4,7 +4,8 @@ the reference answer(s) by the run's text metrics (``runner.metrics``).
 Per-sample metrics (``exact_match``, ``anls``, ``cer``, ``wer``) are columns of predictions.csv
 and their means the columns of metrics.csv (and of metrics_by_document.csv, per document, where
 the dataset says which document each question is about). Over each group of samples (all of
-them, and each document class and question type in metrics_by_group.csv) come ``cer_corpus`` and
+them; each document class and question type in metrics_by_group.csv; each document class in
+metrics_by_doc_class.csv) come ``cer_corpus`` and
 ``wer_corpus``, computed as VLMHyperBench's evaluator does, and corpus metrics such as ``bleu``
 when ``runner.metrics`` names them.
 """
@@ -66,19 +67,24 @@ class _VQATally(Tally):
     def __init__(self, row_metrics: Sequence[str], corpus_metrics: Sequence[str]) -> None:
         self.row_metrics, self.corpus_metrics = list(row_metrics), list(corpus_metrics)
         self.means = quality.QualitySummary(self.row_metrics)
+        self.by_class = quality.QualitySummary(self.row_metrics)
         self.by_document = quality.QualitySummary(self.row_metrics)
-        self.corpora: dict[tuple[str, ...], _Corpus] = {}
+        self.corpora: dict[tuple[str, ...], _Corpus] = {}  # by (), group, or ("class", name)
 
     def add(self, row: Mapping[str, Any], reference: Any) -> None:
         scores = {name: float(row[name]) for name in self.row_metrics
                   if row.get(name) not in (None, "")}  # fmt: skip
         group = tuple(str(row.get(column) or "") for column in GROUP_COLUMNS)
         self.means.add(scores, group if any(group) else ())
+        if row.get("doc_class"):
+            self.by_class.add(scores, (str(row["doc_class"]),))
         if row.get("document_id"):
             self.by_document.add(scores, (str(row["document_id"]),))
         if reference is None or (not isinstance(reference, str) and not reference):
             return
-        for key in ((), group) if any(group) else ((),):
+        keys = [()] + ([group] if any(group) else [])
+        keys += [("class", str(row["doc_class"]))] if row.get("doc_class") else []
+        for key in keys:
             corpus = self.corpora.setdefault(key, _Corpus(bool(self.corpus_metrics)))
             corpus.add(row["prediction"], reference)
 
@@ -93,9 +99,11 @@ class _VQATally(Tally):
         ]
 
     def files(self) -> dict[str, list[dict[str, Any]]]:
-        """metrics_by_document.csv, where the dataset names the document of each question."""
-        rows = [{"document_id": document, **row} for (document,), row in self.by_document.groups()]
-        return {"metrics_by_document.csv": rows}
+        """metrics_by_doc_class.csv and metrics_by_document.csv, where the dataset says."""
+        by_class = [{"doc_class": name, **row, **self._corpus(("class", name))}
+                    for (name,), row in self.by_class.groups()]  # fmt: skip
+        by_document = [{"document_id": name, **row} for (name,), row in self.by_document.groups()]
+        return {"metrics_by_doc_class.csv": by_class, "metrics_by_document.csv": by_document}
 
     def _corpus(self, key: tuple[str, ...]) -> dict[str, float]:
         corpus = self.corpora.get(key)
