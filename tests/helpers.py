@@ -131,3 +131,48 @@ def serve_in_thread(model: Any, name: str, **options: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+DEMO_QUESTIONS = {
+    "passport": ["Фамилия", "Имя", "Отчество", "Дата рождения", "Место рождения",
+                 "Серия и номер", "Код подразделения"],
+    "invoice": ["Номер счёта", "Дата", "Поставщик", "Итого"],
+}  # fmt: skip
+
+
+def write_demo_dataset(root: Path) -> Path:
+    """A dataset shaped like VLMHyperBench's demo_mini: two JPEG passports with 7 questions each
+    and two PNG invoices with 4, scans of 1,500-2,500 px, a BOM, Cyrillic questions and
+    answers, ``data_index`` naming the document (repeated by its questions), and an
+    ``answer_bbox`` column of list text."""
+    from PIL import ImageDraw, ImageFont
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    documents = [("passport", "jpg", (1800, 1250)), ("passport", "jpg", (1750, 1240)),
+                 ("invoice", "png", (1700, 2400)), ("invoice", "png", (1654, 2339))]  # fmt: skip
+    font = ImageFont.load_default(size=26)
+    words = ["Invoice", "Total", "Supplier", "Date", "Amount", "VAT", "No.", "Qty", "Bank"]
+    rows = []
+    for index, (doc_class, suffix, size) in enumerate(documents):
+        image = Image.new("RGB", size, (250, 248, 240))
+        draw = ImageDraw.Draw(image)
+        for line in range((size[1] - 160) // 34):  # lines of text: a scan compresses like one
+            text = " ".join(f"{words[(index + line * 7 + word) % len(words)]}{line * word}"
+                            for word in range(3 + (line * 5) % 8))  # fmt: skip
+            draw.text((90, 80 + line * 34), text, fill=(30, 30, 35), font=font)
+        name = f"images/{doc_class}_{index}.{suffix}"
+        image.save(root / name, quality=85) if suffix == "jpg" else image.save(root / name)
+        for number, question_type in enumerate(DEMO_QUESTIONS[doc_class]):
+            rows.append({
+                "data_index": index, "split": "test", "image_path": name,
+                "question": f"Какое значение поля «{question_type}»?",
+                "answer": f"ЗНАЧЕНИЕ {index}-{number}", "doc_class": doc_class,
+                "question_type": question_type,
+                "answer_bbox": f"[[{100 + number}, {120 + number * 40}, 600, {160 + number * 40}]]",
+            })  # fmt: skip
+    with (root / "annotation.csv").open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*ANNOTATION_COLUMNS, "answer_bbox"],
+                                delimiter=";")  # fmt: skip
+        writer.writeheader()
+        writer.writerows(rows)
+    return root

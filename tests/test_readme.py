@@ -1,9 +1,10 @@
 """Every ``python -m runners.run`` command in README.md runs, so an example never rots.
 
-A command runs for real with ``runner.limit=2`` appended. One that needs what this machine
-lacks (a GPU, a hub download, a server, SLURM, a dataset elsewhere, a package not installed) is
-composed with ``--cfg job`` instead: its overrides must parse and its config must compose; a
-sweep is composed job by job.
+A command runs for real with ``runner.limit=2`` appended, after the README's imports of
+VLMHyperBench benchmarks (written to a temporary config folder that every command searches).
+One that needs what this machine lacks (a GPU, a hub download, a server, SLURM, a dataset
+elsewhere, a package not installed) is composed with ``--cfg job`` instead: its overrides must
+parse and its config must compose; a sweep is composed job by job.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.helpers import run_cli
 COMMAND = "python -m runners.run"
 SERVE_COMMAND = "python -m runners.serve"
 EVALUATE_COMMAND = "python -m runners.evaluate"
+IMPORT_COMMAND = "python -m runners.import_vlmhyperbench"
 
 
 def readme_commands(command: str = COMMAND) -> list[str]:
@@ -89,9 +91,18 @@ def test_the_readme_has_the_commands_it_should() -> None:
 
 @pytest.mark.slow
 def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: Path) -> None:
+    (tmp_path / "examples").symlink_to(PROJECT_ROOT / "examples")
+    imported = tmp_path / "imported_conf"
+    for command in readme_commands(IMPORT_COMMAND):
+        arguments = [*shlex.split(command, comments=True)[3:], "--out", str(imported)]
+        result = run_cli(*arguments, module="runners.import_vlmhyperbench", cwd=tmp_path,
+                         cache_dir=model_cache)  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
+    searchpath = f"hydra.searchpath=[file://{imported}]"
+
     ran, composed = [], []
     for command in readme_commands():
-        arguments = shlex.split(command, comments=True)[3:]
+        arguments = [*shlex.split(command, comments=True)[3:], searchpath]
         # "<run>" stands for the directory of a single run made earlier: the latest one.
         if any("<run>" in argument for argument in arguments):
             runs = [path.parent for path in (tmp_path / "outputs").glob("*/.hydra")]
@@ -110,13 +121,17 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
             assert "runner:" in result.stdout and "model:" in result.stdout
         composed.append(command)
     assert len(ran) >= 6 and len(composed) >= 3, (ran, composed)
+    assert any("experiment=vlmhyperbench_demo" in command for command in ran)
     # Scoring without a model reads what the runs above wrote.
     for command in readme_commands(EVALUATE_COMMAND):
-        arguments = shlex.split(command, comments=True)[3:]
+        arguments = [*shlex.split(command, comments=True)[3:], searchpath]
         result = run_cli(*arguments, module="runners.evaluate", cwd=tmp_path,
                          cache_dir=model_cache)  # fmt: skip
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
         ran.append(command)
+    # The imported benchmark's eval-only row re-scored the first row's answers with BLEU.
+    rescored = tmp_path / "outputs" / "evaluate" / "multirun" / "vlmhyperbench_demo_evaluate"
+    assert "bleu" in (rescored / "0" / "metrics.csv").read_text().splitlines()[0].split(",")
 
 
 def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp_path) -> None:
