@@ -32,7 +32,8 @@ JOB_FILE = "job.json"
 
 
 class SweepSummary(Callback):
-    """Marks the sweep when it starts; writes summary.csv and summary.png when it ends."""
+    """Marks the sweep when it starts; writes summary.csv, summary.png and report.html (with
+    report.md) when it ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -42,7 +43,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = write_summary(sweep_dir)
+        summary = finish_sweep(sweep_dir)
         if summary is None:
             log.warning("no job of this sweep left a record under %s", sweep_dir)
             return
@@ -56,6 +57,35 @@ class SweepSummary(Callback):
                 "; ".join(f"{row.job}: {row.status}" for row in failed.itertuples()),
             )
             raise SystemExit(1)
+
+
+_finished: dict[tuple[Path, str | None], Any] = {}
+
+
+def finish_sweep(sweep_dir: Path) -> Any:
+    """Write the sweep's summary.csv, summary.png and report, once per sweep (other callbacks,
+    e.g. tracking, ask for them too, in any order); returns the summary (None: no job)."""
+    sweep_file = sweep_dir / SWEEP_FILE
+    key = (sweep_dir.resolve(), read_json(sweep_file)["id"] if sweep_file.is_file() else None)
+    if key not in _finished:
+        summary = write_summary(sweep_dir)
+        if summary is not None:
+            _write_sweep_report(sweep_dir)
+        _finished[key] = summary
+    return _finished[key]
+
+
+def _write_sweep_report(sweep_dir: Path) -> None:
+    from runners.report import read_run, write_report
+
+    jobs = [job for job in sweep_jobs(sweep_dir) if (job / "metrics.csv").is_file()]
+    if not jobs:
+        return
+    try:
+        path, _ = write_report([read_run(job) for job in jobs], sweep_dir)
+        log.info("sweep report: %s", path)
+    except Exception as error:  # the summary is written; a figure that fails must not hide it
+        log.warning("sweep report not written: %s", error)
 
 
 def run_sweep_job(
@@ -100,15 +130,11 @@ def write_summary(sweep_dir: Path) -> Any:
     """summary.csv (one row per job of this sweep, by job number) and summary.png."""
     import pandas as pd
 
-    sweep_file = sweep_dir / SWEEP_FILE
-    sweep_id = read_json(sweep_file)["id"] if sweep_file.is_file() else None
     rows = []
-    for job_file in sweep_dir.rglob(JOB_FILE):
-        job = read_json(job_file)
-        if job.get("sweep_id") != sweep_id:
-            continue  # left by an earlier sweep into the same directory
+    for job_dir in sweep_jobs(sweep_dir):
+        job = read_json(job_dir / JOB_FILE)
         row = {key: job[key] for key in ("num", "job", "status", "error", "model", "dataset")}
-        metrics_file = job_file.parent / "metrics.csv"
+        metrics_file = job_dir / "metrics.csv"
         if job["status"] in ("ok", "too_many_errors") and metrics_file.is_file():
             metrics = pd.read_csv(metrics_file).iloc[0].to_dict()
             row.update({key: value for key, value in metrics.items() if key != "status"})
@@ -120,6 +146,18 @@ def write_summary(sweep_dir: Path) -> Any:
     summary.to_csv(sweep_dir / "summary.csv", index=False)
     plot_summary(summary, sweep_dir / "summary.png")
     return summary
+
+
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
+    """The directories of this sweep's jobs (by the id in sweep.json), by job number."""
+    sweep_file = sweep_dir / SWEEP_FILE
+    sweep_id = read_json(sweep_file)["id"] if sweep_file.is_file() else None
+    jobs = []
+    for job_file in sweep_dir.rglob(JOB_FILE):
+        job = read_json(job_file)
+        if job.get("sweep_id") == sweep_id:  # not one left by an earlier sweep into this folder
+            jobs.append((int(job["num"]), job_file.parent))
+    return [path for _, path in sorted(jobs)]
 
 
 def _config_value(cfg: DictConfig, *keys: str) -> str:
@@ -147,7 +185,8 @@ def plot_summary(summary: Any, path: Path) -> None:
 
 
 def summary_figure(summary: Any) -> Any:
-    """Quality against model time per sample: one point per job, labelled with its name."""
+    """Quality against model time per sample: one point per job, told apart by its job name
+    (marker, colour, legend and label), the quality axis from 0."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -157,15 +196,16 @@ def summary_figure(summary: Any) -> Any:
     figure, axes = plt.subplots(figsize=(7.5, 4.8))
     finished = summary.dropna(subset=[c for c in ("s_per_sample", quality) if c in summary])
     if quality is not None and "s_per_sample" in finished:
-        for model, jobs in finished.groupby("model"):
-            axes.scatter(jobs["s_per_sample"], jobs[quality], label=model, s=40)
-            for job in jobs.itertuples():
-                axes.annotate(str(job.job), (job.s_per_sample, getattr(job, quality)),
-                              fontsize=7, xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        markers = "osD^v<>ph*"
+        for number, job in enumerate(finished.itertuples()):
+            point = (job.s_per_sample, getattr(job, quality))
+            axes.scatter(*point, label=str(job.job), s=45, marker=markers[number % len(markers)])
+            axes.annotate(str(job.job), point, fontsize=7, xytext=(4, 4),
+                          textcoords="offset points")  # fmt: skip
         top = max(finished[quality].max(), 1.0 if quality in ("anls", "exact_match") else 0.0)
         axes.set_ylim(0, top * 1.05 if math.isfinite(top) and top > 0 else 1)
         axes.set_xlim(left=0)
-        axes.legend(fontsize=8, title="model")
+        axes.legend(fontsize=8, title="job")
     failed = len(summary) - len(finished)
     axes.set_xlabel("model seconds per sample (model time / samples that reached the model)")
     axes.set_ylabel(f"{quality}, mean over samples" if quality else "(no quality metric)")

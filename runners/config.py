@@ -90,6 +90,8 @@ class RunnerConfig:
     # Guard against decompression bombs: an image with more pixels fails its sample.
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
     progress: bool = True
+    # report.html and report.md in the run directory when the run ends (runners/report.py).
+    report: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -117,6 +119,14 @@ class PathsConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """``tracking=mlflow``: where runs are logged (runners/tracking.py)."""
+
+    uri: str = "sqlite:///outputs/mlflow.db"
+    experiment: str = "model-interface"
+
+
+@dataclass
 class RunConfig:
     """``python -m runners.run``: conf/config.yaml."""
 
@@ -131,6 +141,7 @@ class RunConfig:
     # Names the output directory outputs/<run_name>; running again with it resumes the run.
     run_name: str = MISSING
     seed: int = 0
+    tracking: TrackingConfig | None = None  # set by tracking=mlflow
 
 
 @dataclass

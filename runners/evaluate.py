@@ -63,6 +63,10 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         **quality.summary(),
     }
     write_metrics(run_dir, row, quality)
+    if settings.runner.report:
+        from runners.report import report_run
+
+        report_run(run_dir)
     log.info("scored %d answers into %s", len(rows), run_dir)
     return row
 

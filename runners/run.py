@@ -284,6 +284,10 @@ def write(
     }
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
     write_metrics(run_dir, row, quality)
+    if runner.report:
+        from runners.report import report_run
+
+        report_run(run_dir)
     log.info("results in %s\n%s", run_dir, _table(row))
     return row
 
@@ -359,11 +363,17 @@ def _table(row: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
+    """The job: returns the metrics row; a single run that fails sets :data:`exit_status`.
+
+    The status is set, not raised: a ``SystemExit`` inside the job would skip Hydra's
+    ``on_job_end`` callbacks, and tracking logs failed runs too. :func:`cli` exits with it.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from runners.callbacks import run_sweep_job
 
+    global exit_status
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     if hydra_config.mode == RunMode.MULTIRUN:
@@ -372,7 +382,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
         row = run_experiment(cfg, output_dir)
     except RunnerError as error:
         log.error("%s", error)
-        raise SystemExit(error.exit_code) from None
+        exit_status = error.exit_code
+        return None
     if row["status"] != "ok":
         log.error(
             "%d of %d samples failed (%.1f%%), over runner.max_error_rate=%s",
@@ -381,8 +392,11 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
             100 * row["error_rate"],
             cfg.runner.max_error_rate,
         )
-        raise SystemExit(1)
+        exit_status = 1
     return row
+
+
+exit_status = 0  # of the last single run :func:`main` ran
 
 
 def cli() -> None:
@@ -400,7 +414,7 @@ def cli() -> None:
         return
     try:
         run_hydra_command(main)
-        code = 0
+        code = exit_status
     except SystemExit as exit_request:
         code = exit_request.code
     if _current_model is not None:

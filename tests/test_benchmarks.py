@@ -29,6 +29,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("http_concurrency.py", ["--samples", "4", "--repeats", "1"], ["http_c8_speedup"]),
         ("kie_scoring.py", ["--documents", "50", "--repeats", "1"],
          ["kie_field_rows_per_s", "kie_scoring_over_bare"]),
+        ("report_scale.py", ["--samples", "60", "--repeats", "1"],
+         ["report_over_run", "report_html_kb", "report_over_predictions_size"]),
         ("http_load.py", ["--requests", "64", "--concurrency", "8"],
          ["load_good_ok", "load_bad_4xx", "load_requests_per_s", "load_server_rss_growth_mb"]),
     ],

@@ -27,6 +27,7 @@ COMMAND = "python -m runners.run"
 SERVE_COMMAND = "python -m runners.serve"
 EVALUATE_COMMAND = "python -m runners.evaluate"
 IMPORT_COMMAND = "python -m runners.import_vlmhyperbench"
+REPORT_COMMAND = "python -m runners.report"
 
 
 def readme_commands(command: str = COMMAND) -> list[str]:
@@ -129,21 +130,33 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
                          cache_dir=model_cache)  # fmt: skip
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
         ran.append(command)
+    # Reports read the runs above: two runs of one dataset are compared sample by sample.
+    reports = readme_commands(REPORT_COMMAND)
+    assert len(reports) >= 2
+    for command in reports:
+        arguments = shlex.split(command, comments=True)[3:]
+        result = run_cli(*arguments, module="runners.report", cwd=tmp_path,
+                         cache_dir=model_cache)  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
+    pair = (tmp_path / "outputs/reports/plain_vs_brief/report.md").read_text(encoding="utf-8")
+    assert "- **samples in both**: 2" in pair
     # The imported benchmark's eval-only row re-scored the first row's answers with BLEU.
     rescored = tmp_path / "outputs" / "evaluate" / "multirun" / "vlmhyperbench_demo_evaluate"
     assert "bleu" in (rescored / "0" / "metrics.csv").read_text().splitlines()[0].split(",")
 
 
 def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp_path) -> None:
-    (command,) = [c for c in readme_commands() if "Answer briefly" in c]
-    result = subprocess.run(
-        ["bash", "-c", f"{command} --cfg job"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-             "PYTHONPATH": str(PROJECT_ROOT), "MODEL_INTERFACE_CACHE": str(model_cache)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "prompt_template: Answer briefly. {prompt}" in result.stdout
+    commands = [c for c in readme_commands() if "Answer briefly" in c]
+    assert commands
+    for command in commands:
+        result = subprocess.run(
+            ["bash", "-c", f"{command} --cfg job"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                 "PYTHONPATH": str(PROJECT_ROOT), "MODEL_INTERFACE_CACHE": str(model_cache)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "prompt_template: Answer briefly. {prompt}" in result.stdout
 
 
 def test_every_serve_command_in_the_readme_composes(model_cache, tmp_path) -> None:

@@ -452,6 +452,9 @@ def test_a_fifo_in_the_dataset_fails_its_sample_without_blocking(model_cache, tm
     errors = read_predictions(tmp_path / "outputs" / "fifo")["error"].tolist()
     assert errors[0] == errors[2] == ""
     assert "pipe.png' is not a regular file" in errors[1]
+    # The report shows the failed sample first, without trying to read the pipe.
+    report = (tmp_path / "outputs" / "fifo" / "report.html").read_text(encoding="utf-8")
+    assert "(image not readable:" in report and "pipe.png" in report
 
 
 def test_a_wrapper_that_skips_super_init_runs_from_the_command_line(model_cache, tmp_path):

@@ -64,4 +64,6 @@ def test_the_summary_plot_says_what_its_axes_show() -> None:
     assert axes.get_ylabel() == "anls, mean over samples"
     assert axes.get_ylim()[0] == 0
     assert [text.get_text() for text in axes.texts] == ["0_a", "1_b"]
+    # Jobs are told apart by name, even two of the same model.
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["0_a", "1_b"]
     assert "1 job(s) without results not shown" in axes.get_title()

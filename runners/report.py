@@ -1,0 +1,834 @@
+"""Reports: ``python -m runners.report RUN_DIR... [--out DIR] [--worst N]``.
+
+Writes ``report.html`` (self-contained: styles, one small script and the thumbnails are in the
+file; nothing is fetched) and ``report.md`` with the same tables:
+
+* one run: what ran (model, dataset, config, environment), the metrics, the per-group tables
+  with a bar in every score cell, the distribution of call times, and the worst samples with
+  their image, prompt, reference and prediction, the differences marked;
+* several runs (a list, or a sweep's directory standing for its jobs): the runs side by side
+  and quality against speed;
+* exactly two runs of the same dataset: the samples whose correctness flipped, each per-sample
+  metric's difference with a paired bootstrap 95% interval, McNemar's exact test on
+  correctness, and the differences in throughput and latency. Two runs of different datasets
+  (by the annotation file's hash in their fingerprints) are refused.
+
+Everything is read from the run directories, so a report can be made of any finished run, and
+is rebuilt the same way from the same files. Only the samples shown get a thumbnail, so the
+report of a large run stays small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import difflib
+import html
+import io
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from runners.config import RunnerError
+from runners.outputs import PREDICTION_COLUMNS, read_json
+
+# Per-sample scores, best first in the order a sample's quality is judged; True: higher is
+# better. The first one a run has ranks its worst samples.
+SAMPLE_SCORES = {
+    "anls": True,
+    "field_f1": True,
+    "correct": True,
+    "exact_match": True,
+    "all_fields_correct": True,
+    "field_anls": True,
+    "field_exact_match": True,
+    "field_precision": True,
+    "field_recall": True,
+    "json_valid": True,
+    "schema_valid": True,
+    "cer": False,
+    "wer": False,
+    "field_cer": False,
+}
+# The per-sample 0/1 column that says a sample was answered right, by task.
+CORRECTNESS = ("exact_match", "correct", "all_fields_correct")
+# metrics.csv columns of speed and resources; True: higher is better.
+SPEED = {
+    "samples_per_s": True,
+    "s_per_sample": False,
+    "call_p50_s": False,
+    "call_p95_s": False,
+    "wall_s": False,
+    "load_s": False,
+    "peak_rss_mb": False,
+    "peak_gpu_mb": False,
+}
+# Files of per-group figures a run may have, in the order they are shown.
+GROUP_FILES = (
+    "metrics_by_group.csv",
+    "metrics_by_doc_class.csv",
+    "metrics_by_field.csv",
+    "metrics_by_label.csv",
+    "confusion_matrix.csv",
+    "metrics_by_document.csv",
+)
+MAX_GROUP_ROWS = 20  # a table with more rows shows its worst 20
+BOOTSTRAP_RESAMPLES = 2000
+THUMBNAIL_PX = 220
+MAX_THUMBNAIL_SOURCE_PIXELS = 64_000_000
+
+
+class ReportError(RunnerError):
+    """A report that can't be made: one line saying why."""
+
+
+@dataclass
+class Run:
+    """A finished run directory, as the report reads it."""
+
+    path: Path
+    name: str
+    metrics: dict[str, str]
+    rows: list[dict[str, str]]  # predictions.csv, in its order
+    scores: list[str]  # the per-sample score columns predictions.csv has
+    tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    config: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] | None = None
+
+    @property
+    def dataset_root(self) -> Path | None:
+        root = (self.fingerprint or {}).get("dataset", {}).get("root")
+        return Path(root) if root else None
+
+    def number(self, key: str) -> float | None:
+        return _number(self.metrics.get(key))
+
+
+def read_run(path: Path, name: str | None = None) -> Run:
+    """The run in ``path``; refuses a directory that holds no finished run."""
+    missing = [file for file in ("metrics.csv", "predictions.csv") if not (path / file).is_file()]
+    if missing:
+        raise ReportError(
+            f"{path} is not a finished run (no {' or '.join(missing)}): give a run's output "
+            "directory, or a sweep's, e.g. outputs/<run_name> or outputs/multirun/<run_name>"
+        )
+    rows = _read_csv(path / "predictions.csv")
+    columns = list(rows[0]) if rows else []
+    scores = [column for column in columns if column not in PREDICTION_COLUMNS
+              and any(_number(row[column]) is not None for row in rows)]  # fmt: skip
+    hydra_config = path / ".hydra" / "config.yaml"
+    return Run(
+        path=path,
+        name=name or path.name,
+        metrics=_read_csv(path / "metrics.csv")[0],
+        rows=rows,
+        scores=scores,
+        tables={file: _read_csv(path / file) for file in GROUP_FILES if (path / file).is_file()},
+        config=hydra_config.read_text(encoding="utf-8") if hydra_config.is_file() else "",
+        environment=_read_json_or_empty(path / "environment.json"),
+        fingerprint=_read_json_or_empty(path / "fingerprint.json") or None,
+    )
+
+
+def run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Each path as given, but a sweep's directory replaced by its jobs that left results."""
+    from runners.callbacks import SWEEP_FILE, sweep_jobs
+
+    found: list[Path] = []
+    for path in paths:
+        if (path / SWEEP_FILE).is_file() and not (path / "metrics.csv").is_file():
+            jobs = [job for job in sweep_jobs(path) if (job / "metrics.csv").is_file()]
+            if not jobs:
+                raise ReportError(f"no job of the sweep in {path} has results yet")
+            found.extend(jobs)
+        else:
+            found.append(path)
+    return found
+
+
+# --- Comparing two runs -----------------------------------------------------------------------
+
+
+@dataclass
+class MetricDifference:
+    name: str
+    mean_a: float
+    mean_b: float
+    low: float  # 95% paired bootstrap interval of mean_b - mean_a
+    high: float
+
+    @property
+    def difference(self) -> float:
+        return self.mean_b - self.mean_a
+
+
+@dataclass
+class Pair:
+    """Two runs of the same dataset, sample by sample (samples both answered)."""
+
+    a: Run
+    b: Run
+    n_paired: int
+    only_a: int
+    only_b: int
+    correctness: str | None  # the 0/1 column compared, None when the runs have none in common
+    right_only_a: list[tuple[dict[str, str], dict[str, str]]]  # (row of a, row of b)
+    right_only_b: list[tuple[dict[str, str], dict[str, str]]]
+    mcnemar_p: float | None
+    metrics: list[MetricDifference]
+
+
+def compare(a: Run, b: Run, *, seed: int = 0) -> Pair:
+    """Pair the samples of ``a`` and ``b`` by id; refuses runs of different datasets."""
+    _require_same_dataset(a, b)
+    by_id_b = {row["sample_id"]: row for row in b.rows}
+    pairs = [(row, by_id_b[row["sample_id"]]) for row in a.rows if row["sample_id"] in by_id_b]
+    if not pairs:
+        raise ReportError(f"{a.path} and {b.path} have no sample in common to compare")
+    correctness = next((c for c in CORRECTNESS if c in a.scores and c in b.scores), None)
+    right_only_a, right_only_b = [], []
+    if correctness:
+        for row_a, row_b in pairs:
+            right_a, right_b = _number(row_a[correctness]) == 1, _number(row_b[correctness]) == 1
+            if right_a and not right_b:
+                right_only_a.append((row_a, row_b))
+            elif right_b and not right_a:
+                right_only_b.append((row_a, row_b))
+    shared = [name for name in a.scores if name in b.scores]
+    return Pair(
+        a=a,
+        b=b,
+        n_paired=len(pairs),
+        only_a=len(a.rows) - len(pairs),
+        only_b=len(b.rows) - len(pairs),
+        correctness=correctness,
+        right_only_a=right_only_a,
+        right_only_b=right_only_b,
+        mcnemar_p=mcnemar_exact_p(len(right_only_a), len(right_only_b)) if correctness else None,
+        metrics=[_paired_difference(name, pairs, seed) for name in shared],
+    )
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar test: under "both runs are as often right", each discordant pair
+    is a fair coin, so the p-value is a binomial tail (exact integers, any number of pairs)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def _paired_difference(name: str, pairs: Sequence[tuple[dict, dict]], seed: int) -> Any:
+    import numpy as np
+
+    values = [(_number(a[name]), _number(b[name])) for a, b in pairs]
+    both = np.array([(x, y) for x, y in values if x is not None and y is not None], dtype=float)
+    if len(both) == 0:
+        return MetricDifference(name, math.nan, math.nan, math.nan, math.nan)
+    differences = both[:, 1] - both[:, 0]
+    resampled = np.random.default_rng(seed).integers(
+        0, len(differences), (BOOTSTRAP_RESAMPLES, len(differences))
+    )
+    means = differences[resampled].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return MetricDifference(name, both[:, 0].mean(), both[:, 1].mean(), float(low), float(high))
+
+
+def _require_same_dataset(a: Run, b: Run) -> None:
+    for run in (a, b):
+        if run.fingerprint is None:
+            raise ReportError(
+                f"{run.path} has no fingerprint.json, so there is no telling which dataset it "
+                "ran on; only runs made by this version can be compared sample by sample"
+            )
+    identity = ("format", "sample_ids", "annotation_sha256")
+    dataset_a, dataset_b = a.fingerprint["dataset"], b.fingerprint["dataset"]  # type: ignore[index]
+    if any(dataset_a.get(key) != dataset_b.get(key) for key in identity):
+        raise ReportError(
+            f"{a.name} and {b.name} ran on different datasets ({dataset_a.get('file')} and "
+            f"{dataset_b.get('file')} differ in content), so their samples can't be paired; "
+            "compare runs of the same annotation file"
+        )
+
+
+# --- Writing the report -----------------------------------------------------------------------
+
+
+def write_report(
+    runs: Sequence[Run], out_dir: Path, *, worst: int = 12, pair: bool | None = None
+) -> tuple[Path, Path]:
+    """report.html and report.md of ``runs`` in ``out_dir``.
+
+    ``pair``: compare two runs sample by sample (refused for different datasets); ``None``:
+    when there are exactly two runs of the same dataset.
+    """
+    if pair and len(runs) != 2:
+        raise ReportError(f"a sample-by-sample comparison takes exactly two runs, not {len(runs)}")
+    if pair is None:
+        pair = len(runs) == 2 and _same_dataset(runs[0], runs[1])
+    page = Page(_title(runs))
+    if len(runs) == 1:
+        _one_run(page, runs[0], worst)
+    else:
+        _side_by_side(page, runs)
+        if pair:
+            _pair(page, compare(runs[0], runs[1]), worst)
+        for run in runs:
+            page.section(f"Run {run.name}", level=2)
+            _run_figures(page, run, worst=min(worst, 3))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    _write_text(html_path, page.html())
+    _write_text(md_path, page.markdown())
+    return html_path, md_path
+
+
+def _same_dataset(a: Run, b: Run) -> bool:
+    try:
+        _require_same_dataset(a, b)
+    except ReportError:
+        return False
+    return True
+
+
+def _title(runs: Sequence[Run]) -> str:
+    if len(runs) == 1:
+        run = runs[0]
+        return f"{run.metrics.get('model', '?')} on {run.metrics.get('dataset', '?')}: {run.name}"
+    return f"{len(runs)} runs: " + ", ".join(run.name for run in runs)
+
+
+def _one_run(page: Page, run: Run, worst: int) -> None:
+    metrics = run.metrics
+    page.open_cards()
+    page.facts(
+        {
+            "run directory": str(run.path),
+            "model": metrics.get("model", ""),
+            "framework": metrics.get("framework", ""),
+            "dataset": metrics.get("dataset", ""),
+            "task": metrics.get("task", ""),
+            "status": metrics.get("status", ""),
+            "samples": metrics.get("n_samples", ""),
+            "errors": metrics.get("n_errors", ""),
+        }
+    )
+    quality = quality_columns(metrics)
+    page.table([{"quality": key, "value": metrics[key]} for key in quality], bars=False)
+    page.table([{"speed": key, "value": metrics[key]} for key in SPEED if key in metrics],
+               bars=False)  # fmt: skip
+    page.close_cards()
+    page.preformatted("metrics.csv, every column",
+                      "\n".join(f"{key}: {value}" for key, value in metrics.items()))  # fmt: skip
+    _run_figures(page, run, worst)
+    page.section("Config and environment", level=2)
+    page.preformatted("config (.hydra/config.yaml)", run.config or "(not recorded)")
+    page.preformatted("environment.json", json.dumps(run.environment, indent=2))
+
+
+def quality_columns(metrics: dict[str, str]) -> list[str]:
+    """The columns of a metrics.csv row that its task computed (the rest are counts, timing
+    and resources)."""
+    from runners.metrics import RunTally
+
+    run_columns = {*RunTally().summary(), *SPEED, "model", "framework", "dataset", "task",
+                   "answers", "answered_now", "batch_size", "import_s", "model_reused",
+                   "cache_hit", "status"}  # fmt: skip
+    return [key for key in metrics if key not in run_columns]
+
+
+def _run_figures(page: Page, run: Run, worst: int) -> None:
+    calls = [value for row in run.rows if (value := _number(row.get("call_s"))) is not None]
+    page.section("Call times", level=3)
+    page.histogram(calls, "call_s: seconds of the model call that answered the sample "
+                   "(the rows of one batch share its call)")  # fmt: skip
+    page.section(f"Worst samples of {run.name}", level=3)
+    ranked = worst_samples(run, worst)
+    score = next((name for name in SAMPLE_SCORES if name in run.scores), None)
+    page.note(
+        f"{len(ranked)} of {len(run.rows)}: failed samples first, then by "
+        f"{score or 'sample order'}{'' if score is None or SAMPLE_SCORES[score] else ' (highest)'}"
+    )
+    page.samples(ranked, run, [score] if score else [])
+    for name, rows in run.tables.items():
+        page.section(name, level=3)
+        shown = _worst_groups(rows)
+        if len(shown) < len(rows):
+            page.note(f"the {len(shown)} lowest-scoring of {len(rows)} rows; all are in {name}")
+        page.table(shown)
+
+
+def worst_samples(run: Run, count: int) -> list[dict[str, str]]:
+    """The ``count`` worst rows: failed ones first, then by the run's first sample score."""
+    score = next((name for name in SAMPLE_SCORES if name in run.scores), None)
+
+    def badness(row: dict[str, str]) -> tuple[int, float, int]:
+        value = _number(row.get(score)) if score else None
+        if value is None:
+            value = -math.inf  # no score: as bad as can be
+        elif not SAMPLE_SCORES[score]:  # type: ignore[index]
+            value = -value
+        return (0 if row.get("error") else 1, value, int(row["sample_index"]))
+
+    return sorted(run.rows, key=badness)[:count]
+
+
+def _worst_groups(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    if len(rows) <= MAX_GROUP_ROWS:
+        return rows
+    score = next((name for name in SAMPLE_SCORES if rows and name in rows[0]), None)
+    if score is None:
+        return rows[:MAX_GROUP_ROWS]
+    sign = 1 if SAMPLE_SCORES[score] else -1
+    return sorted(rows, key=lambda row: sign * (_number(row[score]) or 0))[:MAX_GROUP_ROWS]
+
+
+def _side_by_side(page: Page, runs: Sequence[Run]) -> None:
+    import pandas as pd
+
+    from runners.callbacks import summary_figure
+
+    page.section("Side by side", level=2)
+    keys = ["model", "framework", "dataset", "task", "status", "n_samples", "n_errors"]
+    quality = list(dict.fromkeys(key for run in runs for key in quality_columns(run.metrics)))
+    speed = [key for key in SPEED if any(run.number(key) is not None for run in runs)]
+    columns = ["run", *keys, *quality, *speed]
+    rows = [{"run": run.name, **run.metrics} for run in runs]
+    page.table([{key: row.get(key, "") for key in columns} for row in rows])
+    summary = pd.DataFrame(
+        [{"job": run.name, "model": run.metrics.get("model", ""),
+          **{key: run.number(key) for key in [*quality, "s_per_sample"]}} for run in runs]
+    )  # fmt: skip
+    page.figure(summary_figure(summary), "quality against model time per sample")
+
+
+def _pair(page: Page, pair: Pair, worst: int) -> None:
+    a, b = pair.a.name, pair.b.name
+    page.section(f"{b} against {a}, sample by sample", level=2)
+    page.facts(
+        {
+            "A": f"{a} ({pair.a.path})",
+            "B": f"{b} ({pair.b.path})",
+            "samples in both": pair.n_paired,
+            "only in A / only in B": f"{pair.only_a} / {pair.only_b}",
+        }
+    )
+    if pair.correctness:
+        page.section(f"Correctness ({pair.correctness})", level=3)
+        page.facts(
+            {
+                "right in A only": len(pair.right_only_a),
+                "right in B only": len(pair.right_only_b),
+                "McNemar exact p (two-sided)": _show(pair.mcnemar_p),
+            }
+        )
+    else:
+        page.note("the two runs have no correctness column in common: no flips to count")
+    page.section("Per-sample metrics: B − A, paired bootstrap 95% interval", level=3)
+    page.table(
+        [
+            {"metric": m.name, "A": m.mean_a, "B": m.mean_b, "B − A": m.difference,
+             "95% low": m.low, "95% high": m.high,
+             "better": _better(m.name, m.low, m.high)}
+            for m in pair.metrics
+        ],
+        bars=False,
+    )  # fmt: skip
+    page.section("Speed", level=3)
+    speed_rows = []
+    for key, more_is_faster in SPEED.items():
+        value_a, value_b = pair.a.number(key), pair.b.number(key)
+        if value_a is None or value_b is None:
+            continue
+        ratio = value_b / value_a if value_a else math.nan
+        speed_rows.append({"figure": key, "A": value_a, "B": value_b, "B / A": ratio,
+                           "better when": "higher" if more_is_faster else "lower"})  # fmt: skip
+    page.table(speed_rows, bars=False)
+    for title, flipped in (("Right in A, wrong in B", pair.right_only_a),
+                           ("Right in B, wrong in A", pair.right_only_b)):  # fmt: skip
+        page.section(f"{title} ({len(flipped)})", level=3)
+        if len(flipped) > worst:
+            page.note(f"the first {worst} in dataset order")
+        page.flips(flipped[:worst], pair)
+
+
+def _better(name: str, low: float, high: float) -> str:
+    if math.isnan(low) or low <= 0 <= high:
+        return "no clear difference"
+    higher_is_better = SAMPLE_SCORES.get(name, True)
+    return "B" if (low > 0) == higher_is_better else "A"
+
+
+# --- HTML and Markdown ------------------------------------------------------------------------
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;
+  padding:0 16px}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;
+  margin-top:32px}
+h3{font-size:15px;margin-top:22px}table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f4f4f4;cursor:pointer;user-select:none}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.bar{background:linear-gradient(90deg,#cfe3ff calc(var(--v)*100%),transparent 0)}
+.note{color:#666;font-size:12px}
+pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:360px}
+.sample{display:grid;grid-template-columns:230px 1fr;gap:12px;border:1px solid #ddd;
+  padding:8px;margin:8px 0}
+.sample img{max-width:220px;max-height:220px;border:1px solid #ccc}
+.sample .text{white-space:pre-wrap;word-break:break-word}
+del{background:#ffd6d6;text-decoration:none}ins{background:#c9f2c9;text-decoration:none}
+.err{color:#b00}.cards{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
+svg text{font-size:11px;fill:#444}
+"""
+# Sorting a table by a click on its header: the only script, so the page works without it.
+SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach(function (th, column) {
+  th.addEventListener("click", function () {
+    var body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
+    var up = th.dataset.order !== "up"; th.dataset.order = up ? "up" : "down";
+    rows.sort(function (x, y) {
+      var a = x.cells[column].dataset.v || x.cells[column].textContent;
+      var b = y.cells[column].dataset.v || y.cells[column].textContent;
+      var d = (parseFloat(a) - parseFloat(b)) || a.localeCompare(b);
+      return up ? d : -d;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  });
+});
+"""
+
+
+class Page:
+    """The report, built once as HTML and once as Markdown, section by section."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._html: list[str] = []
+        self._md: list[str] = [f"# {title}", ""]
+        self._thumbnails: dict[Path, str] = {}  # a page's image shown twice is encoded once
+
+    def open_cards(self) -> None:
+        """What follows, up to :meth:`close_cards`, sits side by side (in HTML)."""
+        self._html.append('<div class="cards">')
+
+    def close_cards(self) -> None:
+        self._html.append("</div>")
+
+    def section(self, title: str, *, level: int) -> None:
+        self._html.append(f"<h{level}>{_e(title)}</h{level}>")
+        self._md += [f"{'#' * level} {title}", ""]
+
+    def note(self, text: str) -> None:
+        self._html.append(f'<p class="note">{_e(text)}</p>')
+        self._md += [f"*{text}*", ""]
+
+    def facts(self, facts: dict[str, Any]) -> None:
+        items = "".join(
+            f"<tr><th>{_e(k)}</th><td>{_e(_show(v))}</td></tr>" for k, v in facts.items()
+        )
+        self._html.append(f"<table>{items}</table>")
+        self._md += [f"- **{key}**: {_show(value)}" for key, value in facts.items()] + [""]
+
+    def table(self, rows: Sequence[dict[str, Any]], *, bars: bool = True) -> None:
+        if not rows:
+            self.note("(no rows)")
+            return
+        columns = list(rows[0])
+        head = "".join(f"<th>{_e(column)}</th>" for column in columns)
+        body = "".join(
+            "<tr>" + "".join(_cell(column, row.get(column), bars) for column in columns) + "</tr>"
+            for row in rows
+        )
+        self._html.append(f'<table class="sortable"><thead><tr>{head}</tr></thead>'
+                          f"<tbody>{body}</tbody></table>")  # fmt: skip
+        self._md += [_md_row(columns), _md_row(["---"] * len(columns))]
+        self._md += [_md_row([_show(row.get(column)) for column in columns]) for row in rows]
+        self._md.append("")
+
+    def histogram(self, values: Sequence[float], caption: str, bins: int = 30) -> None:
+        if not values:
+            self.note("no sample reached the model")
+            return
+        low, high = min(values), max(values)
+        width = (high - low) / bins or 1.0
+        counts = [0] * bins
+        for value in values:
+            counts[min(int((value - low) / width), bins - 1)] += 1
+        tallest, plot_w, plot_h = max(counts), 600, 160
+        bars = "".join(
+            f'<rect x="{40 + i * plot_w / bins:.1f}" y="{10 + plot_h * (1 - c / tallest):.1f}" '
+            f'width="{plot_w / bins - 1:.1f}" height="{plot_h * c / tallest:.1f}" fill="#6b9bd1">'
+            f"<title>{c} samples from {low + i * width:.4g} s</title></rect>"
+            for i, c in enumerate(counts)
+        )
+        right, base = 40 + plot_w, plot_h + 26
+        axes = (
+            f'<text x="40" y="{base}">{low:.4g} s</text>'
+            f'<text x="{right}" y="{base}" text-anchor="end">{high:.4g} s</text>'
+            f'<text x="2" y="18">{tallest}</text><text x="2" y="{plot_h + 10}">0</text>'
+        )
+        percentiles = _percentiles(values)
+        self._html.append(
+            f'<svg width="{plot_w + 60}" height="{plot_h + 34}" role="img">{bars}{axes}</svg>'
+            f'<p class="note">{_e(caption)}; {_e(percentiles)}</p>'
+        )
+        self._md += [f"{caption}: {percentiles}", ""]
+
+    def figure(self, figure: Any, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90)
+        plt.close(figure)
+        data = base64.b64encode(buffer.getvalue()).decode()
+        self._html.append(f'<img alt="{_e(caption)}" src="data:image/png;base64,{data}">')
+        self._md += [f"*{caption}: see report.html*", ""]
+
+    def samples(self, rows: Sequence[dict[str, str]], run: Run, scores: list[str]) -> None:
+        for row in rows:
+            reference, prediction = _reference_text(row["reference"]), row["prediction"]
+            figures = ", ".join(f"{name} {_show(_number(row.get(name)))}" for name in scores)
+            failure = f"; error: {row['error']}" if row.get("error") else ""
+            error = f'<div class="err">error: {_e(row["error"])}</div>' if row.get("error") else ""
+            self._html.append(
+                f'<div class="sample">{self._thumbnail(row, run)}<div class="text">'
+                f"<b>sample {_e(row['sample_id'])}</b> {_e(figures)}{error}\n"
+                f"<b>prompt</b>: {_e(row['prompt'])}\n"
+                f"<b>reference</b>: {_diff(prediction, reference)[1]}\n"
+                f"<b>prediction</b>: {_diff(prediction, reference)[0]}</div></div>"
+            )
+            self._md.append(
+                f"- sample {row['sample_id']} ({figures}{failure}): "
+                f"prompt `{_md(row['prompt'])}`, reference `{_md(reference)}`, "
+                f"prediction `{_md(prediction)}`"
+            )
+        self._md.append("")
+
+    def flips(self, pairs: Sequence[tuple[dict[str, str], dict[str, str]]], pair: Pair) -> None:
+        for row_a, row_b in pairs:
+            reference = _reference_text(row_a["reference"])
+            self._html.append(
+                f'<div class="sample">{self._thumbnail(row_a, pair.a)}<div class="text">'
+                f"<b>sample {_e(row_a['sample_id'])}</b>\n"
+                f"<b>reference</b>: {_e(reference)}\n"
+                f"<b>A</b> ({_e(row_a['prompt'])}): {_diff(row_a['prediction'], reference)[0]}\n"
+                f"<b>B</b> ({_e(row_b['prompt'])}): {_diff(row_b['prediction'], reference)[0]}"
+                "</div></div>"
+            )
+            self._md.append(
+                f"- sample {row_a['sample_id']}: reference `{_md(reference)}`, "
+                f"A `{_md(row_a['prediction'])}`, B `{_md(row_b['prediction'])}`"
+            )
+        self._md.append("")
+
+    def preformatted(self, title: str, text: str) -> None:
+        self._html.append(f"<details><summary>{_e(title)}</summary><pre>{_e(text)}</pre></details>")
+        self._md += [f"<details><summary>{title}</summary>", "", "```", text.rstrip(), "```",
+                     "", "</details>", ""]  # fmt: skip
+
+    def _thumbnail(self, row: dict[str, str], run: Run) -> str:
+        try:
+            images = json.loads(row.get("image_paths") or "[]")
+        except json.JSONDecodeError:
+            images = []
+        if not images:
+            return "<div>(no image)</div>"
+        path = Path(images[0])
+        if not path.is_absolute() and run.dataset_root is not None:
+            path = run.dataset_root / path
+        if path not in self._thumbnails:
+            self._thumbnails[path] = _thumbnail_uri(path)
+        uri = self._thumbnails[path]
+        if not uri:
+            return f"<div>(image not readable: {_e(str(path))})</div>"
+        return f'<div><img alt="{_e(path.name)}" src="{uri}"></div>'
+
+    def html(self) -> str:
+        stamp = datetime.now().isoformat(timespec="seconds")
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{_e(self.title)}</title><style>{STYLE}</style></head><body>"
+            f'<h1>{_e(self.title)}</h1><p class="note">made {stamp} by runners.report</p>'
+            + "\n".join(self._html)
+            + f"<script>{SCRIPT}</script></body></html>\n"
+        )
+
+    def markdown(self) -> str:
+        return "\n".join(self._md).rstrip() + "\n"
+
+
+def _thumbnail_uri(path: Path) -> str:
+    """A small JPEG of the image as a data URI; "" when it is not a readable regular image file
+    (a FIFO would block, a decompression bomb would fill the memory)."""
+    from PIL import Image
+
+    if not path.is_file():
+        return ""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_THUMBNAIL_SOURCE_PIXELS:
+                return ""
+            image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a smaller scale
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=75)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ""
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _diff(prediction: str, reference: str) -> tuple[str, str]:
+    """Prediction and reference as HTML, what one has and the other lacks marked."""
+    matcher = difflib.SequenceMatcher(None, reference, prediction, autojunk=False)
+    shown_prediction, shown_reference = [], []
+    for operation, r0, r1, p0, p1 in matcher.get_opcodes():
+        if operation == "equal":
+            shown_prediction.append(_e(prediction[p0:p1]))
+            shown_reference.append(_e(reference[r0:r1]))
+            continue
+        if p1 > p0:
+            shown_prediction.append(f"<ins>{_e(prediction[p0:p1])}</ins>")
+        if r1 > r0:
+            shown_reference.append(f"<del>{_e(reference[r0:r1])}</del>")
+    return "".join(shown_prediction), "".join(shown_reference)
+
+
+def _reference_text(encoded: str) -> str:
+    """A reference as written in predictions.csv, in words: several answers joined by " | "."""
+    try:
+        value = json.loads(encoded)
+    except (json.JSONDecodeError, TypeError):
+        return encoded or ""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return " | ".join(value)
+    return encoded if not isinstance(value, str) else value
+
+
+def _cell(column: str, value: Any, bars: bool) -> str:
+    number = _number(value)
+    if number is None:
+        return f"<td>{_e(_show(value))}</td>"
+    bar = bars and SAMPLE_SCORES.get(column) is True and 0 <= number <= 1  # a share: 0 to 1
+    style = f' class="n bar" style="--v:{number:.4f}"' if bar else ' class="n"'
+    return f'<td{style} data-v="{number!r}">{_e(_show(number))}</td>'
+
+
+def _percentiles(values: Sequence[float]) -> str:
+    ordered = sorted(values)
+
+    def at(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+    return (f"{len(values)} samples, median {at(0.5):.4g} s, p95 {at(0.95):.4g} s, "
+            f"max {ordered[-1]:.4g} s")  # fmt: skip
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool) or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+def _show(value: Any) -> str:
+    """A value as a report shows it: numbers read from text to four significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        number = _number(value)
+        if number is None or "." not in value:
+            return value
+        value = number
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _md(text: str) -> str:
+    return text.replace("`", "'").replace("\n", " ").replace("|", "\\|")
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(_md(str(cell)) for cell in cells) + " |"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    from runners.outputs import read_complete_rows
+
+    return list(read_complete_rows(path))
+
+
+def _read_json_or_empty(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def _write_text(path: Path, text: str) -> None:
+    from runners.outputs import replace_atomically
+
+    replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def report_run(run_dir: Path) -> Path | None:
+    """report.html and report.md of a run that just ended, in its directory. A report that
+    can't be made is logged, not raised: the run's own files are written by then."""
+    import logging
+
+    try:
+        return write_report([read_run(run_dir)], run_dir)[0]
+    except Exception as error:  # a figure that fails must not turn a finished run into a failed one
+        logging.getLogger(__name__).warning("report.html not written: %s", error)
+        return None
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m runners.report",
+        description="Write report.html and report.md for one run, several runs or a sweep; "
+        "two runs of the same dataset are also compared sample by sample.",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run or sweep output directories")
+    parser.add_argument("--out", type=Path, help="where to write (default: the one directory "
+                        "given, else outputs/reports/<time>)")  # fmt: skip
+    parser.add_argument("--worst", type=int, default=12, help="samples shown per list")
+    arguments = parser.parse_args(argv)
+    try:
+        paths = run_dirs(arguments.runs)
+        clash = len({path.name for path in paths}) < len(paths)  # e.g. job 0 of two sweeps
+        runs = [read_run(path, f"{path.parent.name}/{path.name}" if clash else None)
+                for path in paths]  # fmt: skip
+        out = arguments.out or _default_out(arguments.runs)
+        html_path, _ = write_report(runs, out, worst=arguments.worst, pair=len(runs) == 2)
+    except RunnerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(html_path)
+    return 0
+
+
+def _default_out(given: Sequence[Path]) -> Path:
+    if len(given) == 1:
+        return given[0]
+    return Path("outputs", "reports", datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
