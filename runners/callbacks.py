@@ -22,8 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runners.config import RunnerError
-from runners.outputs import read_json, write_json
+from runners.config import RunnerError, shard_folder
+from runners.outputs import read_complete_rows, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,11 @@ class SweepSummary(Callback):
         if summary is None:
             log.warning("no job of this sweep left a record under %s", sweep_dir)
             return
-        log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.csv", len(summary))
+        log.info("sweep summary: %s (%d runs)", sweep_dir / "summary.csv", len(summary))
         failed = summary[summary["status"] != "ok"]
         if len(failed):
             log.error(
-                "%d of %d jobs did not end ok: %s",
+                "%d of %d runs did not end ok: %s",
                 len(failed),
                 len(summary),
                 "; ".join(f"{row.job}: {row.status}" for row in failed.itertuples()),
@@ -78,7 +78,7 @@ def finish_sweep(sweep_dir: Path) -> Any:
 def _write_sweep_report(sweep_dir: Path) -> None:
     from runners.report import read_run, write_report
 
-    jobs = [job for job in sweep_jobs(sweep_dir) if (job / "metrics.csv").is_file()]
+    jobs = [run for run in sweep_runs(sweep_dir) if (run / "metrics.csv").is_file()]
     if not jobs:
         return
     try:
@@ -94,48 +94,63 @@ def run_sweep_job(
     output_dir: Path,
     hydra_config: Any,
 ) -> dict[str, Any] | None:
-    """Run one job of a sweep with ``run``; whatever happens, record how it ended in job.json.
+    """Run one job of a sweep with ``run``; whatever happens, record how it ended in job.json
+    (a shard's in its own folder: the shards of a run share its directory).
 
     A job that fails (a model that can't load, a bad dataset, a crash) logs why and returns,
     so the launcher goes on to the next job.
     """
-    output_dir.mkdir(parents=True, exist_ok=True)
+    job_dir = output_dir / shard_folder_of(cfg)
+    job_dir.mkdir(parents=True, exist_ok=True)
     sweep_file = Path(hydra_config.sweep.dir) / SWEEP_FILE
     record = {
         "sweep_id": read_json(sweep_file)["id"] if sweep_file.is_file() else None,
         "num": int(hydra_config.job.num),
         "job": output_dir.name,
+        "shard": job_dir != output_dir,
         "overrides": list(hydra_config.overrides.task),
         "model": _config_value(cfg, "model.init_params.model_name", "model.name"),
         "dataset": _config_value(cfg, "dataset.name", "dataset.root"),
         "status": "running",
         "error": "",
     }
-    write_json(output_dir / JOB_FILE, record)
+    write_json(job_dir / JOB_FILE, record)
     row = None
     try:
         row = run(cfg, output_dir)
         record["status"] = row["status"]
+        if record["shard"]:
+            record.update(merged=row["merged"], waiting_for=row.get("waiting_for", []))
     except RunnerError as error:
         log.error("%s", error)
         record.update(status="failed", error=str(error))
     except Exception as error:  # one job's crash must not cost the sweep its other jobs
         log.exception("job %s failed", output_dir.name)
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
-    write_json(output_dir / JOB_FILE, record)
+    write_json(job_dir / JOB_FILE, record)
     return row
 
 
+def shard_folder_of(cfg: DictConfig) -> str:
+    """The shard's folder in the run directory that ``cfg`` runs (runners.config.shard_folder)."""
+    try:
+        return shard_folder(int(cfg.runner.shard_index), int(cfg.runner.num_shards))
+    except Exception:  # not numbers: the run itself says so, in its one line
+        return ""
+
+
 def write_summary(sweep_dir: Path) -> Any:
-    """summary.csv (one row per job of this sweep, by job number) and summary.png."""
+    """summary.csv (one row per run of this sweep, by job number: the shards of a run are one)
+    and summary.png."""
     import pandas as pd
 
     rows = []
-    for job_dir in sweep_jobs(sweep_dir):
-        job = read_json(job_dir / JOB_FILE)
-        row = {key: job[key] for key in ("num", "job", "status", "error", "model", "dataset")}
-        metrics_file = job_dir / "metrics.csv"
-        if job["status"] in ("ok", "too_many_errors") and metrics_file.is_file():
+    for run_dir, jobs in sweep_runs(sweep_dir).items():
+        first = jobs[0]
+        row = {key: first[key] for key in ("num", "job", "model", "dataset")}
+        row.update(_run_status(run_dir, jobs))
+        metrics_file = run_dir / "metrics.csv"
+        if row["status"] in ("ok", "too_many_errors") and metrics_file.is_file():
             metrics = pd.read_csv(metrics_file).iloc[0].to_dict()
             row.update({key: value for key, value in metrics.items() if key != "status"})
         rows.append(row)
@@ -148,6 +163,20 @@ def write_summary(sweep_dir: Path) -> Any:
     return summary
 
 
+def _run_status(run_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """How a run of the sweep ended: its job's status; for shards, the first failure, else the
+    merged run's status, else ``incomplete`` (a shard not run in this sweep is not finished)."""
+    if not jobs[0]["shard"]:
+        return {"status": jobs[0]["status"], "error": jobs[0]["error"]}
+    for job in jobs:
+        if job["status"] not in ("ok", "too_many_errors"):
+            return {"status": job["status"], "error": job["error"]}
+    if any(job.get("merged") for job in jobs):
+        (metrics,) = read_complete_rows(run_dir / "metrics.csv")
+        return {"status": metrics["status"], "error": ""}
+    return {"status": "incomplete", "error": "; ".join(jobs[-1].get("waiting_for", []))}
+
+
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The directories of this sweep's jobs (by the id in sweep.json), by job number."""
     sweep_file = sweep_dir / SWEEP_FILE
@@ -158,6 +187,17 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
         if job.get("sweep_id") == sweep_id:  # not one left by an earlier sweep into this folder
             jobs.append((int(job["num"]), job_file.parent))
     return [path for _, path in sorted(jobs)]
+
+
+def sweep_runs(sweep_dir: Path) -> dict[Path, list[dict[str, Any]]]:
+    """This sweep's run directories, by their first job's number, each with its jobs' records:
+    one job, or one per shard (whose job.json is in ``shards/<i>-of-<n>/`` of the run)."""
+    runs: dict[Path, list[dict[str, Any]]] = {}
+    for job_dir in sweep_jobs(sweep_dir):
+        job = read_json(job_dir / JOB_FILE)
+        run_dir = job_dir.parents[1] if job.get("shard") else job_dir
+        runs.setdefault(run_dir, []).append(job)
+    return runs
 
 
 def _config_value(cfg: DictConfig, *keys: str) -> str:

@@ -12,8 +12,11 @@ the values a run will use.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,9 +95,19 @@ class RunnerConfig:
     progress: bool = True
     # report.html and report.md in the run directory when the run ends (runners/report.py).
     report: bool = True
+    # Split the run over workers (runners/shards.py): this one answers the shard_index-th of
+    # num_shards equal consecutive slices of the selected samples; the last to end merges them.
+    num_shards: int = 1
+    shard_index: int = 0
 
     def __post_init__(self) -> None:
         checks = [
+            (self.num_shards >= 1, "runner.num_shards must be >= 1"),
+            (
+                0 <= self.shard_index < self.num_shards,
+                f"runner.shard_index must be from 0 to runner.num_shards - 1 "
+                f"({self.num_shards - 1})",
+            ),
             (self.batch_size >= 1, "runner.batch_size must be >= 1"),
             (self.limit is None or self.limit >= 0, "runner.limit must be >= 0 or null"),
             (0 <= self.max_error_rate <= 1, "runner.max_error_rate must be between 0 and 1"),
@@ -261,9 +274,37 @@ def register() -> None:
     store.store(group="runner", name="default", node=RunnerConfig)
     store.store(group="paths", name="default", node=PathsConfig)
     for name, resolver in (("project_root", lambda: str(PROJECT_ROOT)),
-                           ("default_cache_dir", default_cache_dir)):  # fmt: skip
+                           ("default_cache_dir", default_cache_dir),
+                           ("sweep_subdir", sweep_subdir),
+                           ("shard_folder", shard_folder)):  # fmt: skip
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def shard_folder(index: int, count: int) -> str:
+    """Where shard ``index`` of ``count`` keeps its own files inside the run directory
+    (``shards/<i>-of-<n>/``); "" for a run that is not split."""
+    return f"shards/{index}-of-{count}/" if int(count) > 1 else ""
+
+
+# Overrides that never make another run of a sweep: the shards of one run differ in the first.
+SAME_RUN_OVERRIDES = frozenset({"runner.shard_index", "run_name", "runner.resume",
+                                "runner.progress", "runner.report", "tracking", "tracking.uri",
+                                "tracking.experiment"})  # fmt: skip
+
+
+def sweep_subdir(number: int, model: str, dataset: str, num_shards: int, overrides: Any) -> str:
+    """A sweep job's folder: ``<n>_<model>_<dataset>``. The shards of one run answer into one
+    run directory, so theirs is named by what they share: ``<model>_<dataset>_<N>shards``, then
+    every other override of the job (a sweep over batch sizes makes one run per size)."""
+    if int(num_shards) <= 1:
+        return f"{number}_{model}_{dataset}"
+    named = {"model", "dataset", "runner.num_shards", *SAME_RUN_OVERRIDES}
+    others = [str(item) for item in overrides if str(item).split("=")[0].lstrip("+~") not in named]
+    name = re.sub(r"[^\w.=,+-]", "_", "_".join([f"{model}_{dataset}_{num_shards}shards", *others]))
+    if len(name) > 120:  # a folder name must stay short; the digest keeps it unique
+        name = f"{name[:100]}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return name
 
 
 def to_settings(cfg: DictConfig, schema: type) -> Any:
@@ -327,18 +368,32 @@ def run_hydra_command(main: Callable[[], Any]) -> Any:
         print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except ValueError as error:
-        if not _raised_by_hydra(error):
+        if not _raised_in(error, "hydra."):
             raise
         print(f"error: {error}", file=sys.stderr)  # a command-line mistake, e.g. -m with --cfg
         raise SystemExit(2) from None
+    except RuntimeError as error:
+        # submitit's SLURM executor refuses a machine without SLURM in a 25-line traceback.
+        if not (_raised_in(error, "submitit.slurm") and shutil.which("sbatch") is None):
+            raise
+        print(f"error: {SLURM_MISSING}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
-def _raised_by_hydra(error: BaseException) -> bool:
+SLURM_MISSING = (
+    "the launcher submits the jobs to SLURM, which is not installed here (no sbatch on PATH); "
+    "run the command on the cluster's login node, or pick a launcher for this machine: "
+    "hydra/launcher=joblib (processes) or hydra/launcher=submitit_local"
+)
+
+
+def _raised_in(error: BaseException, module_prefix: str) -> bool:
+    """Whether the innermost frame of the error's traceback is in a module of that prefix."""
     traceback = error.__traceback__
     while traceback is not None and traceback.tb_next is not None:
         traceback = traceback.tb_next
     module = traceback.tb_frame.f_globals.get("__name__", "") if traceback else ""
-    return module.startswith("hydra.")
+    return module.startswith(module_prefix)
 
 
 register()

@@ -12,7 +12,11 @@ from the same model and the same questions. The fingerprint holds:
 
 What only chooses *which* samples run (``limit``, ``shuffle``, ``seed``) or how they are batched
 is left out: a run may be extended with a larger limit, or resumed with a smaller batch after
-running out of memory. Image files are not hashed: replacing an image in place goes unnoticed.
+running out of memory. A run split into shards adds its number of shards and the selection
+(``runner.limit``, ``dataset.limit``, ``shuffle``, ``seed``), which decide each shard's samples
+(:func:`runners.shards.fingerprint_section`); the shard index is left out, so every shard of
+a run has the same fingerprint. Image files are not hashed: replacing an image in place goes
+unnoticed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from model_interface import ModelFactory
 from runners.config import RunnerError
 from runners.datasets import FORMATS, Dataset
-from runners.outputs import has_rows, read_json, write_json
+from runners.outputs import answer_files, has_rows, read_json, write_json
 from runners.tasks import TASKS, Task
 
 FILE_NAME = "fingerprint.json"
@@ -86,19 +90,20 @@ def fingerprint(
     }
 
 
-def claim(run_dir: Path, current: Mapping[str, Any], *, resume: bool) -> None:
+def claim(run_dir: Path, current: Mapping[str, Any], *, resume: bool, answers: Path) -> None:
     """Make ``run_dir`` this run's: refuse if it holds answers from a different one.
 
-    Called before the model loads. A directory without answers is taken over whatever its old
+    ``answers`` is the file this run appends to: predictions.csv, or its shard's. Called before
+    the model loads. The answers of every shard count, so a shard started with another
+    configuration is refused too. A directory without answers is taken over whatever its old
     fingerprint says (a run that failed before answering anything, fixed and started again).
     """
-    predictions = run_dir / "predictions.csv"
-    if has_rows(predictions):
-        if not resume:
-            raise RunnerError(
-                f"{predictions} exists; pass runner.resume=true to continue that run, or "
-                "choose another run_name / hydra.run.dir"
-            )
+    if has_rows(answers) and not resume:
+        raise RunnerError(
+            f"{answers} exists; pass runner.resume=true to continue that run, or "
+            "choose another run_name / hydra.run.dir"
+        )
+    if any(has_rows(path) for path in answer_files(run_dir)):
         path = run_dir / FILE_NAME
         if not path.is_file():
             raise RunnerError(
@@ -108,14 +113,18 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, resume: bool) -> None:
             )
         changes = differences(read_json(path), current)
         if changes:
-            more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
             raise RunnerError(
                 f"{run_dir} holds answers from a different configuration "
-                f"({'; '.join(changes[:3])}{more}); choose "
-                f"another run_name (or hydra.run.dir) for this one, or delete {run_dir} to "
-                "start over"
+                f"({summary(changes)}); choose another run_name (or hydra.run.dir) for this "
+                f"one, or delete {run_dir} to start over"
             )
     write_json(run_dir / FILE_NAME, current)
+
+
+def summary(changes: list[str]) -> str:
+    """The first three of :func:`differences`' lines, and how many more there are."""
+    more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return "; ".join(changes[:3]) + more
 
 
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -11,7 +11,14 @@ A run directory holds:
   ``id`` the sample's 0-based position in the annotation file, as their evaluator reads it;
 * ``environment.json``: versions, device, git commit, seed;
 * ``job.json`` (sweep jobs only): the job's number, status and error, for the sweep summary;
-* ``.hydra/``: Hydra's record of the config, enough to reproduce the run.
+* ``.hydra/``: Hydra's record of the config, enough to reproduce the run;
+* for a run split into shards (:mod:`runners.shards`), ``shards/<i>-of-<n>/`` per shard: its
+  own predictions.csv as answered, ``shard.json`` (what its last attempt cost), and its
+  environment.json, job.json and .hydra/; the files above are the merged run's, and
+  ``shards.csv`` has a row per shard.
+
+While a run (or a shard) answers, it holds a lock on ``.lock`` beside its predictions.csv, so
+a second process started into the same place stops at once instead of writing beside it.
 
 predictions.csv is appended to one batch at a time, each batch written in full before the next,
 so a run killed at any point (``kill -9``, a full disk) loses at most the batch in flight; a
@@ -247,6 +254,44 @@ class CsvStream:
         self.temporary.unlink(missing_ok=True)
 
 
+def answer_files(run_dir: Path) -> list[Path]:
+    """Every predictions file of a run directory: its own, and each shard's."""
+    return [run_dir / "predictions.csv", *sorted(run_dir.glob("shards/*/predictions.csv"))]
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on the file ``path`` (made if missing) for the block. If another
+    process holds it: wait for it with ``wait``, else refuse with one line naming the holder
+    (``what`` says what the lock guards).
+
+    Where the file system has no locks (some network file systems), the block runs unlocked.
+    """
+    import fcntl
+    import socket
+
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise RunnerError(
+                f"{what} is in use by another process ({holder}); wait for it to end, or stop "
+                "it, then run the same command again"
+            ) from None
+        except OSError:
+            pass  # no locks here: nothing to hold
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def has_rows(path: Path) -> bool:
     """Whether a predictions file holds at least one row after its header (reads two lines)."""
     if not path.is_file():
@@ -258,8 +303,11 @@ def has_rows(path: Path) -> bool:
 
 def replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
     """Write ``path`` through ``write(binary handle)`` into a temporary file, then rename it
-    over ``path``. On failure the temporary file is removed and ``path`` is left as it was."""
-    temporary = path.with_name(path.name + ".tmp")
+    over ``path``. On failure the temporary file is removed and ``path`` is left as it was.
+
+    The temporary file is this process's own: the shards of a run, in several processes,
+    write the run's fingerprint.json at the same time."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with temporary.open("wb") as handle:
             write(handle)

@@ -122,7 +122,9 @@ def read_run(path: Path, name: str | None = None) -> Run:
     columns = list(rows[0]) if rows else []
     scores = [column for column in columns if column not in PREDICTION_COLUMNS
               and any(_number(row[column]) is not None for row in rows)]  # fmt: skip
-    hydra_config = path / ".hydra" / "config.yaml"
+    # A merged run's config is its shards' (runners/shards.py), each in its own folder.
+    configs = [path / ".hydra" / "config.yaml", *sorted(path.glob("shards/*/.hydra/config.yaml"))]
+    hydra_config = next((config for config in configs if config.is_file()), configs[0])
     return Run(
         path=path,
         name=name or path.name,
@@ -138,12 +140,12 @@ def read_run(path: Path, name: str | None = None) -> Run:
 
 def run_dirs(paths: Iterable[Path]) -> list[Path]:
     """Each path as given, but a sweep's directory replaced by its jobs that left results."""
-    from runners.callbacks import SWEEP_FILE, sweep_jobs
+    from runners.callbacks import SWEEP_FILE, sweep_runs
 
     found: list[Path] = []
     for path in paths:
         if (path / SWEEP_FILE).is_file() and not (path / "metrics.csv").is_file():
-            jobs = [job for job in sweep_jobs(path) if (job / "metrics.csv").is_file()]
+            jobs = [run for run in sweep_runs(path) if (run / "metrics.csv").is_file()]
             if not jobs:
                 raise ReportError(f"no job of the sweep in {path} has results yet")
             found.extend(jobs)

@@ -1,9 +1,12 @@
 """Benchmark a vision-language model on a dataset: ``python -m runners.run [overrides]``.
 
-A run is six steps, one function each: :func:`check` (config, the whole dataset, the run
-directory's fingerprint) → :func:`load` (the model) → :func:`resume` (what is answered already)
-→ :func:`answer` → :func:`score` (every row of predictions.csv) → :func:`write` (metrics). Every
-mistake in the config or the dataset is found by ``check``, before a model is loaded.
+A run is seven steps, one function each: :func:`check` (the config, the whole dataset) →
+:func:`claim` (the run directory: locked while the run answers, its fingerprint compared) →
+:func:`load` (the model) → :func:`resume` (what is answered already) → :func:`answer` →
+:func:`score` (every row of predictions.csv) → :func:`write` (metrics). Every mistake in the
+config or the dataset is found by ``check``, before a model is loaded. A shard of a run
+(:mod:`runners.shards`) ends in ``finish_shard`` instead of the last two: the last shard to
+end scores and writes the merged run.
 
 The Hydra entry point is thin: it hands the composed config and the run's output directory to
 :func:`run_experiment`, which tests call directly. Heavy imports (torch, the model's
@@ -34,6 +37,7 @@ from runners.config import (
     RunConfig,
     RunnerError,
     model_config,
+    shard_folder,
     to_settings,
 )
 
@@ -51,6 +55,25 @@ class Plan:
     dataset: Any  # runners.datasets.Dataset
     task: Any  # runners.tasks.Task
     n_selected: int
+    fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sharded(self) -> bool:
+        return self.settings.runner.num_shards > 1
+
+    def answers_dir(self, run_dir: Path) -> Path:
+        """Where this run keeps its answers: the run directory, or its shard's folder in it."""
+        runner = self.settings.runner
+        return run_dir / shard_folder(runner.shard_index, runner.num_shards)
+
+    def selected(self) -> Iterator[Any]:
+        """The samples this run answers, in dataset order: the selection (filters, shuffling,
+        limits), or this shard's slice of it."""
+        from runners.shards import bounds
+
+        runner = self.settings.runner
+        start, stop = bounds(self.n_selected, runner.shard_index, runner.num_shards)
+        return itertools.islice(self.dataset.samples(), start, stop)
 
 
 @dataclass
@@ -73,29 +96,75 @@ class Answered:
     peak_gpu_mb: float | None
 
 
+@dataclass
+class RunCost:
+    """What this invocation cost and which model it ran: metrics.csv's columns beside the
+    counts, timing and quality that come from the rows."""
+
+    model: str
+    framework: str
+    answered_now: int
+    import_s: float
+    load_s: float
+    model_reused: bool
+    cache_hit: bool | None
+    wall_s: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, reused: bool, answered: Answered) -> RunCost:
+        model = loaded.model
+        return cls(
+            model=model.model_name,
+            framework=model.framework,
+            answered_now=answered.n_samples,
+            import_s=0.0 if reused else loaded.import_s,
+            load_s=0.0 if reused else loaded.load_s,
+            model_reused=reused,
+            cache_hit=model.cache_hit,
+            wall_s=answered.wall_s,
+            peak_rss_mb=max(answered.peak_rss_mb, loaded.peak_rss_mb),
+            peak_gpu_mb=_max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
+        )
+
+
 _current_model: LoadedModel | None = None  # kept between the jobs of a sweep
 
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run one model on one dataset; write predictions, metrics and environment to output_dir.
 
-    Returns the metrics row. Raises :class:`RunnerError` for mistakes in the config or the
-    dataset (before the model loads) and for outputs that can't be written.
+    Returns the metrics row (a shard that leaves others to finish: its own counts). Raises
+    :class:`RunnerError` for mistakes in the config or the dataset (before the model loads) and
+    for outputs that can't be written.
     """
+    from runners.outputs import LOCK_FILE, exclusive
+
     run_dir = Path(output_dir)
-    plan = check(cfg, run_dir)
-    loaded, reused = load(plan.model)
-    predictions, todo, n_todo = resume(run_dir, plan, loaded)
-    answered = answer(loaded.model, plan, predictions, todo, n_todo)
-    run_tally, quality = score(run_dir, predictions, plan)
-    return write(run_dir, plan, loaded, reused, answered, run_tally, quality)
+    plan = check(cfg)
+    answers_dir = plan.answers_dir(run_dir)
+    answers_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(answers_dir / LOCK_FILE, f"the answers in {answers_dir}"):
+        claim(run_dir, plan)
+        loaded, reused = load(plan.model)
+        predictions, todo, n_todo = resume(run_dir, plan, loaded)
+        answered = answer(loaded.model, plan, predictions, todo, n_todo)
+        cost = RunCost.of(loaded, reused, answered)
+        if plan.sharded:
+            from runners.shards import finish_shard
+
+            return finish_shard(run_dir, plan, cost)
+        run_tally, quality = score(run_dir, predictions, plan)
+        return write(run_dir, plan, cost, run_tally, quality)
 
 
-def check(cfg: DictConfig, run_dir: Path) -> Plan:
-    """Check the config, every record of the dataset against the task, and the run directory;
-    claim the directory. Reads the annotation file (never an image) and imports no model."""
+def check(cfg: DictConfig) -> Plan:
+    """Check the config and every record of the dataset against the task; the plan of the run,
+    with its fingerprint. Reads the annotation file (never an image) and imports no model."""
     from model_interface import ModelFactoryError
-    from runners.fingerprint import claim, fingerprint
+    from runners.fingerprint import fingerprint
+    from runners.shards import fingerprint_section
 
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
@@ -112,9 +181,18 @@ def check(cfg: DictConfig, run_dir: Path) -> Plan:
         current = fingerprint(model, dataset, settings.task, task)
     except (ModelFactoryError, ValueError) as error:
         raise RunnerError(str(error)) from None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    claim(run_dir, current, resume=runner.resume)
-    return Plan(settings, model, dataset, task, n_selected)
+    if runner.num_shards > 1:
+        current["shards"] = fingerprint_section(settings)
+    return Plan(settings, model, dataset, task, n_selected, current)
+
+
+def claim(run_dir: Path, plan: Plan) -> None:
+    """Make the run directory this run's: refuse answers there from another configuration
+    (any shard's), and record the fingerprint."""
+    from runners import fingerprint
+
+    fingerprint.claim(run_dir, plan.fingerprint, resume=plan.settings.runner.resume,
+                      answers=plan.answers_dir(run_dir) / "predictions.csv")  # fmt: skip
 
 
 def dataset_and_task(dataset_settings: Any, task_config: Any, metric_names: list[str]) -> Any:
@@ -167,13 +245,13 @@ def resume(
 
     settings = plan.settings
     _seed_everything(settings.seed)
-    write_json(run_dir / "environment.json", environment_record(settings.seed, PROJECT_ROOT))
-    predictions = PredictionsFile(run_dir / "predictions.csv")
+    answers_dir = plan.answers_dir(run_dir)
+    write_json(answers_dir / "environment.json", environment_record(settings.seed, PROJECT_ROOT))
+    predictions = PredictionsFile(answers_dir / "predictions.csv")
     done = {row["sample_id"] for row in predictions.open(resume=settings.runner.resume)}
 
     def todo() -> Iterator[Any]:
-        selected = itertools.islice(plan.dataset.samples(), settings.runner.limit)
-        return (sample for sample in selected if sample.id not in done)
+        return (sample for sample in plan.selected() if sample.id not in done)
 
     n_todo = sum(1 for _ in todo())  # reads the annotation text only, never an image
     if done:
@@ -253,33 +331,25 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
     return run_tally, quality
 
 
-def write(
-    run_dir: Path,
-    plan: Plan,
-    loaded: LoadedModel,
-    reused: bool,
-    answered: Answered,
-    run_tally: Any,
-    quality: Any,
-) -> dict[str, Any]:
+def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any) -> dict[str, Any]:
     """Write metrics.csv, metrics_by_group.csv and the task's own files; return the metrics
     row."""
-    model, runner = loaded.model, plan.settings.runner
+    runner = plan.settings.runner
     row = {
-        "model": model.model_name,
-        "framework": model.framework,
+        "model": cost.model,
+        "framework": cost.framework,
         "dataset": plan.dataset.name,
         "task": plan.task.name,
         **run_tally.summary(),
-        "answered_now": answered.n_samples,
+        "answered_now": cost.answered_now,
         "batch_size": runner.batch_size,
-        "import_s": 0.0 if reused else loaded.import_s,
-        "load_s": 0.0 if reused else loaded.load_s,
-        "model_reused": reused,
-        "cache_hit": model.cache_hit,
-        "wall_s": answered.wall_s,
-        "peak_rss_mb": max(answered.peak_rss_mb, loaded.peak_rss_mb),
-        "peak_gpu_mb": _max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
+        "import_s": cost.import_s,
+        "load_s": cost.load_s,
+        "model_reused": cost.model_reused,
+        "cache_hit": cost.cache_hit,
+        "wall_s": cost.wall_s,
+        "peak_rss_mb": cost.peak_rss_mb,
+        "peak_gpu_mb": cost.peak_gpu_mb,
         **quality.summary(),
     }
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"

@@ -3,7 +3,9 @@
 A Hydra callback. Each job becomes an MLflow run when it ends: the flattened config as params,
 its metrics.csv row as metrics (numbers only), status, model, dataset and task as tags, and the
 run directory's files as artifacts (predictions.csv, the metrics files, report.html/.md,
-fingerprint.json, environment.json, run.log and ``.hydra/``). A sweep is a parent run, made
+fingerprint.json, environment.json, run.log and ``.hydra/``). A shard of a run
+(runners/shards.py) is a run of its own, with its shard.json as metrics and its folder's files;
+the shard that merged the run adds the merged run's metrics and files. A sweep is a parent run, made
 when the sweep starts, with a child run per job; the parent gets the sweep's summary.csv,
 summary.png and report when it ends.
 
@@ -27,7 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runners.callbacks import JOB_FILE, finish_sweep
+from runners.callbacks import JOB_FILE, finish_sweep, shard_folder_of
 from runners.outputs import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 PARENT_FILE = "tracking.json"
 # Files of a run directory logged as artifacts, when present; .hydra/ goes under "hydra".
 RUN_ARTIFACTS = ("predictions.csv", "answers.csv", "report.html", "report.md",
-                 "fingerprint.json", "environment.json", "run.log", JOB_FILE)  # fmt: skip
+                 "fingerprint.json", "environment.json", "run.log", JOB_FILE,
+                 "shard.json", "shards.csv")  # fmt: skip
 SWEEP_ARTIFACTS = ("summary.csv", "summary.png", "report.html", "report.md", "multirun.yaml")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param's value
 BATCH = 100  # MLflow's limit on params or tags per call
@@ -74,26 +77,34 @@ class MlflowTracking(Callback):
     # --- a job: one run ---
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+        from mlflow.entities import Metric, Param, RunTag
+
         run_dir = Path(config.hydra.runtime.output_dir)
+        # A shard is logged as a run of its own, from its folder; the shard that merged the run
+        # also logs the merged run's metrics and files.
+        job_dir = run_dir / shard_folder_of(config)
+        shard = job_dir != run_dir
+        returned = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        merged = not shard or bool((returned or {}).get("merged"))
         client, experiment_id = self._client()
         tags = {"run_dir": str(run_dir.resolve())}
         sweep_dir = Path(config.hydra.sweep.dir)
-        parent = _parent_run(sweep_dir) if (run_dir / JOB_FILE).is_file() else None
+        parent = _parent_run(sweep_dir) if (job_dir / JOB_FILE).is_file() else None
         if parent is not None:
             tags["mlflow.parentRunId"] = parent
-        run_id = client.create_run(experiment_id, run_name=run_dir.name, tags=tags).info.run_id
-
-        from mlflow.entities import Metric, Param, RunTag
+        name = f"{run_dir.name}/{job_dir.name}" if shard else run_dir.name
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
         try:
             job_config = OmegaConf.to_container(job_return.cfg, resolve=True)
         except Exception:  # a failed job's config may hold what can't be resolved
             job_config = OmegaConf.to_container(job_return.cfg, resolve=False)
         params = [Param(key, value[:MAX_PARAM_CHARS]) for key, value in _flatten(job_config)]
-        metrics_row = _metrics_row(run_dir)
+        metrics_row = _metrics_row(run_dir) if merged else _shard_row(job_dir)
         now_ms = int(time.time() * 1000)
         metrics = [Metric(key, value, now_ms, 0) for key, value in _numbers(metrics_row)]
-        status = _status(run_dir, metrics_row)
+        status = _status(job_dir, metrics_row)
         labels = {key: str(metrics_row.get(key, "")) for key in ("model", "dataset", "task")}
         run_tags = [RunTag(key, value) for key, value in {"status": status, **labels}.items()]
         for start in range(0, max(len(params), 1), BATCH):
@@ -101,10 +112,12 @@ class MlflowTracking(Callback):
                              tags=run_tags if start == 0 else [])  # fmt: skip
         if metrics:
             client.log_batch(run_id, metrics=metrics)
-        for path in _run_artifacts(run_dir):
+        for path in _run_artifacts(job_dir):  # a shard's own under shard/, beside the merged
+            client.log_artifact(run_id, str(path), artifact_path="shard" if shard else None)
+        for path in _run_artifacts(run_dir) if shard and merged else []:
             client.log_artifact(run_id, str(path))
-        if (run_dir / ".hydra").is_dir():
-            client.log_artifacts(run_id, str(run_dir / ".hydra"), artifact_path="hydra")
+        if (job_dir / ".hydra").is_dir():
+            client.log_artifacts(run_id, str(job_dir / ".hydra"), artifact_path="hydra")
         client.set_terminated(run_id, "FINISHED" if status == "ok" else "FAILED")
         log.info("logged to MLflow run %s (%s)", run_id, status)
 
@@ -143,10 +156,19 @@ def _metrics_row(run_dir: Path) -> dict[str, str]:
     return rows[0] if rows else {}
 
 
-def _status(run_dir: Path, metrics_row: Mapping[str, str]) -> str:
+def _shard_row(shard_dir: Path) -> dict[str, str]:
+    """A shard's own record (shard.json: counts, cost, status), as a metrics row."""
+    from runners.shards import RECORD_FILE
+
+    path = shard_dir / RECORD_FILE
+    record = read_json(path) if path.is_file() else {}
+    return {key: str(value) for key, value in record.items() if key != "fingerprint"}
+
+
+def _status(job_dir: Path, metrics_row: Mapping[str, str]) -> str:
     """How the job ended: its job.json in a sweep, else its metrics row (none: it failed)."""
-    if (run_dir / JOB_FILE).is_file():
-        return read_json(run_dir / JOB_FILE)["status"]
+    if (job_dir / JOB_FILE).is_file():
+        return read_json(job_dir / JOB_FILE)["status"]
     return metrics_row.get("status") or "failed"
 
 

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +57,28 @@ def run_cli(
         timeout=timeout,
         **kwargs,
     )
+
+
+def run_until_killed(*args: str, cwd: Path, cache_dir: Path, answers: Path, lines: int,
+                     timeout: float = 120) -> None:  # fmt: skip
+    """``python -m runners.run ARGS`` in ``cwd``, killed with SIGKILL (no chance to clean up) as
+    soon as the file ``answers`` holds more than ``lines`` lines."""
+    env = {**os.environ, "MODEL_INTERFACE_CACHE": str(cache_dir),
+           "PYTHONPATH": str(PROJECT_ROOT)}  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "runners.run", *args], cwd=cwd, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if answers.exists() and answers.read_text().count("\n") > lines:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def error_lines(output: str) -> list[str]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +12,7 @@ import pytest
 from PIL import Image
 
 from runners.run import PROJECT_ROOT, RunnerError, run_experiment
-from tests.helpers import make_config, read_predictions, run_cli, write_dataset
+from tests.helpers import make_config, read_predictions, run_cli, run_until_killed, write_dataset
 
 PREDICTION_COLUMNS = {
     "sample_id", "sample_index", "dataset", "model", "framework", "image_paths", "prompt",
@@ -103,29 +100,9 @@ def test_sigkill_mid_run_then_rerun_gives_each_sample_exactly_once(cache_dir, tm
         "+model.init_params.delay_s=0.1",
         "runner.batch_size=2",
     ]
-    env = {
-        **os.environ,
-        "MODEL_INTERFACE_CACHE": str(cache_dir),
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
     killed_dir = tmp_path / "outputs" / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runners.run", *args, "run_name=killed"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            predictions = killed_dir / "predictions.csv"
-            if predictions.exists() and predictions.read_text().count("\n") > 10:
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, "the run ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    run_until_killed(*args, "run_name=killed", cwd=tmp_path, cache_dir=cache_dir,
+                     answers=killed_dir / "predictions.csv", lines=10, timeout=60)  # fmt: skip
     partial = read_predictions(killed_dir)
     assert 0 < len(partial) < 48
 

@@ -19,7 +19,7 @@ def test_a_job_whose_model_cannot_load_fails_alone(model_cache: Path, tmp_path: 
         cwd=tmp_path, cache_dir=tmp_path / "empty_cache",
     )  # fmt: skip
     assert result.returncode == 1, result.stdout[-3000:]
-    assert "1 of 2 jobs did not end ok: 0_qwen2_vl_2b_sample_docs: failed" in result.stdout
+    assert "1 of 2 runs did not end ok: 0_qwen2_vl_2b_sample_docs: failed" in result.stdout
     sweep = tmp_path / "outputs" / "multirun" / "s"
     summary = pd.read_csv(sweep / "summary.csv", keep_default_na=False)
     assert summary["job"].tolist() == ["0_qwen2_vl_2b_sample_docs", "1_dummy_sample_docs"]

@@ -69,6 +69,31 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job(model_cache, tmp_path) -> 
         assert "job.json" in artifacts(store, child.info.run_id)
 
 
+def test_the_shards_of_a_run_are_children_and_the_last_logs_the_merged_run(
+    model_cache, tmp_path
+) -> None:
+    result = run_cli("--multirun", "model=dummy", "runner.shard_index=0,1",
+                     "runner.num_shards=2", "runner.limit=6", "run_name=s", "tracking=mlflow",
+                     cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    store = tmp_path / "outputs" / "mlflow.db"
+    runs = runs_in(store)
+    first, last = (
+        runs["dummy_sample_docs_2shards_runner.limit=6/0-of-2"],
+        runs["dummy_sample_docs_2shards_runner.limit=6/1-of-2"],
+    )
+    for shard in (first, last):
+        assert shard.data.tags["mlflow.parentRunId"] == runs["s"].info.run_id
+        assert shard.info.status == "FINISHED"
+        assert {"shard/predictions.csv", "shard/shard.json", "shard/job.json"} <= artifacts(
+            store, shard.info.run_id, "shard"
+        )
+    # The first shard has its own counts; the last one merged the run and has its metrics.
+    assert first.data.metrics["n_samples"] == 3 and "anls" not in first.data.metrics
+    assert last.data.metrics["n_samples"] == 6 and "anls" in last.data.metrics
+    assert {"predictions.csv", "metrics.csv", "shards.csv"} <= artifacts(store, last.info.run_id)
+
+
 def test_a_failed_run_is_logged_as_failed_at_the_uri_given(model_cache, tmp_path) -> None:
     team_store = tmp_path / "team" / "store.db"
     result = run_cli("model=dummy", "dataset=vlmhyperbench", f"dataset.root={tmp_path}/none",

@@ -5,12 +5,8 @@ demo (several questions per scan, ``data_index`` naming the document), and ``use
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,13 +14,14 @@ import pytest
 from PIL import Image
 
 from runners.import_vlmhyperbench import USER_CONFIG_COLUMNS, VLM_BASE_COLUMNS
-from runners.run import PROJECT_ROOT, run_experiment
+from runners.run import run_experiment
 from tests.helpers import (
     DEMO_QUESTIONS,
     error_lines,
     make_config,
     read_predictions,
     run_cli,
+    run_until_killed,
     write_demo_dataset,
 )
 
@@ -85,26 +82,9 @@ def test_kill_9_then_resume_gives_the_file_an_uninterrupted_run_writes(
     args = ["model=custom", "model.class_path=tests.wrappers:SlowDummy",
             "model.init_params.model_name=slow", "+model.init_params.delay_s=0.3",
             "runner.batch_size=2", "dataset=vlmhyperbench", f"dataset.root={demo}"]  # fmt: skip
-    env = {**os.environ, "MODEL_INTERFACE_CACHE": str(model_cache),
-           "PYTHONPATH": str(PROJECT_ROOT)}  # fmt: skip
     killed_dir = tmp_path / "outputs" / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runners.run", *args, "run_name=killed"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        predictions_file = killed_dir / "predictions.csv"
-        while time.monotonic() < deadline and process.poll() is None:
-            if predictions_file.exists() and predictions_file.read_text().count("\n") > 6:
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, "the run ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    run_until_killed(*args, "run_name=killed", cwd=tmp_path, cache_dir=model_cache,
+                     answers=killed_dir / "predictions.csv", lines=6)  # fmt: skip
     assert 0 < len(read_predictions(killed_dir)) < N_QUESTIONS
 
     resumed = run_cli(*args, "run_name=killed", cwd=tmp_path, cache_dir=model_cache)
