@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -23,6 +24,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
             if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if shutil.which("sbatch") is None:
+        skip = pytest.mark.skip(reason="needs SLURM (sbatch); scripts/slurm_local.sh makes one")
+        for item in items:
+            if "slurm" in item.keywords:
                 item.add_marker(skip)
 
 
