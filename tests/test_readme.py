@@ -28,6 +28,7 @@ SERVE_COMMAND = "python -m runners.serve"
 EVALUATE_COMMAND = "python -m runners.evaluate"
 IMPORT_COMMAND = "python -m runners.import_vlmhyperbench"
 REPORT_COMMAND = "python -m runners.report"
+MERGE_COMMAND = "python -m runners.merge"
 
 
 def readme_commands(command: str = COMMAND) -> list[str]:
@@ -68,9 +69,10 @@ def what_it_needs(arguments: list[str]) -> str | None:
 
 
 def single_jobs(arguments: list[str]) -> list[list[str]]:
-    """The jobs of a sweep as single runs: job i takes the i-th value of every list."""
+    """The jobs of a sweep as single runs: job i takes the i-th value of every list (a list is
+    ``a,b,c`` or ``range(start,stop)``)."""
     arguments = [argument for argument in arguments if argument not in ("-m", "--multirun")]
-    lists = [argument.partition("=")[2].split(",") for argument in arguments]
+    lists = [_sweep_values(argument.partition("=")[2]) for argument in arguments]
     count = max((len(values) for values in lists), default=1)
     jobs = []
     for index in range(count):
@@ -81,6 +83,12 @@ def single_jobs(arguments: list[str]) -> list[list[str]]:
                        else argument)  # fmt: skip
         jobs.append(job)
     return jobs
+
+
+def _sweep_values(value: str) -> list[str]:
+    if match := re.fullmatch(r"range\((\d+),\s*(\d+)\)", value):
+        return [str(number) for number in range(int(match[1]), int(match[2]))]
+    return value.split(",")
 
 
 def test_the_readme_has_the_commands_it_should() -> None:
@@ -130,6 +138,14 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
                          cache_dir=model_cache)  # fmt: skip
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
         ran.append(command)
+    # A run split into shards above is merged again by hand.
+    merges = readme_commands(MERGE_COMMAND)
+    assert merges
+    for command in merges:
+        arguments = shlex.split(command, comments=True)[3:]
+        result = run_cli(*arguments, module="runners.merge", cwd=tmp_path, cache_dir=model_cache)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
+        assert "merged 2 shards" in result.stdout
     # Reports read the runs above: two runs of one dataset are compared sample by sample.
     reports = readme_commands(REPORT_COMMAND)
     assert len(reports) >= 2
