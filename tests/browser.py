@@ -12,6 +12,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -44,23 +45,37 @@ def open_page(path: Path, *, width: int = 1280, height: int = 1600, timeout: flo
         os.dup2(commands, 3)
         os.dup2(events, 4)
 
-    with tempfile.TemporaryDirectory() as profile:
-        process = subprocess.Popen(
-            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             f"--window-size={width},{height}", f"--user-data-dir={profile}", "about:blank"],
-            close_fds=False, preexec_fn=wire_pipes, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        os.close(commands_read)
-        os.close(events_write)
-        session = _Session(commands_write, events_read, time.monotonic() + timeout)
+    profile = tempfile.mkdtemp(prefix="chromium_profile_")
+    # Its own process group: the renderer and helper processes are killed with the browser,
+    # before the profile they write to is removed.
+    process = subprocess.Popen(
+        [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+         f"--window-size={width},{height}", f"--user-data-dir={profile}", "about:blank"],
+        close_fds=False, preexec_fn=wire_pipes, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(commands_read)
+    os.close(events_write)
+    session = _Session(commands_write, events_read, time.monotonic() + timeout)
+    try:
+        return session.load(path.resolve().as_uri(), width, height)
+    finally:
+        os.close(commands_write)
+        os.close(events_read)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        _remove(Path(profile))
+
+
+def _remove(folder: Path, attempts: int = 50) -> None:
+    """Remove a folder that a process just killed may still have had a file open in."""
+    for _ in range(attempts - 1):
         try:
-            return session.load(path.resolve().as_uri(), width, height)
-        finally:
-            os.close(commands_write)
-            os.close(events_read)
-            process.kill()
-            process.wait(timeout=10)
+            shutil.rmtree(folder)
+            return
+        except OSError:
+            time.sleep(0.1)
+    shutil.rmtree(folder)
 
 
 class _Session:
