@@ -179,7 +179,7 @@ def merge(run_dir: Path, plan: Any) -> dict[str, Any]:
 def write_merged(run_dir: Path, plan: Any, shards: list[Shard]) -> dict[str, Any]:
     """The finished shards' answers as one predictions.csv, scored and written as a single run
     would be, and shards.csv; returns the metrics row. Call with the merge lock held."""
-    from runners.run import RunCost, score, write
+    from runners.run import score, write
 
     merged = run_dir / "predictions.csv"
     merged.unlink(missing_ok=True)  # merged anew from the shards every time
@@ -196,15 +196,17 @@ def write_merged(run_dir: Path, plan: Any, shards: list[Shard]) -> dict[str, Any
     ])  # fmt: skip
     run_tally, quality = score(run_dir, predictions, plan)
     log.info("merged %d shards into %s", len(shards), run_dir)
-    return write(run_dir, plan, _merged_cost(records, RunCost), run_tally, quality)
+    return write(run_dir, plan, _merged_cost(records), run_tally, quality)
 
 
-def _merged_cost(records: list[dict[str, Any]], cost_type: type) -> Any:
+def _merged_cost(records: list[dict[str, Any]]) -> Any:
     """The run's cost columns from its shards': samples summed; times and peaks the largest
     shard's (what the run took with its shards side by side)."""
+    from runners.run import RunCost
+
     gpu = [record["peak_gpu_mb"] for record in records if record["peak_gpu_mb"] is not None]
     hits = [record["cache_hit"] for record in records]
-    return cost_type(
+    return RunCost(
         model=records[0]["model"],
         framework=records[0]["framework"],
         answered_now=sum(record["answered_now"] for record in records),
@@ -226,12 +228,12 @@ def merge_run_dir(run_dir: Path) -> dict[str, Any]:
     from runners.run import check
 
     folders = sorted((run_dir / "shards").glob("*-of-*"))
-    counts = {folder.name.partition("-of-")[2] for folder in folders}
     if not folders:
         raise RunnerError(
             f"{run_dir} holds no shards (shards/<i>-of-<n>/); give the output directory the "
             "shards of one run answered into"
         )
+    counts = {folder.name.partition("-of-")[2] for folder in folders}
     if len(counts) > 1:
         raise RunnerError(f"{run_dir} holds shards of runs split {' and '.join(sorted(counts))} "
                           "ways; keep the folders of one of them")  # fmt: skip
