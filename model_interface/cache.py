@@ -56,6 +56,8 @@ class ResolvedModel:
     """A local directory holding the model's files, ready for ``from_pretrained``."""
     cache_hit: bool
     """True when nothing had to be downloaded or built."""
+    random_weights: bool = False
+    """True for a tiny offline model: its answers are gibberish, its scores mean nothing."""
 
 
 def resolve_model(
@@ -66,7 +68,8 @@ def resolve_model(
         return ResolvedModel(str(Path(model_name).expanduser()), cache_hit=True)
     if tiny.is_tiny_model(model_name):
         built_before = tiny.tiny_model_dir(model_name, cache_dir).is_dir()
-        return ResolvedModel(str(tiny.ensure_tiny_model(model_name, cache_dir)), built_before)
+        path = str(tiny.ensure_tiny_model(model_name, cache_dir))
+        return ResolvedModel(path, built_before, random_weights=True)
     _refuse_a_misspelt_tiny_name(model_name)
 
     from huggingface_hub import constants, snapshot_download

@@ -216,6 +216,10 @@ class ModelInterface(ABC):  # noqa: B024 (abstract by __new__: one of three meth
     cache_hit: bool | None = None
     """Whether the weights came from ``cache_dir`` without a download; ``None`` if unknown."""
 
+    random_weights: bool = False
+    """True for the tiny offline models: they answer gibberish, so their scores mean nothing
+    (the runner says so when a run ends)."""
+
     concurrency: int = 1
     """Requests the model works on at once (an HTTP client's requests in flight); the runner
     hands ``predict_batch`` at least this many at a time."""

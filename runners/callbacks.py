@@ -37,9 +37,12 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json(sweep_dir / SWEEP_FILE, {"id": uuid.uuid4().hex, "started": started})
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            write_json(sweep_dir / SWEEP_FILE, {"id": uuid.uuid4().hex, "started": started})
+        except (OSError, RunnerError):
+            return  # an unwritable sweep directory: the launcher, making it next, says so
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -124,6 +127,9 @@ def run_sweep_job(
     except RunnerError as error:
         log.error("%s", error)
         record.update(status="failed", error=str(error))
+    except KeyboardInterrupt:  # the sweep stops here: its other jobs are not run
+        write_json(job_dir / JOB_FILE, {**record, "status": "interrupted"})
+        raise
     except Exception as error:  # one job's crash must not cost the sweep its other jobs
         log.exception("job %s failed", output_dir.name)
         record.update(status="failed", error=f"{type(error).__name__}: {error}")

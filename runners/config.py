@@ -13,6 +13,7 @@ the values a run will use.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -45,6 +46,14 @@ class RunnerError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run answered; the message says what is kept and how to resume."""
+
+
+INTERRUPTED = "interrupted: what was answered is kept, run the same command to resume"
+INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by SIGINT
 
 
 @dataclass
@@ -235,10 +244,19 @@ class ServeAppConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
 
 
-def model_config(model: Any) -> dict[str, Any]:
-    """The model config with ``init_params.system_prompt_file`` (VLMHyperBench keeps system
-    prompts in ``.txt`` files) replaced by ``system_prompt``, the file's text."""
+CUSTOM_MODEL = "custom"  # conf/model/custom.yaml: any installed wrapper, by class or by name
+
+
+def model_config(model: Any, data_root: str | None = None) -> dict[str, Any]:
+    """The model config, checked, with ``init_params.system_prompt_file`` (VLMHyperBench keeps
+    system prompts in ``.txt`` files) replaced by ``system_prompt``, the file's text. A relative
+    file is looked up in the current directory, then in ``data_root`` (the dataset's root)."""
     config = dict(model)
+    if config.get("name") == CUSTOM_MODEL and not config.get("class_path"):
+        raise RunnerError(
+            "model=custom needs the wrapper to run: model.class_path=pkg.module:Class (an "
+            "installed class), or model.name=<a registered name, e.g. a package's entry point>"
+        )
     params = dict(config.get("init_params") or {})
     path = params.pop("system_prompt_file", None)
     if path is None:
@@ -248,12 +266,19 @@ def model_config(model: Any) -> dict[str, Any]:
             "model.init_params has both system_prompt and system_prompt_file; keep one"
         )
     file = Path(path).expanduser()
+    if not file.is_absolute() and not file.exists() and data_root is not None:
+        file = Path(data_root) / file
     try:
         params["system_prompt"] = file.read_text(encoding="utf-8-sig").strip()
     except OSError as error:
         raise RunnerError(
             f"cannot read model.init_params.system_prompt_file {str(file)!r}: "
             f"{error.strerror or error}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise RunnerError(
+            f"model.init_params.system_prompt_file {str(file)!r} is not UTF-8 text (byte "
+            f"{error.start} is 0x{error.object[error.start]:02x}); re-save it as UTF-8"
         ) from None
     return {**config, "init_params": params}
 
@@ -355,8 +380,10 @@ def _first_line(error: BaseException) -> str:
 
 
 def run_hydra_command(main: Callable[[], Any]) -> Any:
-    """Run a ``@hydra.main`` function as a command. A mistake in the command line or the config
-    ends in one line on stderr and exit status 2, instead of Hydra's multi-line report."""
+    """Run a ``@hydra.main`` function as a command, ending in one line on stderr instead of a
+    traceback or Hydra's multi-line report: exit status 2 for a mistake in the command line or
+    the config (or a SLURM cluster that refuses the jobs), 1 for an output directory that
+    can't be written, 130 for Ctrl-C."""
     # Hydra re-raises rather than printing when HYDRA_FULL_ERROR is set; errors raised by the
     # task itself still show their traceback, as a bug should.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -364,20 +391,69 @@ def run_hydra_command(main: Callable[[], Any]) -> Any:
     logging.raiseExceptions = False
     try:
         return main()
+    except KeyboardInterrupt as interrupt:
+        print(str(interrupt) or INTERRUPTED, file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:  # after Hydra's: its MissingConfigException is an OSError
+        # Hydra makes the output directory and writes .hydra/ before the job starts.
+        if not _raised_outside_the_job(error):
+            raise
+        print(f"error: {cannot_write_outputs(error)}", file=sys.stderr)
+        raise SystemExit(1) from None
     except ValueError as error:
+        if _raised_in(error, "logging.") and isinstance(error.__cause__, OSError):
+            # Hydra's log file (run.log) in an output directory this process can't write.
+            print(f"error: {cannot_write_outputs(error.__cause__)}", file=sys.stderr)
+            raise SystemExit(1) from None
         if not _raised_in(error, "hydra."):
             raise
         print(f"error: {error}", file=sys.stderr)  # a command-line mistake, e.g. -m with --cfg
         raise SystemExit(2) from None
     except RuntimeError as error:
-        # submitit's SLURM executor refuses a machine without SLURM in a 25-line traceback.
-        if not (_raised_in(error, "submitit.slurm") and shutil.which("sbatch") is None):
+        # submitit refuses a machine without SLURM, or a cluster that does not answer, in a
+        # traceback of 25 to 60 lines.
+        if not _raised_in(error, "submitit."):
             raise
-        print(f"error: {SLURM_MISSING}", file=sys.stderr)
+        print(f"error: {_slurm_refusal(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def cannot_write_outputs(error: OSError) -> str:
+    where = error.filename or "the output directory"
+    return (
+        f"cannot write {where}: {error.strerror or error}; run from a directory you can write, "
+        "or choose the output directory with hydra.run.dir=... (hydra.sweep.dir=... for "
+        "--multirun)"
+    )
+
+
+def _slurm_refusal(error: RuntimeError) -> str:
+    if shutil.which("sbatch") is None:
+        return SLURM_MISSING
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = lines[-1] if lines else type(error).__name__
+    return (
+        f"SLURM did not take the jobs ({said}); check that the cluster answers (sinfo), or "
+        "pick a launcher for this machine: hydra/launcher=joblib (processes) or "
+        "hydra/launcher=submitit_local"
+    )
+
+
+def _raised_outside_the_job(error: BaseException) -> bool:
+    """Whether the error came from Hydra's own work around a job (making its output directory,
+    saving its config), not from the job: no frame of the traceback runs the job's code."""
+    traceback = error.__traceback__
+    modules = []
+    while traceback is not None:
+        modules.append(traceback.tb_frame.f_globals.get("__name__", ""))
+        traceback = traceback.tb_next
+    inside_hydra = list(itertools.dropwhile(lambda module: not module.startswith("hydra."),
+                                            modules))  # fmt: skip
+    return bool(inside_hydra) and not any(module.startswith("runners.")
+                                          for module in inside_hydra)  # fmt: skip
 
 
 SLURM_MISSING = (

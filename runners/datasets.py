@@ -30,10 +30,11 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import io
 import itertools
 import json
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -122,6 +123,8 @@ class Dataset:
     shuffle: bool = False
     seed: int = 0
     prompt_collection: PromptCollection | None = None
+    # What a shuffled selection is stratified by (the task's stratum): see samples().
+    stratum: Callable[[Sample], Any] | None = field(default=None, compare=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Dataset:
@@ -199,12 +202,20 @@ class Dataset:
         return digest.hexdigest()
 
     def samples(self) -> Iterator[Sample]:
-        """The dataset's samples after filters, shuffling and ``limit``."""
-        samples = filter(self._keep, self._read())
+        """The dataset's samples after filters, shuffling and ``limit``.
+
+        Shuffled, they are also stratified by :attr:`stratum`: any first k of them hold each
+        stratum in proportion to its share (within one sample), so a limit of any size takes a
+        subset that looks like the whole.
+        """
+        samples = self.filtered()
         if self.shuffle:
-            samples = list(samples)
-            random.Random(self.seed).shuffle(samples)
+            samples = _stratified_shuffle(list(samples), random.Random(self.seed), self.stratum)
         yield from itertools.islice(samples, self.limit)
+
+    def filtered(self) -> Iterator[Sample]:
+        """The samples the filters keep, in file order (before shuffling and limits)."""
+        return filter(self._keep, self._read())
 
     def image_path(self, relative: str) -> Path:
         """The file behind an image entry; refuses paths that leave the dataset root."""
@@ -275,24 +286,23 @@ class Dataset:
     def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             yield from self._decoded_rows()
-        except UnicodeDecodeError as error:
-            raise DatasetError(
-                f"{self.file} is not UTF-8 ({error}); re-save it as UTF-8 (with or without BOM)"
-            ) from None
+        except UnicodeDecodeError:
+            raise DatasetError(_not_utf8(self.file)) from None
 
     def _open(self) -> TextIO:
         return self.file.open(encoding="utf-8-sig", newline="")
 
     def _csv_reader(self, handle: TextIO) -> csv.DictReader:
         delimiter = ";" if self.format == "vlmhyperbench" else ","
-        reader = csv.DictReader(handle, delimiter=delimiter)
+        # strict: a quote never closed is an error, not a field holding the rest of the file.
+        reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
         required = FORMATS[self.format].required
         try:
             header = reader.fieldnames or []
-        except UnicodeDecodeError as error:
-            raise DatasetError(
-                f"{self.file} is not UTF-8 ({error}); re-save it as UTF-8 (with or without BOM)"
-            ) from None
+        except UnicodeDecodeError:
+            raise DatasetError(_not_utf8(self.file)) from None
+        except csv.Error as error:
+            raise DatasetError(f"{self.file.name} line 1 is not valid CSV ({error})") from None
         absent = [column for column in required if column not in header]
         if absent:
             raise DatasetError(
@@ -310,28 +320,34 @@ class Dataset:
                 for line, text in enumerate(handle, start=1):
                     if not text.strip():
                         continue
-                    try:
-                        row = json.loads(text)
-                    except json.JSONDecodeError as error:
-                        raise DatasetError(
-                            f"{self.file.name} line {line}: bad JSON: {error}"
-                        ) from None
+                    row = parse_json(text, f"{self.file.name} line {line}")
                     if not isinstance(row, dict):
                         raise DatasetError(f"{self.file.name} line {line}: expected a JSON object")
                     yield line, row
             return
         with self._open() as handle:
             reader = self._csv_reader(handle)
-            for row in reader:
-                yield reader.line_num, row
+            start = reader.line_num + 1  # the line the next record starts on
+            try:
+                for row in reader:
+                    yield start, row
+                    start = reader.line_num + 1
+            except csv.Error as error:
+                raise DatasetError(
+                    f"{self.file.name} line {start} is not valid CSV ({error}): a quote that is "
+                    "never closed (its field would swallow the lines after it) or text after a "
+                    "closing quote; fix the quoting (a quote inside a quoted value is written "
+                    'twice: "")'
+                ) from None
 
     def _ground_truth_files(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """One row per ``jsons/<page>.json`` (sorted by name), its image found beside it."""
         for number, path in enumerate(sorted(self.file.glob("*.json")), start=1):
             try:
-                record = json.loads(path.read_text(encoding="utf-8-sig"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise DatasetError(f"{path.name}: bad JSON: {error}") from None
+                text = path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError:
+                raise DatasetError(_not_utf8(path)) from None
+            record = parse_json(text, path.name)
             candidates = [f"images/{path.stem}{suffix}" for suffix in IMAGE_SUFFIXES]
             image = next((c for c in candidates if (self.root / c).is_file()), None)
             if image is None:
@@ -376,9 +392,13 @@ class PromptCollection:
             raise DatasetError(
                 f"prompt collection {str(path)!r} does not exist; fix dataset.prompt_collection"
             )
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise DatasetError(f"prompt collection {_not_utf8(path)}") from None
         prompts: dict[str, str] = {}
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter=";")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";", strict=True)
+        try:
             absent = {"prompt", "doc_class_question_type"} - set(reader.fieldnames or [])
             if absent:
                 raise DatasetError(
@@ -393,6 +413,11 @@ class PromptCollection:
                         f"for {key!r}; keep one"
                     )
                 prompts[key] = row["prompt"] or ""
+        except csv.Error as error:
+            raise DatasetError(
+                f"prompt collection {path.name} line {reader.line_num} is not valid CSV "
+                f"({error}); fix the quoting"
+            ) from None
         return cls(path, prompts)
 
     def prompt(self, groups: Mapping[str, str | None], where: str) -> str:
@@ -410,6 +435,27 @@ class PromptCollection:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
+def _stratified_shuffle(
+    samples: list[Sample], rng: random.Random, stratum: Callable[[Sample], Any] | None
+) -> list[Sample]:
+    """The samples in random order, arranged so that every prefix holds each stratum in
+    proportion: the i-th of a stratum's n samples is placed at a random point of the slot
+    [i/n, (i+1)/n) of the whole order."""
+    rng.shuffle(samples)
+    if stratum is None:
+        return samples
+    members: dict[Any, list[Sample]] = {}
+    for sample in samples:
+        members.setdefault(stratum(sample), []).append(sample)
+    placed = [
+        ((index + rng.random()) / len(group), sample)
+        for group in members.values()
+        for index, sample in enumerate(group)
+    ]
+    placed.sort(key=lambda pair: pair[0])
+    return [sample for _, sample in placed]
+
+
 @functools.lru_cache(maxsize=4096)
 def _resolved_folder(folder: Path) -> Path:
     return folder.resolve()
@@ -417,10 +463,7 @@ def _resolved_folder(folder: Path) -> Path:
 
 def _image_list(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{where}: image list is not valid JSON: {error}") from None
+        value = parse_json(value, where, "image list")
     images = tuple(str(item) for item in _as_list(value))
     if not images or not all(images):
         raise DatasetError(f"{where}: a sample needs at least one image path, got {value!r}")
@@ -455,7 +498,7 @@ def decode_reference(text: str) -> Reference:
     if stripped.startswith("[") and stripped.endswith("]"):
         try:
             items = json.loads(stripped)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return text
         if items and all(isinstance(item, str) for item in items):
             return tuple(items)
@@ -480,11 +523,55 @@ def _fields_of(record: Any, where: str) -> dict[str, Any]:
             f"{where}: expected a JSON object of fields, got {type(record).__name__}"
         )
     fields = record.get("fields")
-    if isinstance(fields, dict) and all(
+    layout = isinstance(fields, dict) and any(
         isinstance(value, dict) and "value" in value for value in fields.values()
-    ):
-        return {name: value["value"] for name, value in fields.items()}
-    return record
+    )
+    if not layout:
+        return record
+    for name, value in fields.items():
+        if not (isinstance(value, dict) and "value" in value):
+            raise DatasetError(
+                f'{where}: field {name!r} has no "value", as every field of the '
+                '{"fields": {name: {"value": ...}}} layout must (null for an empty field)'
+            )
+    return {name: value["value"] for name, value in fields.items()}
+
+
+def parse_json(text: str, where: str, what: str = "the JSON") -> Any:
+    """JSON from a dataset file, refused in one line when it is not JSON, is nested deeper than
+    Python can read, or holds a lone surrogate (``"\\ud800"``: valid JSON, but no character,
+    and no file can be written with it)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        problem = "bad JSON" if what == "the JSON" else f"{what} is not valid JSON"
+        raise DatasetError(f"{where}: {problem}: {error}") from None
+    except RecursionError:
+        raise DatasetError(f"{where}: {what} is nested too deeply to read; flatten it") from None
+    if "\\u" in text:  # only an escape can make a lone surrogate
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = f"\\u{ord(error.object[error.start]):04x}"
+            raise DatasetError(
+                f"{where}: {what} holds a lone surrogate ({code}), which is not a character; "
+                "fix the text (a character outside the BMP is written as a pair of escapes)"
+            ) from None
+    return value
+
+
+def _not_utf8(path: Path) -> str:
+    """What a file that is not UTF-8 is told: the first line that is not, and the fix."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return (
+                    f"{path.name} line {number} is not UTF-8 (byte 0x{line[error.start]:02x}); "
+                    f"re-save {path} as UTF-8 (with or without BOM)"
+                )
+    return f"{path.name} is not UTF-8; re-save {path} as UTF-8 (with or without BOM)"
 
 
 def _as_list(value: Any) -> list[Any]:

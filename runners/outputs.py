@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -68,8 +69,6 @@ PREDICTION_COLUMNS = [
     "document_id",
 ]
 
-# Python's default (131,072 characters) is less than a long generated answer can be.
-_FIELD_SIZE_LIMIT = 2**31 - 1
 
 # Versions recorded in environment.json, by distribution name.
 RECORDED_PACKAGES = [
@@ -140,6 +139,11 @@ class PredictionsFile:
             self.close()
             raise write_error(self.path, error) from None
 
+    @property
+    def n_rows(self) -> int:
+        """Rows in the file: those kept on opening and those appended since."""
+        return len(self._records)
+
     def close(self) -> None:
         if self._descriptor is not None:
             os.close(self._descriptor)
@@ -204,7 +208,6 @@ def read_complete_rows(path: Path) -> list[dict[str, str]]:
             f"{path} is damaged: byte {error.start} is not UTF-8, which no torn write leaves "
             "before the end; move the file away (or delete the run directory) to start over"
         ) from None
-    csv.field_size_limit(_FIELD_SIZE_LIMIT)
     records = []
     # csv.Error: an unterminated quote, the last write was cut off inside a field.
     with contextlib.suppress(csv.Error):
@@ -221,7 +224,7 @@ class CsvStream:
     (so a large file never sits in memory, and a half-written one never replaces a whole one)."""
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        self.path, self.temporary = path, path.with_name(path.name + ".tmp")
+        self.path, self.temporary = path, temporary_path(path)
         try:
             self._handle = self.temporary.open("w", encoding="utf-8", newline="")
             self._writer = csv.DictWriter(self._handle, fieldnames=list(columns),
@@ -266,30 +269,49 @@ LOCK_FILE = ".lock"
 def exclusive(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
     """Hold an advisory lock on the file ``path`` (made if missing) for the block. If another
     process holds it: wait for it with ``wait``, else refuse with one line naming the holder
-    (``what`` says what the lock guards).
+    (``what`` says what the lock guards). The file is removed when the block ends.
 
     Where the file system has no locks (some network file systems), the block runs unlocked.
     """
-    import fcntl
     import socket
 
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = _lock(path, what, wait=wait)
     try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        # Removed while still held: a process waiting for it then holds a file no longer in
+        # the folder, which _lock sees, and it locks a new one.
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(descriptor)  # releases the lock
+
+
+def _lock(path: Path, what: str, *, wait: bool) -> int:
+    """An open descriptor of ``path`` holding its lock (see :func:`exclusive`)."""
+    import fcntl
+
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
             raise RunnerError(
                 f"{what} is in use by another process ({holder}); wait for it to end, or stop "
                 "it, then run the same command again"
             ) from None
         except OSError:
-            pass  # no locks here: nothing to hold
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
+            return descriptor  # no locks here: nothing to hold
+        try:
+            current = os.path.samestat(os.fstat(descriptor), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            return descriptor
+        os.close(descriptor)  # its holder removed it as it let go: lock the file there now
 
 
 def has_rows(path: Path) -> bool:
@@ -301,23 +323,57 @@ def has_rows(path: Path) -> bool:
         return bool(handle.readline().strip())
 
 
-def replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
+def replace_atomically(
+    path: Path,
+    write: Callable[[Any], None],
+    error_for: Callable[[Path, OSError], Exception] | None = None,
+) -> None:
     """Write ``path`` through ``write(binary handle)`` into a temporary file, then rename it
-    over ``path``. On failure the temporary file is removed and ``path`` is left as it was.
-
-    The temporary file is this process's own: the shards of a run, in several processes,
-    write the run's fingerprint.json at the same time."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    over ``path``. On failure the temporary file is removed, ``path`` is left as it was, and
+    ``error_for(path, error)`` is raised (default: :func:`write_error`, a run's)."""
+    temporary = temporary_path(path)
     try:
         with temporary.open("wb") as handle:
             write(handle)
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise write_error(path, error) from None
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise (error_for or write_error)(path, error) from None
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise
+
+
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: a file of this process's own
+    (the shards of a run, in several processes, on several hosts sharing a disk, write the
+    run's fingerprint.json at the same time), which :func:`remove_stale_temporaries` finds."""
+    return path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files of processes of this host that are gone (a kill -9 in the
+    middle of a write leaves one, as large as the file it was to replace)."""
+    for temporary in folder.glob(f"*.{_HOST}.*.tmp"):
+        pid = temporary.name[: -len(".tmp")].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's, alive
+    return True
+
+
+_HOST = re.sub(r"[^\w-]", "_", platform.node()) or "host"
 
 
 def write_error(path: Path, error: OSError) -> RunnerError:

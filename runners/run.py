@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from omegaconf import DictConfig
 from runners.config import (
     CONFIG_DIR,
     PROJECT_ROOT,
+    Interrupted,
     RunConfig,
     RunnerError,
     model_config,
@@ -128,6 +130,22 @@ class RunCost:
             peak_gpu_mb=_max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
         )
 
+    @classmethod
+    def nothing_to_answer(cls, answered_row: dict[str, str]) -> RunCost:
+        """An invocation that found every sample answered: no model loaded, nothing spent."""
+        return cls(
+            model=answered_row["model"],
+            framework=answered_row["framework"],
+            answered_now=0,
+            import_s=0.0,
+            load_s=0.0,
+            model_reused=False,
+            cache_hit=None,
+            wall_s=0.0,
+            peak_rss_mb=0.0,
+            peak_gpu_mb=None,
+        )
+
 
 _current_model: LoadedModel | None = None  # kept between the jobs of a sweep
 
@@ -139,24 +157,45 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     :class:`RunnerError` for mistakes in the config or the dataset (before the model loads) and
     for outputs that can't be written.
     """
-    from runners.outputs import LOCK_FILE, exclusive
+    from runners.outputs import LOCK_FILE, exclusive, write_error
 
     run_dir = Path(output_dir)
     plan = check(cfg)
     answers_dir = plan.answers_dir(run_dir)
-    answers_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        answers_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(answers_dir, error) from None
     with exclusive(answers_dir / LOCK_FILE, f"the answers in {answers_dir}"):
         claim(run_dir, plan)
-        loaded, reused = load(plan.model)
-        predictions, todo, n_todo = resume(run_dir, plan, loaded)
-        answered = answer(loaded.model, plan, predictions, todo, n_todo)
-        cost = RunCost.of(loaded, reused, answered)
+        predictions, todo, n_todo, answered_row = resume(run_dir, plan)
+        if n_todo:
+            loaded, reused = load(plan.model)
+            _log_start(loaded.model, plan, n_todo)
+            answered = answer(loaded.model, plan, predictions, todo, n_todo)
+            cost = RunCost.of(loaded, reused, answered)
+        else:
+            predictions.close()
+            log.info("every selected sample is answered already: nothing to load or answer")
+            cost = RunCost.nothing_to_answer(answered_row)
         if plan.sharded:
             from runners.shards import finish_shard
 
             return finish_shard(run_dir, plan, cost)
         run_tally, quality = score(run_dir, predictions, plan)
-        return write(run_dir, plan, cost, run_tally, quality)
+        row = write(run_dir, plan, cost, run_tally, quality)
+    if n_todo and getattr(loaded.model, "random_weights", False):
+        log.warning(RANDOM_WEIGHTS_NOTE, loaded.model.model_name)
+    return row
+
+
+# The tiny offline models answer gibberish: a default run's scores of 0 are theirs, not a bug.
+RANDOM_WEIGHTS_NOTE = (
+    "%s has random weights: its answers are gibberish and its scores mean nothing; it is here "
+    "so that everything runs offline. Run a real model with e.g. model=qwen2_vl_2b (downloads "
+    "Qwen/Qwen2-VL-2B-Instruct), model=openai_compatible model.init_params.base_url=URL, or "
+    "model=custom model.class_path=pkg.module:Class"
+)
 
 
 def check(cfg: DictConfig) -> Plan:
@@ -168,15 +207,15 @@ def check(cfg: DictConfig) -> Plan:
 
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
-    model = model_config(settings.model)
+    model = model_config(settings.model, settings.dataset.root)
     dataset, task = dataset_and_task(settings.dataset, settings.task, list(runner.metrics))
-    n_selected = sum(1 for _ in itertools.islice(dataset.samples(), runner.limit))
+    strata = Counter(task.stratum(sample)
+                     for sample in itertools.islice(dataset.samples(), runner.limit))  # fmt: skip
+    n_selected = sum(strata.values())
     if n_selected == 0:
-        raise RunnerError(
-            f"dataset {dataset.name!r} has no samples to run: check its filters "
-            f"{ {name: sorted(values) for name, values in dataset.filters.items()} }, "
-            "dataset.limit and runner.limit"
-        )
+        raise RunnerError(_nothing_to_run(dataset, runner.limit))
+    if len(strata) == 1:
+        _warn_if_one_stratum_of_several(dataset, task, runner.limit, strata)
     try:
         current = fingerprint(model, dataset, settings.task, task)
     except (ModelFactoryError, ValueError) as error:
@@ -188,9 +227,12 @@ def check(cfg: DictConfig) -> Plan:
 
 def claim(run_dir: Path, plan: Plan) -> None:
     """Make the run directory this run's: refuse answers there from another configuration
-    (any shard's), and record the fingerprint."""
+    (any shard's), and record the fingerprint. Files a killed process was writing go."""
     from runners import fingerprint
+    from runners.outputs import remove_stale_temporaries
 
+    for folder in {run_dir, plan.answers_dir(run_dir)}:
+        remove_stale_temporaries(folder)  # what a killed attempt (or merge) was writing
     fingerprint.claim(run_dir, plan.fingerprint, resume=plan.settings.runner.resume,
                       answers=plan.answers_dir(run_dir) / "predictions.csv")  # fmt: skip
 
@@ -207,7 +249,48 @@ def dataset_and_task(dataset_settings: Any, task_config: Any, metric_names: list
             task.check(sample)
     except (DatasetError, ValueError) as error:
         raise RunnerError(str(error)) from None
-    return dataset, task
+    # The task has seen every sample (a classification task knows its classes now).
+    return dataclasses.replace(dataset, stratum=task.stratum), task
+
+
+def _nothing_to_run(dataset: Any, runner_limit: int | None) -> str:
+    """Why a run has no samples, with the values the filters could have named."""
+    what = f"dataset {dataset.name!r} has no samples to run"
+    if not dataset.filters:
+        if dataset.limit == 0 or runner_limit == 0:
+            return f"{what}: dataset.limit={dataset.limit} and runner.limit={runner_limit}"
+        return f"{what}: {dataset.file} holds no records"
+    present: dict[str, Counter[str | None]] = {name: Counter() for name in dataset.filters}
+    for sample in dataset.all_samples():
+        for name, values in present.items():
+            values[getattr(sample, name)] += 1
+    clauses = []
+    for name, wanted in dataset.filters.items():
+        values = sorted(value for value in present[name] if value is not None)
+        shown = ", ".join(map(repr, values[:20])) + (", ..." if len(values) > 20 else "")
+        clauses.append(f"dataset.{name}={sorted(wanted)} (its {name} values: {shown or 'none'})")
+    return f"{what}: no sample matches {' and '.join(clauses)}"
+
+
+def _warn_if_one_stratum_of_several(
+    dataset: Any, task: Any, runner_limit: int | None, selected: Counter[Any]
+) -> None:
+    """A limit that keeps one class of several makes scores that say nothing of the others
+    (six invoices of a four-class dataset score accuracy 1.0 for a model that always says
+    "invoice"): say so."""
+    whole = Counter(task.stratum(sample) for sample in dataset.filtered())
+    if len(whole) < 2:
+        return
+    ((kept, n_selected),) = selected.items()
+    limits = " and ".join(f"{name}={value}" for name, value in (("dataset.limit", dataset.limit),
+                          ("runner.limit", runner_limit)) if value is not None)  # fmt: skip
+    shown = ", ".join(map(repr, sorted(map(str, whole))[:10]))
+    log.warning(
+        "%s keeps %d of %d samples, all of class %r (the dataset has %d: %s): their scores say "
+        "nothing about the other classes; set dataset.shuffle=true for a subset holding each "
+        "class in proportion",
+        limits or "the selection", n_selected, sum(whole.values()), kept, len(whole), shown,
+    )  # fmt: skip
 
 
 def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
@@ -235,11 +318,12 @@ def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
 
 
 def resume(
-    run_dir: Path, plan: Plan, loaded: LoadedModel
-) -> tuple[Any, Callable[[], Iterator[Any]], int]:
+    run_dir: Path, plan: Plan
+) -> tuple[Any, Callable[[], Iterator[Any]], int, dict[str, str] | None]:
     """Open predictions.csv, keeping what an earlier attempt answered.
 
-    Returns the file, a function giving the samples still to answer, and their number.
+    Returns the file, a function giving the samples still to answer, their number, and one
+    row answered before (None if there is none).
     """
     from runners.outputs import PredictionsFile, environment_record, write_json
 
@@ -248,7 +332,8 @@ def resume(
     answers_dir = plan.answers_dir(run_dir)
     write_json(answers_dir / "environment.json", environment_record(settings.seed, PROJECT_ROOT))
     predictions = PredictionsFile(answers_dir / "predictions.csv")
-    done = {row["sample_id"] for row in predictions.open(resume=settings.runner.resume)}
+    kept = predictions.open(resume=settings.runner.resume)
+    done = {row["sample_id"] for row in kept}
 
     def todo() -> Iterator[Any]:
         return (sample for sample in plan.selected() if sample.id not in done)
@@ -256,16 +341,18 @@ def resume(
     n_todo = sum(1 for _ in todo())  # reads the annotation text only, never an image
     if done:
         log.info("resuming: %d samples already answered, %d to go", len(done), n_todo)
-    model = loaded.model
+    return predictions, todo, n_todo, (kept[0] if kept else None)
+
+
+def _log_start(model: Any, plan: Plan, n_todo: int) -> None:
     log.info(
         "%s (%s) on %s: %d samples, batch size %d",
         model.model_name,
         model.framework,
         plan.dataset.name,
         n_todo,
-        settings.runner.batch_size,
+        plan.settings.runner.batch_size,
     )
-    return predictions, todo, n_todo
 
 
 def answer(
@@ -299,6 +386,11 @@ def answer(
             f"{error}. The {answered} answers of this run so far are kept: run the same "
             "command again to resume",
             exit_code=1,
+        ) from None
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: {predictions.n_rows} answers kept in {predictions.path.parent}, run "
+            "the same command to resume"
         ) from None
     finally:
         progress.close()

@@ -34,6 +34,7 @@ from runners.outputs import (
     exclusive,
     read_complete_rows,
     read_json,
+    remove_stale_temporaries,
     write_csv,
     write_json,
 )
@@ -181,6 +182,7 @@ def write_merged(run_dir: Path, plan: Any, shards: list[Shard]) -> dict[str, Any
     would be, and shards.csv; returns the metrics row. Call with the merge lock held."""
     from runners.run import score, write
 
+    remove_stale_temporaries(run_dir)  # what a killed merge was writing
     merged = run_dir / "predictions.csv"
     merged.unlink(missing_ok=True)  # merged anew from the shards every time
     predictions = PredictionsFile(merged)

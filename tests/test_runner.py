@@ -224,7 +224,7 @@ def test_a_failing_batch_is_retried_one_sample_at_a_time(cache_dir, tmp_path) ->
     [
         (["model=custom", "model.class_path=no_such_pkg.models:Model",
           "model.init_params.model_name=x"], "module 'no_such_pkg.models' cannot be imported"),
-        (["model=custom", "model.init_params.model_name=x"], "model.class_path has no value"),
+        (["model=custom", "model.init_params.model_name=x"], "model=custom needs the wrapper to run"),
         (["dataset=vlmhyperbench"], "dataset.root has no value"),
         (["dataset.root=/no/such/dir"], "is not a directory; fix dataset.root"),
         (["model=dummy", "runner.metrics=[anl]"], "Did you mean 'anls'?"),

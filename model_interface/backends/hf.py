@@ -88,7 +88,7 @@ class HFModel(ModelInterface):
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
         self.device = _pick_device(device) if device_map is None else None
         resolved = resolve_model(model_name, cache_dir, revision=revision)
-        self.cache_hit = resolved.cache_hit
+        self.cache_hit, self.random_weights = resolved.cache_hit, resolved.random_weights
         self.model_path = resolved.path
 
         self.processor = transformers.AutoProcessor.from_pretrained(

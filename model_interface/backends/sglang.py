@@ -76,7 +76,7 @@ class SGLangModel(ModelInterface):
         import transformers
 
         resolved = resolve_model(model_name, cache_dir, revision=revision)
-        self.cache_hit = resolved.cache_hit
+        self.cache_hit, self.random_weights = resolved.cache_hit, resolved.random_weights
         self.model_path = resolved.path
         self.processor = transformers.AutoProcessor.from_pretrained(
             resolved.path, trust_remote_code=trust_remote_code

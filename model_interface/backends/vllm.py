@@ -71,7 +71,7 @@ class VLLMModel(ModelInterface):
         super().__init__(model_name, system_prompt, cache_dir, **generation)
         vllm = _import_vllm()
         resolved = resolve_model(model_name, cache_dir, revision=revision)
-        self.cache_hit = resolved.cache_hit
+        self.cache_hit, self.random_weights = resolved.cache_hit, resolved.random_weights
         self.model_path = resolved.path
         self.llm = vllm.LLM(
             **engine_options(

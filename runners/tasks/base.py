@@ -81,3 +81,9 @@ class Task(ABC):
     def fingerprint(self) -> dict[str, Any]:
         """What about this task decides an answer (its prompt, its response format)."""
         return {}
+
+    def stratum(self, sample: Sample) -> Any:
+        """The kind of sample its scores should be told apart by (the document class here, the
+        reference class in classification): a shuffled subset holds each in proportion, and a
+        subset that holds only one of several is warned about."""
+        return sample.doc_class
