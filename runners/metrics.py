@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 import unicodedata
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -319,15 +319,29 @@ class RunTally:
         }
 
 
+def percentile(values: Iterable[float], share: float) -> float:
+    """The value ``share`` (0 to 1) of the way up ``values`` in sorted order, interpolated
+    linearly between the two nearest: statistics.quantiles' "inclusive" method, numpy's and
+    pandas' default. ``share`` 0.5 is the median. NaN when there are no values.
+
+    The one percentile of the project: metrics.csv's ``call_p50_s`` and ``call_p95_s`` and the
+    report's call-time figures both come from here, so they agree."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"a percentile's share is from 0 to 1, got {share}")
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    # The rank as an exact fraction: 0.7 of 90 steps is step 63, where 0.7 * 90 in floats is
+    # 62.99999999999999 and would mix in the value below.
+    rank = Fraction(str(share)) * (len(ordered) - 1)
+    below = math.floor(rank)
+    above = min(below + 1, len(ordered) - 1)
+    weight = float(rank - below)
+    return ordered[below] * (1 - weight) + ordered[above] * weight
+
+
 def _percentiles(call_times: Sequence[float]) -> dict[str, float]:
-    values = sorted(call_times)
-    if not values:
-        return {"call_p50_s": math.nan, "call_p95_s": math.nan}
-    # statistics.quantiles' "inclusive" method is numpy's and pandas' default interpolation.
-    cuts = (
-        statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
-    )
-    return {"call_p50_s": statistics.median(values), "call_p95_s": cuts[94]}
+    return {"call_p50_s": percentile(call_times, 0.5), "call_p95_s": percentile(call_times, 0.95)}
 
 
 def _number(value: Any) -> float | None:

@@ -15,7 +15,9 @@ file; nothing is fetched) and ``report.md`` with the same tables:
 
 Everything is read from the run directories, so a report can be made of any finished run, and
 is rebuilt the same way from the same files. Only the samples shown get a thumbnail, so the
-report of a large run stays small.
+report of a large run stays small, and only from an image inside the dataset root the run
+recorded: a report is mailed, so it shows no file its run was not allowed to read. Every value
+from data, a model or a config is escaped, in report.html as HTML and in report.md as Markdown.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import html
 import io
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +84,9 @@ MAX_GROUP_ROWS = 20  # a table with more rows shows its worst 20
 BOOTSTRAP_RESAMPLES = 2000
 THUMBNAIL_PX = 220
 MAX_THUMBNAIL_SOURCE_PIXELS = 64_000_000
+# A prompt, reference or answer is shown up to this many characters: marking the differences
+# takes time quadratic in the length, and a page is for reading (the CSV files hold it all).
+MAX_SHOWN_CHARS = 2000
 
 
 class ReportError(RunnerError):
@@ -285,7 +291,10 @@ def write_report(
         for run in runs:
             page.section(f"Run {run.name}", level=2)
             _run_figures(page, run, worst=min(worst, 3))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _cannot_write(out_dir, error) from None
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
     _write_text(html_path, page.html())
     _write_text(md_path, page.markdown())
@@ -514,7 +523,7 @@ class Page:
     def __init__(self, title: str) -> None:
         self.title = title
         self._html: list[str] = []
-        self._md: list[str] = [f"# {title}", ""]
+        self._md: list[str] = [f"# {_md(title)}", ""]
         self._thumbnails: dict[Path, str] = {}  # a page's image shown twice is encoded once
 
     def open_cards(self) -> None:
@@ -526,18 +535,19 @@ class Page:
 
     def section(self, title: str, *, level: int) -> None:
         self._html.append(f"<h{level}>{_e(title)}</h{level}>")
-        self._md += [f"{'#' * level} {title}", ""]
+        self._md += [f"{'#' * level} {_md(title)}", ""]
 
     def note(self, text: str) -> None:
         self._html.append(f'<p class="note">{_e(text)}</p>')
-        self._md += [f"*{text}*", ""]
+        self._md += [f"*{_md(text)}*", ""]
 
     def facts(self, facts: dict[str, Any]) -> None:
         items = "".join(
             f"<tr><th>{_e(k)}</th><td>{_e(_show(v))}</td></tr>" for k, v in facts.items()
         )
         self._html.append(f"<table>{items}</table>")
-        self._md += [f"- **{key}**: {_show(value)}" for key, value in facts.items()] + [""]
+        self._md += [f"- **{_md(key)}**: {_md(_show(value))}" for key, value in facts.items()]
+        self._md.append("")
 
     def table(self, rows: Sequence[dict[str, Any]], *, bars: bool = True) -> None:
         if not rows:
@@ -577,12 +587,12 @@ class Page:
             f'<text x="{right}" y="{base}" text-anchor="end">{high:.4g} s</text>'
             f'<text x="2" y="18">{tallest}</text><text x="2" y="{plot_h + 10}">0</text>'
         )
-        percentiles = _percentiles(values)
+        percentiles = _call_time_figures(values)
         self._html.append(
             f'<svg width="{plot_w + 60}" height="{plot_h + 34}" role="img">{bars}{axes}</svg>'
             f'<p class="note">{_e(caption)}; {_e(percentiles)}</p>'
         )
-        self._md += [f"{caption}: {percentiles}", ""]
+        self._md += [f"{_md(caption)}: {_md(percentiles)}", ""]
 
     def figure(self, figure: Any, caption: str) -> None:
         import matplotlib.pyplot as plt
@@ -592,66 +602,72 @@ class Page:
         plt.close(figure)
         data = base64.b64encode(buffer.getvalue()).decode()
         self._html.append(f'<img alt="{_e(caption)}" src="data:image/png;base64,{data}">')
-        self._md += [f"*{caption}: see report.html*", ""]
+        self._md += [f"*{_md(caption)}: see report.html*", ""]
 
     def samples(self, rows: Sequence[dict[str, str]], run: Run, scores: list[str]) -> None:
         for row in rows:
-            reference, prediction = _reference_text(row["reference"]), row["prediction"]
+            reference = _shortened(_reference_text(row["reference"]))
+            prediction, prompt = _shortened(row["prediction"]), _shortened(row["prompt"])
             figures = ", ".join(f"{name} {_show(_number(row.get(name)))}" for name in scores)
             failure = f"; error: {row['error']}" if row.get("error") else ""
             error = f'<div class="err">error: {_e(row["error"])}</div>' if row.get("error") else ""
             self._html.append(
                 f'<div class="sample">{self._thumbnail(row, run)}<div class="text">'
                 f"<b>sample {_e(row['sample_id'])}</b> {_e(figures)}{error}\n"
-                f"<b>prompt</b>: {_e(row['prompt'])}\n"
+                f"<b>prompt</b>: {_e(prompt)}\n"
                 f"<b>reference</b>: {_diff(prediction, reference)[1]}\n"
                 f"<b>prediction</b>: {_diff(prediction, reference)[0]}</div></div>"
             )
             self._md.append(
-                f"- sample {row['sample_id']} ({figures}{failure}): "
-                f"prompt `{_md(row['prompt'])}`, reference `{_md(reference)}`, "
-                f"prediction `{_md(prediction)}`"
+                f"- sample {_md(row['sample_id'])} ({_md(figures + failure)}): "
+                f"prompt {_md_code(prompt)}, reference {_md_code(reference)}, "
+                f"prediction {_md_code(prediction)}"
             )
         self._md.append("")
 
     def flips(self, pairs: Sequence[tuple[dict[str, str], dict[str, str]]], pair: Pair) -> None:
         for row_a, row_b in pairs:
-            reference = _reference_text(row_a["reference"])
+            reference = _shortened(_reference_text(row_a["reference"]))
+            prompt_a, prompt_b = _shortened(row_a["prompt"]), _shortened(row_b["prompt"])
+            answer_a, answer_b = _shortened(row_a["prediction"]), _shortened(row_b["prediction"])
             self._html.append(
                 f'<div class="sample">{self._thumbnail(row_a, pair.a)}<div class="text">'
                 f"<b>sample {_e(row_a['sample_id'])}</b>\n"
                 f"<b>reference</b>: {_e(reference)}\n"
-                f"<b>A</b> ({_e(row_a['prompt'])}): {_diff(row_a['prediction'], reference)[0]}\n"
-                f"<b>B</b> ({_e(row_b['prompt'])}): {_diff(row_b['prediction'], reference)[0]}"
+                f"<b>A</b> ({_e(prompt_a)}): {_diff(answer_a, reference)[0]}\n"
+                f"<b>B</b> ({_e(prompt_b)}): {_diff(answer_b, reference)[0]}"
                 "</div></div>"
             )
             self._md.append(
-                f"- sample {row_a['sample_id']}: reference `{_md(reference)}`, "
-                f"A `{_md(row_a['prediction'])}`, B `{_md(row_b['prediction'])}`"
+                f"- sample {_md(row_a['sample_id'])}: reference {_md_code(reference)}, "
+                f"A {_md_code(answer_a)}, B {_md_code(answer_b)}"
             )
         self._md.append("")
 
     def preformatted(self, title: str, text: str) -> None:
         self._html.append(f"<details><summary>{_e(title)}</summary><pre>{_e(text)}</pre></details>")
-        self._md += [f"<details><summary>{title}</summary>", "", "```", text.rstrip(), "```",
-                     "", "</details>", ""]  # fmt: skip
+        # The summary line is raw HTML to a Markdown reader, so it is escaped as HTML. The text is
+        # fenced by more backticks than it has in a row anywhere, so no line of it ends the fence.
+        fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
+        self._md += [f"<details><summary>{_e(_one_line(title))}</summary>", "", fence,
+                     text.rstrip(), fence, "", "</details>", ""]  # fmt: skip
 
     def _thumbnail(self, row: dict[str, str], run: Run) -> str:
-        try:
-            images = json.loads(row.get("image_paths") or "[]")
-        except json.JSONDecodeError:
-            images = []
+        """The sample's first image, made small; only ever a file inside the dataset root."""
+        images = _image_entries(row)
         if not images:
             return "<div>(no image)</div>"
-        path = Path(images[0])
-        if not path.is_absolute() and run.dataset_root is not None:
-            path = run.dataset_root / path
+        root = run.dataset_root
+        path = inside_dataset_root(images[0], root)
+        if root is None or path is None:
+            return "<div>(image outside the dataset root)</div>"
         if path not in self._thumbnails:
             self._thumbnails[path] = _thumbnail_uri(path)
         uri = self._thumbnails[path]
+        named = root / images[0]  # as the dataset names it; ``path`` may be a link's target
         if not uri:
-            return f"<div>(image not readable: {_e(str(path))})</div>"
-        return f'<div><img alt="{_e(path.name)}" src="{uri}"></div>'
+            return f"<div>(image not readable: {_e(str(named))})</div>"
+        return f'<div><img alt="{_e(named.name)}" src="{uri}"></div>'
 
     def html(self) -> str:
         stamp = datetime.now().isoformat(timespec="seconds")
@@ -665,6 +681,34 @@ class Page:
 
     def markdown(self) -> str:
         return "\n".join(self._md).rstrip() + "\n"
+
+
+def inside_dataset_root(entry: str, root: Path | None) -> Path | None:
+    """The file an image entry of predictions.csv names, symbolic links followed, if it lies
+    inside the dataset ``root``; None for anything else, and for every entry when the run
+    recorded no root.
+
+    The runner refuses to read an image outside the root (runners/datasets.py) and a report is
+    made to be mailed, so a report shows no more than its run could read: an absolute path
+    elsewhere, ``..`` or a link leading out gets no thumbnail. Only names and links are looked
+    at here; no file is opened."""
+    if root is None:
+        return None
+    try:
+        root = root.resolve()
+        path = (root / entry).resolve()  # an absolute entry replaces the root
+    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL in the name
+        return None
+    return path if path.is_relative_to(root) else None
+
+
+def _image_entries(row: dict[str, str]) -> list[str]:
+    """The image paths a row of predictions.csv lists (a JSON list), as written."""
+    try:
+        images = json.loads(row.get("image_paths") or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [str(image) for image in images] if isinstance(images, list) else []
 
 
 def _thumbnail_uri(path: Path) -> str:
@@ -686,6 +730,12 @@ def _thumbnail_uri(path: Path) -> str:
     except (OSError, ValueError, Image.DecompressionBombError):
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= MAX_SHOWN_CHARS:
+        return text
+    return f"{text[:MAX_SHOWN_CHARS]}… ({len(text) - MAX_SHOWN_CHARS:,} more characters)"
 
 
 def _diff(prediction: str, reference: str) -> tuple[str, str]:
@@ -724,14 +774,12 @@ def _cell(column: str, value: Any, bars: bool) -> str:
     return f'<td{style} data-v="{number!r}">{_e(_show(number))}</td>'
 
 
-def _percentiles(values: Sequence[float]) -> str:
-    ordered = sorted(values)
+def _call_time_figures(values: Sequence[float]) -> str:
+    # metrics.csv's percentile, so that its call_p50_s and call_p95_s are the figures shown here.
+    from runners.metrics import percentile
 
-    def at(share: float) -> float:
-        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-    return (f"{len(values)} samples, median {at(0.5):.4g} s, p95 {at(0.95):.4g} s, "
-            f"max {ordered[-1]:.4g} s")  # fmt: skip
+    return (f"{len(values)} samples, median {percentile(values, 0.5):.4g} s, "
+            f"p95 {percentile(values, 0.95):.4g} s, max {max(values):.4g} s")  # fmt: skip
 
 
 def _number(value: Any) -> float | None:
@@ -762,12 +810,36 @@ def _e(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _md(text: str) -> str:
-    return text.replace("`", "'").replace("\n", " ").replace("|", "\\|")
+# What Markdown would read as markup in a value from data, a model or a config: HTML's three
+# characters, backslash, code, emphasis, link, table, strikethrough and heading syntax, and an
+# underscore unless a letter or digit is on both sides of it (there it is plain text, and
+# column names such as exact_match stay readable).
+_MD_SPECIAL = re.compile(r"[&<>\\`*\[\]|~#]|(?<![^\W_])_|_(?![^\W_])")
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def _md(text: Any) -> str:
+    """``text`` as Markdown that shows it as written and renders nothing from it: one line,
+    HTML characters as entities, Markdown syntax backslash-escaped."""
+    return _MD_SPECIAL.sub(
+        lambda match: _MD_ENTITIES.get(match[0], "\\" + match[0]), _one_line(str(text))
+    )
+
+
+def _md_code(text: str) -> str:
+    """``text`` as a Markdown code span, where nothing is rendered: a backtick would end the
+    span, so it becomes a quote; an empty span would not be one, so it holds a space."""
+    flat = _one_line(text).replace("`", "'")
+    return f"`{flat or ' '}`"
+
+
+def _one_line(text: str) -> str:
+    # A line ending in a value would start a new Markdown block (a heading, raw HTML...).
+    return re.sub(r"\r\n|\r|\n", " ", text)
 
 
 def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(_md(str(cell)) for cell in cells) + " |"
+    return "| " + " | ".join(_md(cell) for cell in cells) + " |"
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -781,9 +853,20 @@ def _read_json_or_empty(path: Path) -> dict[str, Any]:
 
 
 def _write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file renamed over it: a report that can't be
+    written leaves the one before it whole."""
     from runners.outputs import replace_atomically
 
-    replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+    replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")), _cannot_write)
+
+
+def _cannot_write(path: Path, error: OSError) -> ReportError:
+    # Exit code 1, as runners.outputs.write_error: the machine failed, not what was asked.
+    return ReportError(
+        f"cannot write {path}: {error.strerror or error}; free space or fix the permissions, "
+        "or write the report elsewhere with --out DIR",
+        exit_code=1,
+    )
 
 
 def report_run(run_dir: Path) -> Path | None:
@@ -821,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         html_path, _ = write_report(runs, out, worst=arguments.worst, pair=len(runs) == 2)
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     print(html_path)
     return 0
 
