@@ -5,9 +5,17 @@ prompt lists them (``{labels}``) after the dataset's question (``{prompt}``). Wi
 ``constrained``, each request's response format is a JSON Schema string enum of the labels, so
 a constraining backend can only answer one of them.
 
+Labels, references and answers are compared in their normalised form
+(:func:`runners.metrics.normalize`: case, spacing and end punctuation don't count), so
+``Invoice`` and `` invoice `` are one class. A class is reported under one spelling: its
+``labels`` spelling, else the first the dataset uses (spacing collapsed). ``labels`` naming one
+class twice is refused, and so is a sample whose class is empty (a sample without an answer,
+or with a null one, is unlabelled: its answer is read, and counts in no metric).
+
 An answer is read as a label when, normalised, it is one, or it is a JSON string of one, or it
-names exactly one label (as a whole word); anything else is ``unparseable``, a class of its own
-in the confusion matrix. Per sample: ``predicted_label`` and ``correct``. Over the run:
+names exactly one label (as a whole word); anything else, an empty answer included, is
+``unparseable``, a class of its own in the confusion matrix (never a reference class). Per
+sample: ``predicted_label`` and ``correct``. Over the run:
 ``accuracy``, ``macro_f1`` (the mean F1 over the labels the references use) and the share of
 ``unparseable`` answers; ``confusion_matrix.csv`` (references down, answers across) and
 ``metrics_by_label.csv`` (precision, recall, F1 and support per label).
@@ -53,16 +61,19 @@ class ClassificationTask(Task):
         constrained: bool = False,
     ) -> None:
         super().__init__(metric_names=metric_names)
-        self.given_labels = list(labels) if labels is not None else None
         self.prompt_template = prompt_template
         self.constrained = constrained
-        self._seen: set[str] = set()
-        if self.given_labels is not None and UNPARSEABLE in self.given_labels:
-            raise ValueError(f"{UNPARSEABLE!r} is the class of unreadable answers; rename it")
+        # Each class by its normalised form, with the spelling it is reported under.
+        self._spelling: dict[str, str] = {}
+        self.given_labels = None if labels is None else _given_labels(labels)
+        for label in self.given_labels or []:
+            self._spelling[normalize(label)] = label
 
     @property
     def labels(self) -> list[str]:
-        return self.given_labels if self.given_labels is not None else sorted(self._seen)
+        if self.given_labels is not None:
+            return self.given_labels
+        return sorted(self._spelling.values())
 
     def check(self, sample: Sample) -> None:
         reference = sample.reference
@@ -73,12 +84,29 @@ class ClassificationTask(Task):
                 f"sample {sample.id!r}: task=classification needs one class name as the "
                 f"answer, got {reference!r}"
             )
-        if self.given_labels is not None and reference not in self.given_labels:
+        form = normalize(reference)
+        if not form:
+            # An empty class would become a label that every answer names (and an empty
+            # answer would score as right).
             raise ValueError(
-                f"sample {sample.id!r} is of class {reference!r}, which is not among "
-                f"task.labels {self.given_labels}"
+                f"sample {sample.id!r} has an empty class {reference!r}; write its class in its "
+                "answer, or leave it unlabelled (no answer column, or a null answer in JSONL)"
             )
-        self._seen.add(reference)
+        if form == UNPARSEABLE:
+            raise ValueError(
+                f"sample {sample.id!r} is of class {reference!r}, the name of unreadable "
+                "answers; rename the class"
+            )
+        if self.given_labels is not None:
+            if form not in self._spelling:
+                raise ValueError(
+                    f"sample {sample.id!r} is of class {reference!r}, which is not among "
+                    f"task.labels {self.given_labels}"
+                )
+            return
+        # The first spelling seen names the class; the dataset is read in file order, so the
+        # same file always gives the same spellings.
+        self._spelling.setdefault(form, " ".join(reference.split()))
 
     def request(self, sample: Sample, images: Sequence[Any]) -> PredictionRequest:
         prompt = self.prompt_template.format(prompt=sample.prompt, labels=", ".join(self.labels))
@@ -93,13 +121,40 @@ class ClassificationTask(Task):
         label = read_label(prediction, self.labels)
         if reference is None:
             return {"predicted_label": label}
-        return {"predicted_label": label, "correct": float(label == reference)}
+        right = normalize(label) == normalize(reference)  # "Invoice" is right for " invoice "
+        return {"predicted_label": label, "correct": float(right)}
 
     def tally(self, run_dir: Path) -> Tally:
         return _Confusion(self.labels)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"labels": self.labels}
+
+    def stratum(self, sample: Sample) -> Any:
+        reference = sample.reference
+        return normalize(reference) if isinstance(reference, str) else None
+
+
+def _given_labels(labels: Sequence[str]) -> list[str]:
+    """``task.labels`` checked: a list of distinct, non-empty classes, ``unparseable`` not
+    among them."""
+    if isinstance(labels, str):  # task.labels=invoice: one string, not a list of characters
+        raise ValueError(f"task.labels must be a list, e.g. task.labels=[{labels},other]; "
+                         f"got {labels!r}")  # fmt: skip
+    given: dict[str, str] = {}
+    for label in map(str, labels):
+        form = normalize(label)
+        if not form:
+            raise ValueError(f"task.labels holds an empty label {label!r}; remove it")
+        if form == UNPARSEABLE:
+            raise ValueError(f"{UNPARSEABLE!r} is the class of unreadable answers; rename it")
+        if form in given:
+            raise ValueError(
+                f"task.labels holds {given[form]!r} and {label!r}, one label spelt twice "
+                "(labels are compared ignoring case, spacing and end punctuation); keep one"
+            )
+        given[form] = label
+    return list(given.values())
 
 
 def read_label(answer: str, labels: Sequence[str]) -> str:
@@ -111,10 +166,12 @@ def read_label(answer: str, labels: Sequence[str]) -> str:
         decoded = None
     if isinstance(decoded, str):  # a constrained answer is a JSON string
         text = decoded
-    by_form = {normalize(label): label for label in labels}
-    if normalize(text) in by_form:
-        return by_form[normalize(text)]
     words = normalize(text)
+    if not words:  # an empty answer names no label, whatever the labels are
+        return UNPARSEABLE
+    by_form = {form: label for label in labels if (form := normalize(label))}
+    if words in by_form:
+        return by_form[words]
     named = [label for form, label in by_form.items()
              if re.search(rf"(?<!\w){re.escape(form)}(?!\w)", words)]  # fmt: skip
     return named[0] if len(named) == 1 else UNPARSEABLE
@@ -125,11 +182,14 @@ class _Confusion(Tally):
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.labels = list(labels)
+        self.by_form = {normalize(label): label for label in self.labels}
         self.pairs: Counter[tuple[str, str]] = Counter()
 
     def add(self, row: Mapping[str, Any], reference: Any) -> None:
+        # The task's check put every reference's form among the labels: the reference is
+        # counted under its label's spelling, as the answers are.
         if reference is not None:
-            self.pairs[(reference, row["predicted_label"])] += 1
+            self.pairs[(self.by_form[normalize(reference)], row["predicted_label"])] += 1
 
     def summary(self) -> dict[str, Any]:
         total = sum(self.pairs.values())
