@@ -346,11 +346,11 @@ def replace_atomically(
         raise
 
 
-def temporary_path(path: Path) -> Path:
+def temporary_path(path: Path, pid: int | None = None) -> Path:
     """Where ``path`` is written before it is renamed into place: a file of this process's own
     (the shards of a run, in several processes, on several hosts sharing a disk, write the
     run's fingerprint.json at the same time), which :func:`remove_stale_temporaries` finds."""
-    return path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.tmp")
+    return path.with_name(f"{path.name}.{_HOST}.{pid or os.getpid()}.tmp")
 
 
 def remove_stale_temporaries(folder: Path) -> None:

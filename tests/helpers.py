@@ -81,6 +81,17 @@ def run_until_killed(*args: str, cwd: Path, cache_dir: Path, answers: Path, line
             process.kill()
 
 
+def torch_refused(tmp_path: Path) -> dict[str, str]:
+    """An environment for :func:`run_cli` in which ``import torch`` fails: a command that must
+    stop before loading a model shows it did by ending as it should there."""
+    shadow = tmp_path / "torch_refused"
+    (shadow / "torch").mkdir(parents=True, exist_ok=True)
+    (shadow / "torch" / "__init__.py").write_text(
+        "raise ImportError('torch was imported, but this command should have stopped before')\n"
+    )
+    return {"PYTHONPATH": f"{shadow}{os.pathsep}{PROJECT_ROOT}"}
+
+
 def error_lines(output: str) -> list[str]:
     """The lines of a command's output that report an error."""
     return [line for line in output.splitlines() if "[ERROR]" in line or line.startswith("error:")]

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from runners.config import RunnerConfig, to_settings
 from runners.run import RunConfig, RunnerError
-from tests.helpers import error_lines, make_config, run_cli, write_dataset
+from tests.helpers import error_lines, make_config, run_cli, torch_refused, write_dataset
 
 # The model a refused run must never get to: loading it would import torch and take seconds.
 HEAVY_MODEL = "model=tiny_qwen2_vl"
@@ -33,6 +32,8 @@ HEAVY_MODEL = "model=tiny_qwen2_vl"
         ("model.name=hff", "Model 'hff' is not registered. Did you mean 'hf'?"),
         ("model=no_such_model", "error: In 'config': Could not find 'model/no_such_model'; "
          "choose one of: custom, dummy,"),
+        ("experiment=no_such_experiment", "error: In 'config': Could not find "
+         "'experiment/no_such_experiment'; choose one of: sample_docs_sweep"),
         ("dataset.prompt_template=Answer briefly. {prompt}",
          "error: cannot parse the override 'dataset.prompt_template=Answer briefly. {prompt}'"),
     ],
@@ -40,15 +41,13 @@ HEAVY_MODEL = "model=tiny_qwen2_vl"
 def test_an_invalid_value_exits_2_fast_with_one_line_and_no_model(
     model_cache: Path, tmp_path: Path, override: str, line: str
 ) -> None:
-    started = time.monotonic()
-    result = run_cli(HEAVY_MODEL, override, cwd=tmp_path, cache_dir=model_cache, timeout=60)
-    elapsed = time.monotonic() - started
+    result = run_cli(HEAVY_MODEL, override, cwd=tmp_path, cache_dir=model_cache, timeout=60,
+                     env=torch_refused(tmp_path))  # fmt: skip
     assert result.returncode == 2, result.stdout
     (error,) = error_lines(result.stdout)
     assert line in error
     assert "Traceback" not in result.stdout
     assert "tiny-qwen2-vl (Hugging Face)" not in result.stdout  # the model never loaded
-    assert elapsed < 3, f"took {elapsed:.1f} s"
 
 
 def test_a_mistake_inside_an_experiment_file_is_named_in_its_one_line(model_cache, tmp_path):
@@ -76,16 +75,14 @@ def test_a_bad_row_anywhere_in_the_dataset_exits_2_before_the_model_loads(
     model_cache: Path, tmp_path: Path, rows: list[dict], line: str
 ) -> None:
     root = write_dataset(tmp_path / "data", rows, images=True)
-    started = time.monotonic()
     result = run_cli(
         HEAVY_MODEL, "dataset=vlmhyperbench", f"dataset.root={root}", "runner.limit=1",
-        cwd=tmp_path, cache_dir=model_cache, timeout=60,
+        cwd=tmp_path, cache_dir=model_cache, timeout=60, env=torch_refused(tmp_path),
     )  # fmt: skip
     assert result.returncode == 2, result.stdout
     (error,) = error_lines(result.stdout)
     assert line in error
     assert "Traceback" not in result.stdout
-    assert time.monotonic() - started < 3
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.csv"))
 
 

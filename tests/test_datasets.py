@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -862,3 +863,183 @@ def test_positions_count_records_whatever_the_filters(tmp_path: Path) -> None:
     assert dataset.check() == len(VLM_ROWS)
     assert dataset.references()["4"] == "Иванов Иван"
     assert len(dataset.content_sha256()) == 64
+
+
+# --- every row read exactly as written, or refused in one line ----------------------------------
+
+
+def test_an_unclosed_quote_is_refused_naming_the_line_it_opens_on(tmp_path: Path) -> None:
+    """Read leniently, row g3 would become part of g2's reference."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "data.csv").write_text(
+        'id,image,prompt,answer\ng1,a.png,q,a\ng2,a.png,q,"never closed\ng3,a.png,q,b\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(DatasetError) as refused:
+        Dataset.from_config(config(root, format="csv")).check()
+    assert str(refused.value) == (
+        "data.csv line 3 is not valid CSV (unexpected end of data): a quote that is never "
+        "closed (its field would swallow the lines after it) or text after a closing quote; "
+        'fix the quoting (a quote inside a quoted value is written twice: "")'
+    )
+
+
+def test_text_after_a_closing_quote_is_refused(tmp_path: Path) -> None:
+    root = write_vlm(tmp_path / "ds", [VLM_ROWS[0]])
+    with (root / "annotation.csv").open("a", encoding="utf-8") as handle:
+        handle.write('1;dev;images/inv1.png;"Who" is it?;ACME;invoice;name\n')
+    with pytest.raises(DatasetError, match=r"^annotation\.csv line 3 is not valid CSV \(';' "):
+        Dataset.from_config(config(root)).check()
+
+
+def test_a_quoted_value_may_span_lines_and_hold_quotes(tmp_path: Path) -> None:
+    root = write_csv(
+        tmp_path / "ds",
+        ["id", "image", "prompt", "answer"],
+        [["a", "a.png", 'say "hi"\non two lines', "x"], ["b", "a.png", "q", "y"]],
+    )
+    samples = load(root, format="csv")
+    assert [sample.prompt for sample in samples] == ['say "hi"\non two lines', "q"]
+
+
+@pytest.mark.parametrize("data_format", ["csv", "vlmhyperbench", "jsonl"])
+def test_a_field_longer_than_the_csv_modules_default_limit_is_read_whole(
+    tmp_path: Path, data_format: str
+) -> None:
+    long = "долгий вопрос " * 20_000  # 280,000 characters; the csv module's default is 131,072
+    if data_format == "csv":
+        root = write_csv(
+            tmp_path / "ds", ["id", "image", "prompt", "answer"], [["a", "a.png", long, "x"]]
+        )
+    elif data_format == "jsonl":
+        root = write_jsonl(tmp_path / "ds", [{"id": "a", "image": "a.png", "prompt": long}])
+    else:
+        root = write_vlm(tmp_path / "ds", [["0", "dev", "a.png", long, "x", "c", "t"]])
+    (sample,) = load(root, format=data_format)
+    assert sample.prompt == long
+
+
+def test_json_nested_too_deeply_is_refused_in_one_line(tmp_path: Path) -> None:
+    deep = (
+        '{"id": "a", "image": "a.png", "prompt": "p", "answer": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}"
+    )
+    root = write_jsonl(tmp_path / "ds", [{"id": "z", "image": "a.png", "prompt": "p"}, deep])
+    with pytest.raises(DatasetError) as refused:
+        Dataset.from_config(config(root, format="jsonl")).check()
+    assert (
+        str(refused.value) == "data.jsonl line 2: the JSON is nested too deeply to read; flatten it"
+    )
+
+
+def test_a_kie_file_nested_too_deeply_is_refused_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "kie"
+    (root / "jsons").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "images" / "p1.png").write_bytes(b"")
+    (root / "jsons" / "p1.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(DatasetError, match=r"^p1\.json: the JSON is nested too deeply to read"):
+        Dataset.from_config(config(root, format="kie_json")).check()
+
+
+@pytest.mark.parametrize("key", ["prompt", "id", "answer"])
+def test_a_lone_surrogate_is_refused_in_one_line(tmp_path: Path, key: str) -> None:
+    """Valid JSON, but no character: a run would fail writing it, after the model loads."""
+    row = {"id": "a", "image": "a.png", "prompt": "p", "answer": "x"}
+    line = json.dumps(row).replace(f'"{key}": "{row[key]}"', f'"{key}": "bad \\ud800 text"')
+    root = write_jsonl(tmp_path / "ds", [line])
+    with pytest.raises(DatasetError) as refused:
+        Dataset.from_config(config(root, format="jsonl")).check()
+    assert str(refused.value) == (
+        "data.jsonl line 1: the JSON holds a lone surrogate (\\ud800), which is not a "
+        "character; fix the text (a character outside the BMP is written as a pair of escapes)"
+    )
+
+
+def test_a_pair_of_escapes_is_one_character(tmp_path: Path) -> None:
+    root = write_jsonl(tmp_path / "ds", ['{"image": "a.png", "prompt": "\\ud83d\\ude00"}'])
+    (sample,) = load(root, format="jsonl")
+    assert sample.prompt == "\U0001f600"
+
+
+@pytest.mark.parametrize("data_format", ["csv", "vlmhyperbench", "jsonl"])
+def test_a_file_that_is_not_utf8_is_refused_naming_its_first_bad_line(
+    tmp_path: Path, data_format: str
+) -> None:
+    root = tmp_path / "ds"
+    root.mkdir()
+    if data_format == "csv":
+        file, text = "data.csv", "id,image,prompt\na,a.png,q\nb,a.png,café\n"
+    elif data_format == "jsonl":
+        file, text = (
+            "data.jsonl",
+            '{"image": "a.png", "prompt": "q"}\n{"image": "a.png", "prompt": "café"}\n',
+        )
+    else:
+        file, text = (
+            "annotation.csv",
+            ";".join(VLM_HEADER) + "\n0;dev;a.png;q;a;c;t\n1;dev;a.png;café;a;c;t\n",
+        )
+    (root / file).write_bytes(text.encode("latin-1"))
+    with pytest.raises(DatasetError) as refused:
+        Dataset.from_config(config(root, format=data_format)).check()
+    line = 2 if data_format == "jsonl" else 3  # the header is line 1 of the CSV formats
+    assert str(refused.value) == (
+        f"{file} line {line} is not UTF-8 (byte 0xe9); re-save {root / file} as UTF-8 (with or "
+        "without BOM)"
+    )
+
+
+def test_a_prompt_collection_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    root = write_vlm(tmp_path / "ds")
+    (root / "prompts.csv").write_bytes(
+        "prompt;doc_class_question_type\ncafé;invoice amount\n".encode("latin-1")
+    )
+    with pytest.raises(DatasetError) as refused:
+        Dataset.from_config(config(root, prompt_collection="prompts.csv"))
+    assert str(refused.value) == (
+        f"prompt collection prompts.csv line 2 is not UTF-8 (byte 0xe9); re-save "
+        f"{root / 'prompts.csv'} as UTF-8 (with or without BOM)"
+    )
+
+
+def test_a_field_of_the_fields_layout_without_value_is_refused(tmp_path: Path) -> None:
+    """Read as a flat object, the file would become one field named 'fields'."""
+    root = tmp_path / "kie"
+    (root / "jsons").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "images" / "p1.png").write_bytes(b"")
+    layout = {"fields": {"name": {"value": "ОСИПОВ", "bboxes": []}, "date": {"bboxes": []}}}
+    (root / "jsons" / "p1.json").write_text(json.dumps(layout, ensure_ascii=False))
+    with pytest.raises(DatasetError) as refused:
+        Dataset.from_config(config(root, format="kie_json")).check()
+    assert str(refused.value) == (
+        "p1.json: field 'date' has no \"value\", as every field of the "
+        '{"fields": {name: {"value": ...}}} layout must (null for an empty field)'
+    )
+    layout["fields"]["date"]["value"] = None
+    (root / "jsons" / "p1.json").write_text(json.dumps(layout, ensure_ascii=False))
+    (sample,) = load(root, format="kie_json")
+    assert sample.reference == {"name": "ОСИПОВ", "date": None}
+
+
+def test_a_shuffled_selection_holds_each_stratum_in_proportion_at_any_length(
+    tmp_path: Path,
+) -> None:
+    classes = ["invoice"] * 12 + ["receipt"] * 6 + ["id_card"] * 3  # in file order, grouped
+    rows = [[str(i), "dev", "a.png", "q", "a", kind, "t"] for i, kind in enumerate(classes)]
+    root = write_vlm(tmp_path / "ds", rows)
+    dataset = Dataset.from_config(config(root, shuffle=True, seed=3))
+    dataset = dataclasses.replace(dataset, stratum=lambda sample: sample.doc_class)
+    order = [sample.doc_class for sample in dataset.samples()]
+    assert sorted(order) == sorted(classes)  # every sample, once
+    for length in range(1, len(order) + 1):
+        for kind, share in (("invoice", 12 / 21), ("receipt", 6 / 21), ("id_card", 3 / 21)):
+            assert abs(order[:length].count(kind) - share * length) < 1 + 1e-9, (length, kind)
+    # the same seed gives the same order; another seed another one
+    assert [s.id for s in dataset.samples()] == [s.id for s in dataset.samples()]
+    reseeded = dataclasses.replace(dataset, seed=4)
+    assert [s.id for s in reseeded.samples()] != [s.id for s in dataset.samples()]

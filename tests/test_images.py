@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import threading
@@ -169,19 +168,26 @@ def test_a_palette_picture_with_a_transparent_colour_is_laid_on_white() -> None:
 def test_a_fifo_fails_at_once_instead_of_waiting_for_a_writer(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
+    opened, done = [], threading.Event()
 
-    def unblock() -> None:  # should the loader wait for a writer after all, one comes in 5 s
-        with contextlib.suppress(OSError):  # ENXIO: nobody is reading, nothing to unblock
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    def watch() -> None:
+        # Opening a FIFO to write, without blocking, succeeds only while someone has it open to
+        # read: a loader that opened it would wait there, and be seen (and freed) here.
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                opened.append(True)
+            except OSError:  # ENXIO: no reader
+                pass
+            time.sleep(0.005)
 
-    timer = threading.Timer(5, unblock)
-    timer.daemon = True
-    timer.start()
-    started = time.monotonic()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     with pytest.raises(ImageLoadError, match=r"pipe\.png' is not a regular file"):
         load_image(fifo)
-    timer.cancel()
-    assert time.monotonic() - started < 5
+    done.set()
+    watcher.join()
+    assert not opened
 
 
 def test_a_device_is_refused_unread() -> None:

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from runners.config import RunnerError
-from runners.outputs import PredictionsFile, has_rows, read_complete_rows
+from runners.outputs import (
+    PredictionsFile,
+    exclusive,
+    has_rows,
+    read_complete_rows,
+    remove_stale_temporaries,
+    temporary_path,
+)
 
 COLUMNS = ["sample_id", "sample_index", "prediction", "error"]
 
@@ -105,3 +116,84 @@ def test_has_rows_reads_only_the_first_lines(tmp_path: Path) -> None:
     assert not has_rows(path)
     path.write_text("sample_id,prediction\r\na,x\r\n")
     assert has_rows(path)
+
+
+def test_rows_longer_than_the_csv_limit_are_rewritten_in_order(tmp_path: Path) -> None:
+    """A fresh run scores a long answer too, not only a resumed one (the limit is raised when
+    the runner is imported, not when a file is first read back)."""
+    long = "x" * 300_000
+    predictions = written(tmp_path / "predictions.csv", [
+        {"sample_id": "b", "sample_index": 1, "prediction": long, "error": ""},
+        {"sample_id": "a", "sample_index": 0, "prediction": "short", "error": ""},
+    ])  # fmt: skip
+    predictions.rewrite_in_order(dict, COLUMNS)
+    rows = read_complete_rows(tmp_path / "predictions.csv")
+    assert [(row["sample_id"], len(row["prediction"])) for row in rows] == [
+        ("a", 5),
+        ("b", 300_000),
+    ]
+
+
+def test_a_lock_is_held_for_the_block_and_its_file_removed_after(tmp_path: Path) -> None:
+    lock = tmp_path / ".lock"
+    with exclusive(lock, "the answers in x"):
+        assert lock.read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(RunnerError) as refused, exclusive(lock, "the answers in x"):
+            pass
+        assert str(refused.value).startswith("the answers in x is in use by another process (pid ")
+    assert not lock.exists()
+    with exclusive(lock, "the answers in x"):  # and it can be taken again
+        assert lock.exists()
+    assert not lock.exists()
+
+
+def test_a_waiting_process_takes_the_lock_its_holder_removed(tmp_path: Path) -> None:
+    """The holder removes the file as it lets go; the process that waited on the old file must
+    lock a file that is still in the folder, or a third process could hold the lock with it."""
+    lock = tmp_path / ".lock"
+    script = (
+        "import sys, pathlib\n"
+        "from runners.outputs import exclusive\n"
+        "lock = pathlib.Path(sys.argv[1])\n"
+        "with exclusive(lock, 'the merge', wait=True):\n"
+        "    print(lock.exists(), lock.stat().st_ino, flush=True)\n"
+        "    input()\n"  # held until the test says so
+    )
+    with exclusive(lock, "the merge"):
+        waiter = subprocess.Popen([sys.executable, "-c", script, str(lock)], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        # the waiter blocks on the file this block holds; wait until it has opened it
+        for _ in range(500):
+            if any(f"{lock}" in os.readlink(fd) for fd in _open_files(waiter.pid)):
+                break
+            time.sleep(0.01)
+    exists, inode = waiter.stdout.readline().split()
+    assert exists == "True" and int(inode) == lock.stat().st_ino
+    with (
+        pytest.raises(RunnerError, match="the merge is in use by another process"),
+        exclusive(lock, "the merge"),
+    ):
+        pass
+    waiter.communicate("\n", timeout=30)
+    assert waiter.returncode == 0 and not lock.exists()
+
+
+def _open_files(pid: int) -> list[str]:
+    folder = Path(f"/proc/{pid}/fd")
+    try:
+        return [str(entry) for entry in folder.iterdir()]
+    except OSError:
+        return []
+
+
+def test_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    dead = temporary_path(tmp_path / "predictions.csv", pid=int(finished.stdout))
+    dead.write_text("half a merge")
+    alive = temporary_path(tmp_path / "fingerprint.json")  # this process's own
+    alive.write_text("being written")
+    other_host = tmp_path / "fingerprint.json.some-other-host.1.tmp"
+    other_host.write_text("a shard on another machine sharing the disk")
+    remove_stale_temporaries(tmp_path)
+    assert not dead.exists() and alive.exists() and other_host.exists()

@@ -79,3 +79,25 @@ def test_a_slurm_launcher_without_slurm_is_one_line(model_cache, tmp_path) -> No
             "for this machine: hydra/launcher=joblib (processes) or hydra/launcher=submitit_local"
         ]
         assert "Traceback" not in result.stdout
+
+
+@pytest.mark.slurm
+def test_a_slurm_cluster_that_does_not_answer_is_one_line(model_cache, tmp_path) -> None:
+    """sbatch is installed, but the controller it is configured for is not there."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=6999\nAuthType=auth/none\n"
+        "CredType=cred/none\nNodeName=localhost CPUs=1 State=UNKNOWN\n"
+        "PartitionName=debug Nodes=localhost Default=YES State=UP\n"
+    )
+    result = run_cli("--multirun", "hydra/launcher=slurm_cpu", "model=dummy", "runner.limit=2",
+                     cwd=tmp_path, cache_dir=model_cache, env={"SLURM_CONF": str(conf)},
+                     timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert error_lines(result.stdout) == [
+        "error: SLURM did not take the jobs (sbatch: error: Batch job submission failed: Unable "
+        "to contact slurm controller (connect failure)); check that the cluster answers (sinfo), "
+        "or pick a launcher for this machine: hydra/launcher=joblib (processes) or "
+        "hydra/launcher=submitit_local"
+    ]
+    assert "Traceback" not in result.stdout

@@ -12,7 +12,7 @@ import pytest
 import sacrebleu
 
 from runners.metrics import CorpusErrorRates, bleu
-from runners.run import RunnerError, run_experiment
+from runners.run import PROJECT_ROOT, RunnerError, run_experiment
 from tests.helpers import error_lines, make_config, read_predictions, run_cli, write_dataset
 
 ECHO = ["model=custom", "model.class_path=tests.wrappers:PromptEcho",
@@ -109,6 +109,31 @@ def test_a_system_prompt_from_a_text_file(model_cache, tmp_path) -> None:
                           "+model.init_params.system_prompt_file=/no/such/file.txt")  # fmt: skip
     with pytest.raises(RunnerError, match=r"cannot read model\.init_params\.system_prompt_file"):
         run_experiment(missing, tmp_path / "missing")
+
+
+def test_a_relative_system_prompt_file_is_also_looked_for_in_the_dataset_root(
+    model_cache, tmp_path
+) -> None:
+    """The README's example: the sample documents ship prompts/system.txt."""
+    cfg = make_config(model_cache, "model=dummy", "runner.limit=1",
+                      "+model.init_params.system_prompt_file=prompts/system.txt")  # fmt: skip
+    run_experiment(cfg, tmp_path / "run")
+    shipped = (PROJECT_ROOT / "data/sample_docs/prompts/system.txt").read_text().strip()
+    answer = read_predictions(tmp_path / "run").loc[0, "prediction"]
+    assert f"| {shipped} What is the subtotal?" in answer
+
+
+def test_a_system_prompt_file_that_is_not_utf8_is_one_line(model_cache, tmp_path) -> None:
+    system = tmp_path / "system.txt"
+    system.write_bytes("Réponds brièvement.\n".encode("latin-1"))
+    cfg = make_config(model_cache, "model=dummy",
+                      f"+model.init_params.system_prompt_file={system}")  # fmt: skip
+    with pytest.raises(RunnerError) as refused:
+        run_experiment(cfg, tmp_path / "run")
+    assert str(refused.value) == (
+        f"model.init_params.system_prompt_file {str(system)!r} is not UTF-8 text (byte 1 is "
+        "0xe9); re-save it as UTF-8"
+    )
 
 
 def test_every_run_writes_answers_in_their_format(model_cache, tmp_path) -> None:

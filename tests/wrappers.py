@@ -43,3 +43,12 @@ class PromptEcho(DummyModel):
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         return [Prediction(request.prompt, prompt_tokens=1, completion_tokens=1)
                 for request in requests]  # fmt: skip
+
+
+class CountsLoads(DummyModel):
+    """The dummy model, adding a line to the file ``loads_file`` each time it is constructed."""
+
+    def __init__(self, *args, loads_file: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        with open(loads_file, "a", encoding="utf-8") as handle:
+            handle.write("loaded\n")
