@@ -1,7 +1,8 @@
 """Every ``python -m runners.run`` command in README.md runs, so an example never rots.
 
 A command runs for real with ``runner.limit=2`` appended, after the README's imports of
-VLMHyperBench benchmarks (written to a temporary config folder that every command searches).
+VLMHyperBench benchmarks (written where the importer writes by default, ``./conf-vlmhyperbench``
+of a temporary directory, which every command searches).
 One that needs what this machine lacks (a GPU, a hub download, a server, SLURM, a dataset
 elsewhere, a package not installed) is composed with ``--cfg job`` instead: its overrides must
 parse and its config must compose; a sweep is composed job by job.
@@ -101,17 +102,22 @@ def test_the_readme_has_the_commands_it_should() -> None:
 @pytest.mark.slow
 def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: Path) -> None:
     (tmp_path / "examples").symlink_to(PROJECT_ROOT / "examples")
-    imported = tmp_path / "imported_conf"
-    for command in readme_commands(IMPORT_COMMAND):
-        arguments = [*shlex.split(command, comments=True)[3:], "--out", str(imported)]
+    for command in readme_commands(IMPORT_COMMAND):  # into ./conf-vlmhyperbench, its default
+        arguments = shlex.split(command, comments=True)[3:]
         result = run_cli(*arguments, module="runners.import_vlmhyperbench", cwd=tmp_path,
                          cache_dir=model_cache)  # fmt: skip
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
-    searchpath = f"hydra.searchpath=[file://{imported}]"
+    assert not list(CONFIG_DIR.glob("experiment/vlmhyperbench*"))  # not the project's conf/
+    # Every command may name an imported experiment, as the README's own do.
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf-vlmhyperbench'}]"
+
+    def with_searchpath(arguments: list[str]) -> list[str]:
+        named = any(argument.startswith("hydra.searchpath=") for argument in arguments)
+        return arguments if named else [*arguments, searchpath]
 
     ran, composed = [], []
     for command in readme_commands():
-        arguments = [*shlex.split(command, comments=True)[3:], searchpath]
+        arguments = with_searchpath(shlex.split(command, comments=True)[3:])
         # "<run>" stands for the directory of a single run made earlier: the latest one.
         if any("<run>" in argument for argument in arguments):
             runs = [path.parent for path in (tmp_path / "outputs").glob("*/.hydra")]
@@ -133,7 +139,7 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
     assert any("experiment=vlmhyperbench_demo" in command for command in ran)
     # Scoring without a model reads what the runs above wrote.
     for command in readme_commands(EVALUATE_COMMAND):
-        arguments = [*shlex.split(command, comments=True)[3:], searchpath]
+        arguments = with_searchpath(shlex.split(command, comments=True)[3:])
         result = run_cli(*arguments, module="runners.evaluate", cwd=tmp_path,
                          cache_dir=model_cache)  # fmt: skip
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"

@@ -5,20 +5,31 @@ demo (several questions per scan, ``data_index`` naming the document), and ``use
 from __future__ import annotations
 
 import csv
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 from PIL import Image
 
-from runners.import_vlmhyperbench import USER_CONFIG_COLUMNS, VLM_BASE_COLUMNS
+from model_interface.model_factory import ModelFactory
+from runners.config import PROJECT_ROOT, RunConfig, model_config, to_settings
+from runners.import_vlmhyperbench import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PROJECT_CONF,
+    USER_CONFIG_COLUMNS,
+    VLM_BASE_COLUMNS,
+    searchpath_override,
+)
 from runners.run import run_experiment
 from tests.helpers import (
     DEMO_QUESTIONS,
-    error_lines,
     make_config,
+    read_metrics,
     read_predictions,
     run_cli,
     run_until_killed,
@@ -107,11 +118,14 @@ def test_kill_9_then_resume_gives_the_file_an_uninterrupted_run_writes(
 # --- the importer ----------------------------------------------------------------------------
 
 
-def write_semicolon_csv(path: Path, columns: list[str], rows: list[list[str]]) -> Path:
+def write_semicolon_csv(
+    path: Path, columns: list[str], rows: list[list[str]], encoding: str = "utf-8-sig"
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8-sig", newline="") as handle:
+    with path.open("w", encoding=encoding, newline="") as handle:
         writer = csv.writer(handle, delimiter=";")
-        writer.writerow(columns)
+        if columns:
+            writer.writerow(columns)
         writer.writerows(rows)
     return path
 
@@ -165,12 +179,33 @@ def import_cli(
     *extra: str,
     cache: Path,
     columns: list[str] = USER_CONFIG_COLUMNS,
+    out: str | None = "conf",
+    encoding: str = "utf-8-sig",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    write_semicolon_csv(benchmark / "user_config.csv", columns, rows)
+    """The importer on ``rows`` in ``benchmark``, writing to ``benchmark/out`` (None: its
+    default folder)."""
+    write_semicolon_csv(benchmark / "user_config.csv", columns, rows, encoding=encoding)
+    out_args = [] if out is None else ["--out", str(benchmark / out)]
     return run_cli(str(benchmark / "user_config.csv"), str(benchmark / "vlm_base.csv"),
-                   "--data-dir", str(benchmark / "data_dirs"), "--out", str(benchmark / "conf"),
-                   *extra, cwd=benchmark, cache_dir=cache, timeout=60,
-                   module="runners.import_vlmhyperbench")  # fmt: skip
+                   "--data-dir", str(benchmark / "data_dirs"), *out_args, *extra, cwd=benchmark,
+                   cache_dir=cache, timeout=60, module="runners.import_vlmhyperbench",
+                   env=env or {})  # fmt: skip
+
+
+def printed_commands(output: str) -> list[str]:
+    """The commands the importer prints to run the import ("run it: ...", "then: ...")."""
+    return [line.partition(": ")[2] for line in output.splitlines()
+            if line.startswith(("run it: ", "then: "))]  # fmt: skip
+
+
+def run_printed(command: str, *extra: str, cwd: Path, cache: Path, **kwargs) -> str:
+    """A printed ``python -m MODULE ARGS`` run as the shell would split it; its output."""
+    python, dash_m, module, *arguments = shlex.split(command)
+    assert (python, dash_m) == ("python", "-m")
+    result = run_cli(*arguments, *extra, cwd=cwd, cache_dir=cache, module=module, **kwargs)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
+    return result.stdout
 
 
 @pytest.mark.slow
@@ -281,13 +316,15 @@ def test_with_hf_the_rows_run_on_the_built_in_backend(model_cache, benchmark) ->
     ).is_file()
     assert new.model.name == "hf"
     assert new.model.init_params.model_name == "Qwen/Qwen2.5-VL-32B-Instruct"
-    assert (new.model.init_params.dtype, new.model.init_params.max_new_tokens) == ("bfloat16", 512)
+    assert (new.model.init_params.dtype, new.model.init_params.max_new_tokens) == (
+        "bfloat16", DEFAULT_MAX_NEW_TOKENS)  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("column", "user_config.csv: unknown column(s) ['temperature'], missing []"),
+        ("column", f"user_config.csv: unknown column(s) ['temperature'], missing []; expected "
+                   f"{USER_CONFIG_COLUMNS}"),
         ("metric", "user_config.csv line 2: metric 'ROUGE' has no counterpart here; importable: "
                    "['BLEU', 'CER', 'WER']"),
         ("model", "user_config.csv line 2: no vlm_base.csv row for framework 'Hugging Face' and "
@@ -295,16 +332,43 @@ def test_with_hf_the_rows_run_on_the_built_in_backend(model_cache, benchmark) ->
         ("task", "user_config.csv line 2: task 'KIE' has no counterpart here; importable: ['VQA']"),
         ("collection", "user_config.csv line 2: {data}/PromptCollections/VQA/demo_mini/gone.csv "
                        "does not exist; check --data-dir and the prompt_collection column"),
-        ("name", "the experiment name 'my bench' may hold only letters, digits"),
+        ("name", "the experiment name 'my bench' may hold only letters, digits, '_', '.' and '-'; "
+                 "pass --name"),
         ("evaluate_only", "user_config.csv line 2 only evaluates, but no row runs its model on its "
-                          "questions"),
+                          "questions; add that row, or score its answers file with python -m "
+                          "runners.evaluate predictions=..."),
+        # A header alone used to write nothing and print a command that ran nothing, exit 0.
+        ("no_rows", "user_config.csv has no rows: add one evaluation per line below its header"),
+        ("empty_file", f"user_config.csv is empty; its first line must be the header "
+                       f"{';'.join(USER_CONFIG_COLUMNS)}"),
+        ("no_models", "user_config.csv line 2: no vlm_base.csv row for framework 'Hugging Face' "
+                      "and model 'Qwen2-VL-2B-Instruct'"),
+        # Saved from Excel as plain "CSV" (a legacy code page), not "CSV UTF-8": a traceback.
+        ("latin1", "user_config.csv line 2 is not UTF-8 (byte 0xe9); re-save the file as UTF-8 "
+                   "(Excel: 'CSV UTF-8')"),
+        ("latin1_vlm_base", "vlm_base.csv line 4 is not UTF-8 (byte 0xe9); re-save the file as "
+                            "UTF-8 (Excel: 'CSV UTF-8')"),
+        # An unquoted ';' in a prompt: the row has a value beyond the header. A traceback.
+        ("extra_value", "user_config.csv line 2: 12 values for 11 columns; quote a value that "
+                        "holds ';'"),
+        # A shared user_config.csv must not send a file from elsewhere on this machine to the
+        # model (as its system prompt or its prompts) or make a dataset of another folder.
+        ("dataset_outside", "user_config.csv line 2: dataset '../../../..' leads out of "
+                            "{data}/Datasets/VQA; name a path inside it"),
+        ("system_prompt_outside", "user_config.csv line 2: system_prompt '../../notes.txt' leads "
+                                  "out of {data}/SystemPrompts; name a path inside it"),
+        ("collection_outside", "user_config.csv line 2: prompt_collection '{notes}' leads out of "
+                               "{data}/PromptCollections/VQA; name a path inside it"),
+        ("max_new_tokens", "--max-new-tokens must be >= 1, got 0"),
     ],
 )  # fmt: skip
-def test_what_has_no_counterpart_is_refused_in_one_line_and_nothing_is_written(
+def test_what_cannot_be_imported_is_refused_in_one_line_and_nothing_is_written(
     model_cache, benchmark, change, message
 ) -> None:
     row = user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv")
-    columns, extra = list(USER_CONFIG_COLUMNS), []
+    columns, extra, rows, encoding = list(USER_CONFIG_COLUMNS), [], [row], "utf-8-sig"
+    notes = benchmark / "notes.txt"  # a file outside the data folder
+    notes.write_text("not for the model\n", encoding="utf-8")
     if change == "column":
         columns.append("temperature")
         row.append("0.7")
@@ -320,8 +384,266 @@ def test_what_has_no_counterpart_is_refused_in_one_line_and_nothing_is_written(
         extra = ["--name", "my bench"]
     elif change == "collection":
         row[5] = "demo_mini/gone.csv"
-    result = import_cli(benchmark, [row], *extra, cache=model_cache, columns=columns)
-    assert result.returncode == 2
-    (line,) = error_lines(result.stdout)
-    assert line.startswith(f"error: {message.format(data=benchmark / 'data_dirs')}")
+    elif change == "no_rows":
+        rows = []
+    elif change == "no_models":
+        write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [])
+    elif change == "latin1":
+        row[4], encoding = "Réponds brièvement.", "latin-1"
+    elif change == "latin1_vlm_base":
+        models = [*VLM_BASE_ROWS, ["Hugging Face", "Qwen2-VL", "Qwen2-VL-7B", "", "", "café",
+                                   "models", "Model"]]  # fmt: skip
+        write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, models, "latin-1")
+    elif change == "extra_value":
+        row[4:5] = ["Answer briefly", " in English."]
+    elif change == "dataset_outside":
+        row[0] = "../../../.."
+    elif change == "system_prompt_outside":
+        row[4] = "../../notes.txt"
+    elif change == "collection_outside":
+        row[5] = str(notes)
+    elif change == "max_new_tokens":
+        extra = ["--max-new-tokens", "0"]
+    elif change == "empty_file":
+        columns, rows = [], []  # not even a header: a file of 0 bytes
+    result = import_cli(benchmark, rows, *extra, cache=model_cache, columns=columns,
+                        encoding=encoding)  # fmt: skip
+    expected = message.format(data=benchmark / "data_dirs", notes=notes)
+    assert (result.returncode, result.stdout.splitlines()) == (2, [f"error: {expected}"])
     assert not (benchmark / "conf").exists()
+
+
+# --- every cell reaches the run as its text ---------------------------------------------------
+
+SECRET = "sk-secret-123"
+# What OmegaConf and Hydra would interpret in a config value: each must stay this text.
+INTERPRETED = [
+    "${oc.env:OPENAI_API_KEY}",
+    "key: ${oc.env:OPENAI_API_KEY}, end",
+    "${oc.env:OPENAI_API_KEY,fallback}",
+    "${oc.decode:'${oc.env:OPENAI_API_KEY}'}",
+    "${oc.create:{key: ${oc.env:OPENAI_API_KEY}}}",
+    "${oc.select:paths.cache_dir,none}",
+    "${paths.cache_dir}",
+    "${.name}",
+    "${a.${b}}",
+    "${hydra:runtime.cwd}",
+    "${hydra:job.name}",
+    "${now:%Y-%m-%d}",
+    "${default_cache_dir:}",
+    "\\${oc.env:OPENAI_API_KEY}",  # a backslash before "${"
+    "\\\\${oc.env:OPENAI_API_KEY}",  # two of them
+    "ends with a backslash \\",
+    "\\",
+    "???",  # OmegaConf's missing value
+    "$ {x} $x {y} }",
+    "# @package _global_",
+    "line one\n# @package foo\nmodel:\n  class_path: evil:Evil",  # quoted CSV cells hold lines
+    "para\u2028graph\x85next\rline",  # line breaks to YAML, not to Python's csv
+]
+
+
+def test_no_cell_is_interpreted_each_reaches_the_composed_job_as_its_text(
+    model_cache, benchmark, monkeypatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    data = benchmark / "data_dirs"
+    # A dataset folder, a prompt collection and a model named like interpolations too.
+    odd_name = "${oc.env:OPENAI_API_KEY} ${now:%Y}"
+    shutil.copytree(data / "Datasets" / "VQA" / "demo_mini", data / "Datasets" / "VQA" / odd_name)
+    write_collection(data / "PromptCollections" / "VQA" / f"{odd_name}.csv", "Кратко")
+    model = [odd_name, "Dummy", odd_name, "", "", "model_interface", "backends.dummy", "DummyModel"]
+    write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [model])
+    # Each form as the system prompt and the filters; the other cells name the odd folder.
+    rows = [[odd_name, "VQA", odd_name, odd_name, text, f"{odd_name}.csv", "['CER']", "False",
+             AGGREGATORS, repr([text, "passport"]), text] for text in INTERPRETED]  # fmt: skip
+    result = import_cli(benchmark, rows, "--name", "odd", cache=model_cache)
+    assert result.returncode == 0, result.stdout
+    assert SECRET not in result.stdout
+
+    searchpath = f"hydra.searchpath=[file://{benchmark / 'conf'}]"
+    for index, text in enumerate(INTERPRETED):
+        job = benchmark / "conf" / "vlmhyperbench" / "odd" / f"job_{index}.yaml"
+        # The row is quoted in one comment line under the package line, whatever its cells hold.
+        header, source, first_key = job.read_text(encoding="utf-8").splitlines()[:3]
+        assert (header, first_key) == ("# @package _global_", "defaults:")
+        assert source.startswith("# imported from user_config.csv line ")
+
+        cfg = make_config(model_cache, f"+vlmhyperbench/odd=job_{index}", searchpath)
+        settings = to_settings(cfg, RunConfig)  # resolved as runners.run resolves it
+        assert settings.model["class_path"] == "model_interface.backends.dummy:DummyModel"
+        assert settings.model["init_params"]["system_prompt"] == text
+        assert settings.model["init_params"]["model_name"] == odd_name
+        assert settings.dataset.name == odd_name
+        assert settings.dataset.root == str(data / "Datasets" / "VQA" / odd_name)
+        assert settings.dataset.prompt_collection == str(
+            data / "PromptCollections" / "VQA" / f"{odd_name}.csv"
+        )
+        assert (settings.dataset.doc_class, settings.dataset.question_type) == (
+            [text, "passport"], [text])  # fmt: skip
+        assert SECRET not in repr(settings)
+
+
+@pytest.mark.slow
+def test_a_secret_named_in_a_cell_reaches_no_file_of_the_printed_commands(
+    model_cache, tmp_path, demo
+) -> None:
+    """The import and its printed commands run for real, the secret in the environment; the
+    folder has a comma, a space and Cyrillic, which the printed searchpath must quote."""
+    benchmark = tmp_path / "bench, с пробелом"
+    data = benchmark / "data_dirs"
+    shutil.copytree(demo, data / "Datasets" / "VQA" / "demo_mini")
+    write_collection(data / "PromptCollections" / "VQA" / "demo_mini" / "brief.csv", "Кратко")
+    key = "${oc.env:OPENAI_API_KEY}"
+    model = ["Dummy", "Dummy", key, "", "", "model_interface", "backends.dummy", "DummyModel"]
+    write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [model])
+    row = ["demo_mini", "VQA", "Dummy", key, key, "demo_mini/brief.csv", "['CER']", "False",
+           AGGREGATORS, "", ""]  # fmt: skip
+    evaluate_row = [*row[:6], "['CER', 'WER']", "True", *row[8:]]
+    secret = {"OPENAI_API_KEY": SECRET}
+    imported = import_cli(benchmark, [row, evaluate_row], cache=model_cache, out=None, env=secret)
+    assert imported.returncode == 0, imported.stdout
+
+    searchpath = f"'hydra.searchpath=[\"file://{benchmark}/conf-vlmhyperbench\"]'"
+    run, evaluate = printed_commands(imported.stdout)
+    assert run == f"python -m runners.run --multirun experiment=user_config {searchpath}"
+    assert evaluate == (f"python -m runners.evaluate --multirun experiment=user_config_evaluate "
+                        f"{searchpath}")  # fmt: skip
+    output = run_printed(run, "runner.limit=2", "model.init_params.max_new_tokens=8",
+                         cwd=benchmark, cache=model_cache, env=secret)  # fmt: skip
+    output += run_printed(evaluate, cwd=benchmark, cache=model_cache, env=secret)
+
+    job = benchmark / "outputs" / "multirun" / "user_config" / "0_custom_vlmhyperbench"
+    predictions = read_predictions(job)
+    assert set(predictions["model"]) == {key}
+    # The dummy model answers "<size> rgb(...) | <system prompt> <prompt>", cut at 8 words.
+    assert [answer.split()[3] for answer in predictions["prediction"]] == [key, key]
+    assert all(len(answer.split()) <= 8 for answer in predictions["prediction"])
+    rescored = benchmark / "outputs" / "evaluate" / "multirun" / "user_config_evaluate" / "0"
+    assert "wer" in read_metrics(rescored)
+    assert SECRET not in output
+    written = [path for path in benchmark.rglob("*") if path.is_file()]
+    assert len(written) > 20 and not [path for path in written
+                                      if SECRET.encode() in path.read_bytes()]  # fmt: skip
+
+
+# --- where the import goes, and how long its answers are -------------------------------------
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(model_cache, benchmark) -> None:
+    (benchmark / "a_file").write_text("")
+    row = user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv")
+    result = import_cli(benchmark, [row], cache=model_cache, out="a_file/conf")
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        f"error: cannot write {benchmark / 'a_file' / 'conf' / 'vlmhyperbench' / 'user_config'}: "
+        "Not a directory; choose another folder with --out DIR"
+    )
+
+
+def test_by_default_the_import_goes_to_conf_vlmhyperbench_of_the_current_directory(
+    model_cache, benchmark
+) -> None:
+    row = user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv")
+    result = import_cli(benchmark, [row], "--name", "default_out_probe", cache=model_cache,
+                        out=None)  # fmt: skip
+    assert result.returncode == 0, result.stdout
+    out = benchmark / "conf-vlmhyperbench"
+    assert (out / "experiment" / "default_out_probe.yaml").is_file()
+    assert (out / "vlmhyperbench" / "default_out_probe" / "job_0.yaml").is_file()
+    # The project's conf/ (its git tree, its --help) is left alone.
+    assert not (PROJECT_CONF / "experiment" / "default_out_probe.yaml").exists()
+    assert not (PROJECT_CONF / "vlmhyperbench" / "default_out_probe").exists()
+    assert printed_commands(result.stdout) == [
+        f"python -m runners.run --multirun experiment=default_out_probe "
+        f"'hydra.searchpath=[file://{out}]'"
+    ]
+    # The job the experiment sweeps over composes from that folder.
+    cfg = make_config(model_cache, "+vlmhyperbench/default_out_probe=job_0",
+                      f"hydra.searchpath=[file://{out}]")  # fmt: skip
+    assert cfg.model.class_path == "tests.upstream_wrappers:Qwen2VLStyleModel"
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ["/srv/plain-dir_1.0/conf", "/srv/a b/conf", "/srv/a,b/conf", "/srv/Данные/conf",
+     "/srv/it's/conf", '/srv/say "hi"/conf', "/srv/back\\slash\\", "/srv/a(b)=c [d]/conf",
+     "/srv/trailing space /conf "],
+)  # fmt: skip
+def test_the_printed_searchpath_names_any_folder_exactly(folder: str) -> None:
+    override = searchpath_override(Path(folder))
+    if folder == "/srv/plain-dir_1.0/conf":
+        assert override == "hydra.searchpath=[file:///srv/plain-dir_1.0/conf]"
+    parsed = OverridesParser.create().parse_override(override)
+    assert (parsed.key_or_group, parsed.value()) == ("hydra.searchpath", [f"file://{folder}"])
+    assert shlex.split(shlex.quote(override)) == [override]
+
+
+def test_jobs_on_this_projects_backends_answer_briefly_and_take_a_plain_override(
+    model_cache, benchmark, clean_registry
+) -> None:
+    """--hf rows and rows whose wrapper is a built-in backend get max_new_tokens; a wrapper of
+    their own, which takes no such argument, is left to its own length."""
+    write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [*VLM_BASE_ROWS,
+        ["Dummy", "Dummy", "dummy", "", "", "model_interface", "backends.dummy", "DummyModel"],
+        ["Their", "Qwen2-VL", "Qwen2-VL-style", "", "", "tests", "upstream_wrappers",
+         "Qwen2VLStyleModel"]])  # fmt: skip
+    rows = [user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv"),  # conf/model's
+            user_config_row("Qwen2.5-VL-3B-Instruct", "demo_mini/brief.csv"),  # conf/model's
+            user_config_row("dummy", "demo_mini/brief.csv"),
+            user_config_row("Qwen2-VL-style", "demo_mini/brief.csv")]  # fmt: skip
+    rows[2][2], rows[3][2] = "Dummy", "Their"
+    result = import_cli(benchmark, rows, "--hf", "--name", "brief", cache=model_cache)
+    assert result.returncode == 0, result.stdout
+    assert ("note: jobs on tests.upstream_wrappers:Qwen2VLStyleModel answer at their wrapper's "
+            "own length; --max-new-tokens reaches only this project's backends"
+            ) in result.stdout.splitlines()  # fmt: skip
+    searchpath = f"hydra.searchpath=[file://{benchmark / 'conf'}]"
+
+    def job(index: int, *overrides: str) -> dict:
+        cfg = make_config(model_cache, f"+vlmhyperbench/brief=job_{index}", searchpath,
+                          *overrides)  # fmt: skip
+        return to_settings(cfg, RunConfig).model
+
+    for index in (0, 1, 2):
+        assert job(index)["init_params"]["max_new_tokens"] == DEFAULT_MAX_NEW_TOKENS == 64
+        # A plain override, as for any other model config; "+" and "++" are not needed.
+        assert job(index, "model.init_params.max_new_tokens=8")["init_params"][
+            "max_new_tokens"] == 8  # fmt: skip
+    assert [job(index).get("name") for index in (0, 1, 2)] == ["hf", "hf", "custom"]
+    theirs = job(3)
+    assert "max_new_tokens" not in theirs["init_params"]
+    assert type(ModelFactory.from_config(model_config(theirs))).__name__ == "Qwen2VLStyleModel"
+
+    longer = import_cli(benchmark, rows, "--hf", "--name", "longer", "--max-new-tokens", "512",
+                        cache=model_cache)  # fmt: skip
+    assert longer.returncode == 0, longer.stdout
+    cfg = make_config(model_cache, "+vlmhyperbench/longer=job_2", searchpath)
+    assert cfg.model.init_params.max_new_tokens == 512
+
+
+@pytest.mark.slow
+def test_the_example_runs_from_the_printed_commands_at_the_default_answer_length(
+    model_cache, tmp_path
+) -> None:
+    (tmp_path / "examples").symlink_to(PROJECT_ROOT / "examples")
+    example = Path("examples") / "vlmhyperbench"
+    imported = run_cli(str(example / "user_config.csv"), str(example / "vlm_base.csv"),
+                       "--data-dir", str(example / "data_dirs"), "--name", "vlmhyperbench_demo",
+                       cwd=tmp_path, cache_dir=model_cache,
+                       module="runners.import_vlmhyperbench")  # fmt: skip
+    assert imported.returncode == 0, imported.stdout
+    searchpath = shlex.quote(searchpath_override(tmp_path / "conf-vlmhyperbench"))
+    run, evaluate = printed_commands(imported.stdout)
+    assert run == f"python -m runners.run --multirun experiment=vlmhyperbench_demo {searchpath}"
+    run_printed(run, "runner.limit=2", cwd=tmp_path, cache=model_cache)
+    run_printed(evaluate, cwd=tmp_path, cache=model_cache)
+
+    sweep = tmp_path / "outputs" / "multirun" / "vlmhyperbench_demo"
+    for index in range(4):
+        job = sweep / f"{index}_custom_vlmhyperbench"
+        assert len(read_predictions(job)) == 2
+        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert config.model.init_params.max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+    rescored = tmp_path / "outputs" / "evaluate" / "multirun" / "vlmhyperbench_demo_evaluate"
+    assert "bleu" in read_metrics(rescored / "0")
