@@ -10,7 +10,10 @@ size limit. Good requests must all be answered (200), bad ones all refused with 
 server's memory must not grow with what it refused. The last lines are machine-readable:
 ``load_good_ok``, ``load_bad_4xx`` (shares, 1.0 is right), ``load_requests_per_s``,
 ``load_server_rss_growth_mb`` (the server's RSS after the run less before it, the run made once
-before as a warm-up, so that a leak shows and the allocator's first peak does not).
+before as a warm-up, so that a leak shows and the allocator's first peak does not), and
+``load_health_ms_during_huge_body``: the slowest ``/health`` answer while a 28 MB body of 14
+million numbers (under the 32 MB body limit) is sent, parsed and answered; a server that parses
+it on its event loop keeps every client waiting for seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from PIL import Image
 
 PAGE = Path(__file__).resolve().parents[1] / "data" / "sample_docs" / "images" / "invoice_001.png"
 JSON = {"content-type": "application/json"}
+HUGE_BODY_VALUES = 14_000_000
 
 
 def data_url(picture_bytes: bytes) -> str:
@@ -94,6 +98,30 @@ async def load(base_url: str, schedule: list[tuple[str, bytes]], concurrency: in
         return await asyncio.gather(*(send(kind, body) for kind, body in schedule))
 
 
+def huge_body() -> bytes:
+    """A chat request whose ``messages`` is a list of 14 million zeros: 28 MB of JSON."""
+    return b'{"messages": [' + b",".join([b"0"] * HUGE_BODY_VALUES) + b"]}"
+
+
+async def health_while_answering(base_url: str, body: bytes) -> tuple[list[float], int, float]:
+    """The latencies (ms) of ``/health``, asked one after another for as long as the POST of
+    ``body`` takes; that POST's status and seconds."""
+    root = base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=120) as client:
+        await client.get(f"{root}/health")  # connected: the first check pays no handshake
+        started = time.perf_counter()
+        big = asyncio.create_task(
+            client.post(f"{base_url}/chat/completions", content=body, headers=JSON)
+        )
+        latencies = []
+        while not big.done():
+            asked = time.perf_counter()
+            await client.get(f"{root}/health")
+            latencies.append((time.perf_counter() - asked) * 1000)
+        response = await big
+    return latencies, response.status_code, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="dummy", help="a conf/model config name")
@@ -122,6 +150,8 @@ def main() -> None:
         results = asyncio.run(load(base_url, schedule, args.concurrency))
         elapsed = time.perf_counter() - started
         after = rss_mb(process.pid)
+        huge = huge_body()
+        health_ms, huge_status, huge_s = asyncio.run(health_while_answering(base_url, huge))
 
     statuses: dict[str, Counter] = {}
     for kind, status in results:
@@ -132,6 +162,11 @@ def main() -> None:
     )
     rows = [[kind, dict(sorted(counts.items()))] for kind, counts in statuses.items()]
     print_table(["request", "statuses"], rows)
+    print(
+        f"/health while a {len(huge) / 1e6:.0f} MB body of {HUGE_BODY_VALUES:,} numbers was "
+        f"answered ({huge_status} in {huge_s:.2f} s): {len(health_ms)} checks, slowest "
+        f"{max(health_ms):.1f} ms"
+    )
     good_results = [status for kind, status in results if kind == "good"]
     bad_results = [status for kind, status in results if kind != "good"]
     print_figures(
@@ -139,6 +174,7 @@ def main() -> None:
         load_bad_4xx=sum(400 <= status < 500 for status in bad_results) / max(1, len(bad_results)),
         load_requests_per_s=args.requests / elapsed,
         load_server_rss_growth_mb=after - before,
+        load_health_ms_during_huge_body=max(health_ms),
     )
 
 

@@ -178,6 +178,12 @@ class RequestLimits:
     max_request_pixels: int = 64_000_000
     max_prompt_chars: int = 100_000  # all the text of a request, system message included
     max_json_depth: int = 32  # nesting of the JSON body
+    # JSON values in the body (list items and object members), counted from its commas and
+    # brackets before it is parsed: those in text count too, so keep it above max_prompt_chars.
+    max_json_values: int = 200_000
+    # Seconds a client may take to send a body (408 beyond, and the connection closed), so a
+    # client that drips its body can't hold a connection.
+    body_timeout_s: float = 60
 
     def __post_init__(self) -> None:
         checks = [
@@ -187,6 +193,10 @@ class RequestLimits:
             (self.max_request_pixels >= 1, "serve.limits.max_request_pixels must be >= 1"),
             (self.max_prompt_chars >= 1, "serve.limits.max_prompt_chars must be >= 1"),
             (self.max_json_depth >= 2, "serve.limits.max_json_depth must be >= 2"),
+            (self.max_json_values > self.max_prompt_chars,
+             "serve.limits.max_json_values must be > serve.limits.max_prompt_chars (commas and "
+             "brackets in the text count too)"),
+            (self.body_timeout_s > 0, "serve.limits.body_timeout_s must be > 0"),
         ]
         _raise_first_failure(checks, self)
 
@@ -223,12 +233,16 @@ class ServeConfig:
     api_key_env: str | None = None
     # Serve the API's own documentation at /docs and /openapi.json.
     docs: bool = False
+    # Connections served at once; a request on one more is answered 503 straight away, so slow
+    # clients can't take the server from everyone.
+    max_connections: int = 64
     limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         checks = [
             (0 <= self.port <= 65535, "serve.port must be between 0 and 65535"),
             (self.max_batch_size >= 1, "serve.max_batch_size must be >= 1"),
+            (self.max_connections >= 1, "serve.max_connections must be >= 1"),
             (self.batch_wait_ms >= 0, "serve.batch_wait_ms must be >= 0"),
             (self.batch_fill_ms >= 0, "serve.batch_fill_ms must be >= 0"),
         ]

@@ -17,9 +17,15 @@ models here don't stream, so the text comes as one chunk once it is complete.
 One request never hurts another:
 
 * **Limits** (``serve.limits``): the body size (413), images per request, pixels per image and
-  per request (read from the image headers before anything is decoded), prompt length and JSON
-  nesting are checked before a request is queued; a request over a limit gets a 400 saying
-  which, and costs no model time.
+  per request (read from the image headers before anything is decoded), prompt length, JSON
+  nesting and the number of JSON values (counted before the body is parsed) are checked before
+  a request is queued; a request over a limit gets a 400 saying which, and costs no model time.
+  Text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) is a 400 too.
+* **Slow and many clients**: a body that has not all arrived within
+  ``serve.limits.body_timeout_s`` is a 408, and its connection is closed; at most
+  ``serve.max_connections`` connections are served at once (more are answered 503 straight
+  away). Bodies over a few kilobytes are parsed in a
+  worker thread, so a huge one never holds up ``/health`` or other clients.
 * **Isolation**: a batch the model fails on is tried again one request at a time, so a bad
   request fails alone. A request the model can't take as it is (``UnsupportedRequest``, e.g. no
   image for a model that needs one) is a 400, a failure of the model a 500; each goes only to
@@ -77,6 +83,7 @@ try:
     import fastapi
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 except ImportError as error:  # reported with the install hint when an app is created
     fastapi = None
     _fastapi_missing: ImportError | None = error
@@ -88,6 +95,15 @@ log = logging.getLogger("runners.serve")
 DISCONNECT_POLL_S = 0.25
 # How far back the batcher looks for how many requests clients keep in flight together.
 RECENT_S = 2.0
+# Bodies up to this size are parsed on the event loop (microseconds); bigger ones in a worker
+# thread, so that /health and other clients are answered while they are.
+INLINE_PARSE_BYTES = 64 * 1024
+# Commas and brackets are counted this many bytes at a time: one count holds the GIL for well
+# under a millisecond, so the event loop gets its turn between two.
+SCAN_WINDOW_BYTES = 2**20
+# Seconds an idle keep-alive connection is kept open after its last answer (uvicorn's default,
+# said out loud: it is part of what bounds the connections slow clients can hold).
+KEEP_ALIVE_S = 5
 # The OpenAI request fields that set generation, and the GenerationSettings field each sets.
 REQUEST_SETTINGS = {
     "max_tokens": "max_new_tokens",
@@ -102,7 +118,8 @@ REQUEST_SETTINGS = {
 
 
 class BadRequest(ValueError):
-    """The request can't be answered as sent; the message says why. ``status``: 400, 404, 413."""
+    """The request can't be answered as sent; the message says why. ``status``: 400, 404, 408,
+    413."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -305,7 +322,22 @@ def _image_bytes(image_url: Any, index: int) -> bytes:
 
 
 def parse_json_body(raw: bytes, limits: RequestLimits) -> Any:
-    """The decoded body; too deep a nesting is a 400, whatever Python's recursion limit."""
+    """The decoded body, or a :class:`BadRequest` saying which limit it is over.
+
+    Before parsing, the commas and brackets are counted: each list item or object member needs
+    one, so a body with more than ``max_json_values`` of them is refused without being parsed
+    (``json.loads`` holds the GIL while it runs, and 14 million values take seconds to parse and
+    check, worker thread or not). After parsing: the nesting (whatever Python's recursion
+    limit), and that every string is valid Unicode. Bodies over :data:`INLINE_PARSE_BYTES` take
+    a while: call it in a worker thread.
+    """
+    max_values = limits.max_json_values
+    separators = count_json_separators(raw)
+    if separators > max_values:
+        raise BadRequest(
+            f"the request body has {separators:,} commas and brackets, over this server's limit "
+            f"of {max_values:,} JSON values (each list item or object member takes one)"
+        )
     try:
         body = json.loads(raw)
     except RecursionError:
@@ -320,7 +352,67 @@ def parse_json_body(raw: bytes, limits: RequestLimits) -> Any:
             f"the request body is nested {depth if body is not None else 'too'} levels deep, "
             f"over this server's limit of {limits.max_json_depth}"
         )
+    check_unicode(body)
     return body
+
+
+def count_json_separators(raw: bytes) -> int:
+    """The commas, ``[`` and ``{`` in ``raw``: at least as many as the list items and object
+    members in it (those inside strings only add to the count). Counted a window at a time, so
+    that a worker thread doing it lets the event loop run between two windows."""
+    count = 0
+    for start in range(0, len(raw), SCAN_WINDOW_BYTES):
+        end = start + SCAN_WINDOW_BYTES
+        count += raw.count(b",", start, end) + raw.count(b"[", start, end)
+        count += raw.count(b"{", start, end)
+    return count
+
+
+def check_unicode(body: Any) -> None:
+    """Raise :class:`BadRequest` naming the first string (or key) of ``body`` that is not valid
+    Unicode: JSON's ``"\\ud800"`` escape decodes to a lone surrogate, which no tokenizer takes
+    and UTF-8 can't encode, so it is refused here rather than fail after the model."""
+    # (value, the path of its parent, its own step): paths are built only where needed.
+    pending: list[tuple[Any, str, str]] = [(body, "", "")]
+    while pending:
+        value, parent, step = pending.pop()
+        if isinstance(value, str):
+            problem = lone_surrogate(value)
+            if problem is not None:
+                where = f"the request's {parent}{step}" if parent or step else "the request body"
+                raise BadRequest(_not_unicode(where, problem))
+        elif isinstance(value, (dict, list)):
+            path = f"{parent}{step}"
+            if isinstance(value, list):
+                children = [(child, path, f"[{index}]") for index, child in enumerate(value)]
+            else:
+                children = []
+                for key, child in value.items():
+                    problem = lone_surrogate(key)
+                    if problem is not None:
+                        where = f"a key in the request's {path}" if path else "a key in the request"
+                        raise BadRequest(_not_unicode(where, problem))
+                    children.append((child, path, f".{key}" if path else key))
+            pending.extend(reversed(children))  # popped in document order
+
+
+def lone_surrogate(text: str) -> str | None:
+    """``"lone surrogate \\ud800 at character 5"`` for the first half of a surrogate pair in
+    ``text`` that stands alone (Python keeps a valid pair as one character), else None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"lone surrogate \\u{ord(text[error.start]):04x} at character {error.start}"
+    return None
+
+
+def _not_unicode(where: str, problem: str) -> str:
+    return (
+        f"{where} is not valid Unicode ({problem}); a \\ud800-\\udfff escape must be one half "
+        "of a surrogate pair"
+    )
 
 
 def json_depth(value: Any) -> int:
@@ -337,21 +429,39 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-async def read_body(request: Any, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to be over ``max_bytes``."""
+async def read_body(
+    request: Any, max_bytes: int, timeout_s: float
+) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over ``max_bytes``, and
+    with 408 if it has not all arrived within ``timeout_s``: a client that drips its body a byte
+    at a time can't hold a connection (and the memory of what it sent) for longer.
+
+    Raises starlette's ``ClientDisconnect`` if the client goes away before the end.
+    """
     too_large = BadRequest(
         f"the request body is over this server's limit of {max_bytes:,} bytes", status=413
     )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read_all() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read_all(), timeout_s)
+    except asyncio.TimeoutError:  # TimeoutError's alias from Python 3.11 on
+        raise BadRequest(
+            f"the request body did not all arrive within {timeout_s:g} s, this server's limit; "
+            "send it without pauses",
+            status=408,
+        ) from None
 
 
 # --- batching ------------------------------------------------------------------------------
@@ -380,8 +490,10 @@ class _Batcher:
     queue: asyncio.Queue[_Pending] | None = None
     task: asyncio.Task[None] | None = None
     executor: ThreadPoolExecutor | None = None
-    # The sizes of the latest batches, for tests and debugging; bounded for long-lived servers.
+    # The sizes of the latest batches, and what closed each (see _next_batch), for tests and
+    # debugging; bounded for long-lived servers.
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+    batch_closed_by: deque[str] = field(default_factory=lambda: deque(maxlen=10_000))
     in_flight: int = 0  # requests between their arrival and their answer
     # (time, in_flight) at each arrival within the last RECENT_S seconds.
     _arrivals: deque[tuple[float, int]] = field(default_factory=deque)
@@ -430,12 +542,13 @@ class _Batcher:
         assert self.queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch(self.queue, loop)
+            batch, closed_by = await self._next_batch(self.queue, loop)
             # A client that disconnected cancelled its future: don't spend the model on it.
             batch = [item for item in batch if not item.future.done()]
             if not batch:
                 continue
             self.batch_sizes.append(len(batch))
+            self.batch_closed_by.append(closed_by)
             requests = [item.request for item in batch]
             answers = await loop.run_in_executor(self.executor, predict_isolated, self.model,
                                                  requests)  # fmt: skip
@@ -445,8 +558,11 @@ class _Batcher:
 
     async def _next_batch(
         self, queue: asyncio.Queue[_Pending], loop: asyncio.AbstractEventLoop
-    ) -> list[_Pending]:
-        """Up to max_batch_size requests: the first, then whatever arrives within the wait."""
+    ) -> tuple[list[_Pending], str]:
+        """Up to max_batch_size requests: the first, then whatever arrives within the wait; and
+        what closed the batch: ``"full"``, or the wait that ran out, ``"batch_wait_s"`` or
+        ``"batch_fill_s"`` (the longer one, taken while fewer requests are in the batch than
+        clients recently kept in flight together)."""
         batch = [await queue.get()]
         started = loop.time()
         while len(batch) < self.max_batch_size:
@@ -454,12 +570,15 @@ class _Batcher:
                 batch.append(queue.get_nowait())
                 continue
             expected = min(self.max_batch_size, self._recently_together(loop.time()))
-            wait = self.batch_fill_s if len(batch) < expected else self.batch_wait_s
-            if loop.time() - started >= max(wait, self.batch_wait_s):
-                break
+            if len(batch) < expected and self.batch_fill_s > self.batch_wait_s:
+                wait_name, wait = "batch_fill_s", self.batch_fill_s
+            else:
+                wait_name, wait = "batch_wait_s", self.batch_wait_s
+            if loop.time() - started >= wait:
+                return batch, wait_name
             # Polling (rather than wait_for(queue.get())) can never lose an item to a timeout.
             await asyncio.sleep(0.001)
-        return batch
+        return batch, "full"
 
     def _recently_together(self, now: float) -> int:
         """The most requests in flight at once over the last RECENT_S seconds."""
@@ -487,7 +606,9 @@ def create_app(
     ``api_key`` (the key itself) makes every endpoint but ``/health`` require it as a bearer
     token. The batch worker starts with the app's lifespan: run it with uvicorn, or use
     FastAPI's ``TestClient`` as a context manager (``with TestClient(app) as client``).
-    ``app.state.batch_sizes`` holds the sizes of the (latest 10,000) batches the model was given.
+    ``app.state.batch_sizes`` holds the sizes of the (latest 10,000) batches the model was given,
+    and ``app.state.batch_closed_by`` what closed each: ``"full"``, ``"batch_wait_s"`` or
+    ``"batch_fill_s"`` (the wait that ran out).
     """
     _require_fastapi()
     if max_batch_size < 1:
@@ -499,6 +620,7 @@ def create_app(
         raise ValueError("api_key is empty; pass None for a server without a key")
     limits = limits or RequestLimits()
     max_body_bytes = int(limits.max_body_mb * 2**20)
+    body_timeout_s = limits.body_timeout_s
     batcher = _Batcher(model, max_batch_size, batch_wait_s, batch_fill_s)
     created = int(time.time())
 
@@ -518,6 +640,7 @@ def create_app(
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.batch_sizes = batcher.batch_sizes
+    app.state.batch_closed_by = batcher.batch_closed_by
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Any, error: HTTPException) -> JSONResponse:
@@ -544,14 +667,27 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: fastapi.Request) -> Any:
         try:
-            body = parse_json_body(await read_body(request, max_body_bytes), limits)
+            raw = await read_body(request, max_body_bytes, body_timeout_s)
+            if len(raw) <= INLINE_PARSE_BYTES:
+                body = parse_json_body(raw, limits)
+            else:  # parsing megabytes takes a while: the event loop serves others meanwhile
+                body = await asyncio.to_thread(parse_json_body, raw, limits)
             # Decoding base64 and images is CPU work: keep it off the event loop.
             prediction_request = await asyncio.to_thread(
                 parse_chat_request, body, served_model_name, limits
             )
             settings = model.settings_for(prediction_request)
         except (BadRequest, UnsupportedRequest) as error:
-            return error_response(getattr(error, "status", 400), str(error))
+            status = getattr(error, "status", 400)
+            response = error_response(status, str(error))
+            if status == 408:
+                # A client that drips its body must not keep the connection for more. (A 413
+                # keeps it: uvicorn drops the rest of that body, and the client reads the answer
+                # once it has sent it, rather than a reset in the middle.)
+                response.headers["connection"] = "close"
+            return response
+        except ClientDisconnect:  # gone before its body was all sent; nobody reads this
+            return Response(status_code=499)
 
         answer = await batcher.predict(prediction_request, request.is_disconnected)
         if answer is None:  # the client went away; nobody reads this
@@ -686,11 +822,24 @@ def serve(cfg: DictConfig) -> None:
         docs=options.docs,
     )
     log.info("serving %s on http://%s:%d", served_name, options.host, options.port)
+    max_connections = options.max_connections
     try:
         # log_config=None: uvicorn's loggers go through Hydra's logging (console and serve.log).
-        uvicorn.run(app, host=options.host, port=options.port, log_config=None)
+        uvicorn.run(app, host=options.host, port=options.port, log_config=None,
+                    **uvicorn_limits(max_connections))  # fmt: skip
     finally:
         loaded.model.close()
+
+
+def uvicorn_limits(max_connections: int) -> dict[str, Any]:
+    """uvicorn's options that bound what clients can hold: at most ``max_connections``
+    connections served at once (a request on one more is answered 503 and its connection
+    closed), and an idle keep-alive connection closed after :data:`KEEP_ALIVE_S`."""
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+    # uvicorn answers 503 once the open connections, the new one included, reach
+    # limit_concurrency: one more lets max_connections be served.
+    return {"limit_concurrency": max_connections + 1, "timeout_keep_alive": KEEP_ALIVE_S}
 
 
 def _api_key(variable: str | None) -> str | None:

@@ -1,13 +1,21 @@
 """runners.serve as a shared server: one request never hurts another. Limits, keys, isolation
-of a failing batch, clients that leave, text-only requests."""
+of a failing batch, clients that leave, slow and huge bodies, text-only requests.
+
+What needs a real server (a body dripped over a socket, a request answered while another is
+parsed) runs one: uvicorn on 127.0.0.1, with the options ``runners.serve`` gives it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import json
+import select
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,12 +24,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import runners.serve
 from model_interface.backends.dummy import DummyModel
 from model_interface.chat import image_to_data_url
 from model_interface.model_interface import Prediction, PredictionRequest, UnsupportedRequest
 from runners.config import RequestLimits
-from runners.serve import create_app, json_depth
-from tests.helpers import error_lines, run_cli, serve_in_thread
+from runners.serve import create_app, json_depth, uvicorn_limits
+from tests.helpers import error_lines, free_port, run_cli, serve_in_thread
 
 
 class Picky(DummyModel):
@@ -93,14 +102,18 @@ def test_a_client_that_leaves_while_waiting_costs_no_model_time() -> None:
                                                     "timeout": 10},
         )  # fmt: skip
         first.start()
-        time.sleep(0.2)  # the first request is in the model now; the next one waits
+        for _ in range(1000):  # until the first request is in the model; the next one waits
+            if model.batches:
+                break
+            time.sleep(0.01)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url, json={"messages": [user("impatient", SQUARE)]}, timeout=0.3)
         first.join()
-        time.sleep(1.5)  # long enough for the worker to reach the impatient request
-        health = httpx.get(f"{base_url.removesuffix('/v1')}/health", timeout=5)
-    assert health.status_code == 200
-    assert model.batches == [["first"]]
+        # One at a time, in the order they came: once this one is answered, the worker has
+        # passed the impatient request.
+        after = httpx.post(url, json={"messages": [user("after", SQUARE)]}, timeout=10)
+    assert after.status_code == 200
+    assert model.batches == [["first"], ["after"]]
 
 
 # --- limits ----------------------------------------------------------------------------------
@@ -157,15 +170,23 @@ def test_an_image_over_the_limit_is_refused_from_its_header_without_decoding() -
     bomb = png_bytes(Image.new("1", (9000, 9000)))
     assert len(bomb) < 20_000
     model = Picky("picky")
-    with TestClient(create_app(model, "picky")) as client:
+    decoded: list[Any] = []
+
+    def recording_load_image(*args: Any, **kwargs: Any) -> Image.Image:
+        decoded.append(args[0])
+        return real_load_image(*args, **kwargs)
+
+    real_load_image = runners.serve.load_image
+    with pytest.MonkeyPatch.context() as patch, TestClient(create_app(model, "picky")) as client:
+        patch.setattr(runners.serve, "load_image", recording_load_image)
         part = {"type": "image_url", "image_url": {"url": image_to_data_url_raw(bomb)}}
-        started = time.monotonic()
         response = post(client, {"role": "user", "content": [part, {"type": "text", "text": "?"}]})
+        assert post(client, user("a small one", SQUARE)).status_code == 200
     assert response.status_code == 400
     assert "9000x9000 = 81,000,000 pixels, over this server's limit of 25,000,000" in (
         response.text
     )
-    assert time.monotonic() - started < 1 and model.batches == []
+    assert len(decoded) == 1 and model.batches == [["a small one"]]  # only the small one decoded
 
 
 def image_to_data_url_raw(data: bytes) -> str:
@@ -262,7 +283,7 @@ def test_serving_beyond_loopback_without_a_key_warns_and_a_missing_key_refuses(
     )
 
 
-# --- batches that fill up ----------------------------------------------------------------------
+# --- batches that fill up --------------------------------------------------------------------
 
 
 class Counting(DummyModel):
@@ -295,11 +316,300 @@ def test_one_request_at_a_time_never_waits_for_company_that_is_not_coming() -> N
     from model_interface.backends.openai_api import OpenAIModel
 
     model = Counting("counting")
-    served = serve_in_thread(model, "m", batch_wait_s=0.0, batch_fill_s=2.0)
-    with served as base_url, OpenAIModel(base_url=base_url, concurrency=1) as client:
-        started = time.monotonic()
+    app = create_app(model, "m", batch_wait_s=0.0, batch_fill_s=2.0)
+    with running(app) as root, OpenAIModel(base_url=f"{root}/v1", concurrency=1) as client:
         for index in range(5):
             client.predict_batch([PredictionRequest([SQUARE], f"q{index}")])
-        elapsed = time.monotonic() - started
     assert model.batch_sizes == [1] * 5
-    assert elapsed < 2  # waiting out batch_fill_s even once would take 2 s
+    # Each batch closed when batch_wait_s (0) ran out: none waited for batch_fill_s.
+    assert list(app.state.batch_closed_by) == ["batch_wait_s"] * 5
+
+
+# --- a real server, and raw sockets ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(app: Any, max_connections: int = 64) -> Iterator[str]:
+    """``app`` in a real uvicorn server on 127.0.0.1, bounded as ``runners.serve`` bounds it;
+    yields its root URL. ``log_config=None`` leaves logging alone, so caplog sees uvicorn's."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                            **uvicorn_limits(max_connections))  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(2000):  # at most 20 s
+            if server.started or not thread.is_alive():
+                break
+            time.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def start_post(root: str, length: int) -> socket.socket:
+    """A connection whose POST to /v1/chat/completions has sent its headers, announcing a body
+    of ``length`` bytes, and none of the body yet."""
+    port = int(root.rsplit(":", 1)[1])
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n" + f"Content-Length: {length}\r\n\r\n".encode()
+    )
+    return connection
+
+
+def drip_until_answered(connections: list[socket.socket], length: int) -> dict[int, int]:
+    """Send each connection's body a byte at a time, about 50 ms apart, until the server
+    answers (or closes); returns the bytes each had sent by then (``length``: the whole body)."""
+    sent = dict.fromkeys(range(len(connections)), 0)
+    waiting = set(sent)
+    for _ in range(length):
+        answered, _, _ = select.select([connections[i] for i in waiting], [], [], 0.05)
+        waiting -= {connections.index(connection) for connection in answered}
+        for index in sorted(waiting):
+            try:
+                connections[index].sendall(b" ")
+            except OSError:  # closed by the server since the select: answered
+                waiting.discard(index)
+            else:
+                sent[index] += 1
+        if not waiting:
+            break
+    return sent
+
+
+def read_answer(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the answer on ``connection``, read until the server
+    closes it (a socket timeout if it never does)."""
+    data = b""
+    while True:
+        try:
+            chunk = connection.recv(65536)
+        except ConnectionResetError:
+            # A server that closes a connection with bytes it has not read (the drip's) ends it
+            # with a reset instead of a FIN, after the answer.
+            break
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body
+
+
+# --- slow clients ----------------------------------------------------------------------------
+
+
+def test_clients_that_drip_their_bodies_are_cut_off_with_a_408_and_the_server_goes_on() -> None:
+    model = Picky("picky")
+    app = create_app(model, "picky", limits=RequestLimits(body_timeout_s=0.5))
+    with running(app) as root:
+        drippers = [start_post(root, length=400) for _ in range(3)]
+        try:
+            assert httpx.get(f"{root}/health", timeout=30).status_code == 200
+            sent = drip_until_answered(drippers, length=400)  # 20 s for a whole body
+            answers = [read_answer(connection) for connection in drippers]
+        finally:
+            for connection in drippers:
+                connection.close()
+        health = httpx.get(f"{root}/health", timeout=30)
+    assert all(count < 400 for count in sent.values()), sent  # cut off before their bodies ended
+    error = {"message": "the request body did not all arrive within 0.5 s, this server's limit; "
+                        "send it without pauses",
+             "type": "invalid_request_error", "param": None, "code": None}  # fmt: skip
+    for status, headers, body in answers:
+        assert (status, headers["connection"]) == (408, "close")  # read_answer saw it closed
+        assert json.loads(body) == {"error": error}
+    assert health.status_code == 200 and model.batches == []
+
+
+def test_a_body_over_the_limit_still_reads_its_413_over_a_real_connection() -> None:
+    # The server answers before it has read the body; the client sends it all, then reads. The
+    # connection must stay open for that: httpx's async client (OpenAIModel's) would read a
+    # reset instead of the answer.
+    async def send_too_much(url: str) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await client.post(url, content=b" " * 8 * 2**20)
+
+    limits = RequestLimits(max_body_mb=0.05)
+    with running(create_app(Picky("picky"), "picky", limits=limits)) as root:
+        response = asyncio.run(send_too_much(f"{root}/v1/chat/completions"))
+        health = httpx.get(f"{root}/health", timeout=30)
+    assert response.status_code == 413
+    assert response.json()["error"]["message"] == (
+        "the request body is over this server's limit of 52,428 bytes"
+    )
+    assert health.status_code == 200
+
+
+def test_at_most_max_connections_are_served_and_the_next_gets_a_503_at_once() -> None:
+    app = create_app(Picky("picky"), "picky")
+    with running(app, max_connections=2) as root:
+        slow = [start_post(root, length=400) for _ in range(2)]  # headers sent, never a body
+        try:
+            refused = httpx.get(f"{root}/health", timeout=30)
+        finally:
+            for connection in slow:
+                connection.close()
+        for _ in range(20):  # until the server has seen the slow clients go
+            health = httpx.get(f"{root}/health", timeout=30)
+            if health.status_code == 200:
+                break
+    assert refused.status_code == 503
+    assert health.status_code == 200
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_no_server_error(caplog) -> None:
+    reads: list[str] = []
+    done = threading.Event()
+
+    async def recording_read_body(*args: Any, **kwargs: Any) -> bytes:
+        try:
+            return await real_read_body(*args, **kwargs)
+        except BaseException as error:
+            reads.append(type(error).__name__)
+            raise
+        finally:
+            done.set()
+
+    real_read_body = runners.serve.read_body
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runners.serve, "read_body", recording_read_body)
+        with running(create_app(Picky("picky"), "picky")) as root:
+            leaving = start_post(root, length=400)
+            leaving.sendall(b'{"messages": ')
+            leaving.close()
+            assert done.wait(timeout=30)
+            health = httpx.get(f"{root}/health", timeout=30)  # the server went on past it
+    assert reads == ["ClientDisconnect"] and health.status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+# --- huge bodies -----------------------------------------------------------------------------
+
+
+def test_a_body_with_too_many_json_values_is_refused_before_it_is_parsed() -> None:
+    model = Picky("picky")
+    # 14 million numbers in 28 MB, under the 32 MB body limit: seconds of parsing, never done.
+    huge = b'{"messages": [' + b",".join([b"0"] * 14_000_000) + b"]}"
+    at_the_limit = b'{"messages": [' + b",".join([b"0"] * 199_999) + b"]}"  # 200,000 in all
+    with TestClient(create_app(model, "picky")) as client:
+        refused = client.post("/v1/chat/completions", content=huge)
+        parsed = client.post("/v1/chat/completions", content=at_the_limit)
+        over = client.post("/v1/chat/completions", content=at_the_limit.replace(b"[", b"[0,", 1))
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "the request body has 14,000,001 commas and brackets, over this server's limit of "
+        "200,000 JSON values (each list item or object member takes one)"
+    )
+    assert parsed.json()["error"]["message"] == (
+        "messages[0] must be an object with 'role' and 'content'"
+    )  # parsed, and refused for what it holds
+    assert "has 200,001 commas and brackets" in over.json()["error"]["message"]
+    assert model.batches == []
+
+
+@pytest.mark.slow
+def test_health_and_a_small_request_are_answered_while_a_huge_body_is_parsed() -> None:
+    # 4.4 million strings in 30 MB, under every limit here: parsing and checking them takes
+    # seconds. Whatever is asked meanwhile must not wait for it.
+    huge = b'{"messages": [' + b",".join([b'"p-01"'] * 4_400_000) + b"]}"
+    assert 29 * 2**20 < len(huge) < 30 * 2**20
+    events: list[str] = []
+    parsing = threading.Event()
+
+    def recording_parse(raw: bytes, limits: Any) -> Any:
+        if len(raw) == len(huge):
+            parsing.set()
+        try:
+            return real_parse(raw, limits)
+        finally:
+            if len(raw) == len(huge):
+                events.append("huge body parsed")
+
+    real_parse = runners.serve.parse_json_body
+    model = Picky("picky")
+    app = create_app(model, "picky", limits=RequestLimits(max_json_values=10**8))
+    with pytest.MonkeyPatch.context() as patch, running(app) as root:
+        patch.setattr(runners.serve, "parse_json_body", recording_parse)
+        with ThreadPoolExecutor(1) as pool:
+            big = pool.submit(
+                httpx.post,
+                f"{root}/v1/chat/completions",
+                content=huge,
+                headers={"content-type": "application/json"},
+                timeout=300,
+            )
+            assert parsing.wait(timeout=300)
+            if httpx.get(f"{root}/health", timeout=300).status_code == 200:
+                events.append("health answered")
+            small = post_to(root, user("small", SQUARE))
+            if small.status_code == 200:
+                events.append("small request answered")
+            answer = big.result()
+    assert events == ["health answered", "small request answered", "huge body parsed"]
+    assert answer.json()["error"]["message"] == (
+        "messages[0] must be an object with 'role' and 'content'"
+    )
+    assert model.batches == [["small"]]
+
+
+def post_to(root: str, *messages: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{root}/v1/chat/completions", json={"messages": list(messages)},
+                      timeout=300)  # fmt: skip
+
+
+# --- text that is not Unicode ----------------------------------------------------------------
+
+SURROGATE_MESSAGE = "a \\ud800-\\udfff escape must be one half of a surrogate pair"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}',
+         "the request's messages[0].content is not valid Unicode (lone surrogate \\ud800 at "
+         "character 3)"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, '
+         b'{"type": "text", "text": "\\uDC00 low"}]}]}',
+         "the request's messages[0].content[1].text is not valid Unicode (lone surrogate \\udc00 "
+         "at character 0)"),
+        (b'{"model": "pi\\ud83ccky", "messages": [{"role": "user", "content": "hi"}]}',
+         "the request's model is not valid Unicode (lone surrogate \\ud83c at character 2)"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"]}',
+         "the request's stop[0] is not valid Unicode (lone surrogate \\udfff at character 0)"),
+        (b'{"messages": [{"role": "user", "content": "hi", "\\ud800": 1}]}',
+         "a key in the request's messages[0] is not valid Unicode (lone surrogate \\ud800 at "
+         "character 0)"),
+        ('{"messages": [{"role": "user", "content": "utf-8 \ud800"}]}'.encode(
+            "utf-8", "surrogatepass"),
+         "the request's messages[0].content is not valid Unicode (lone surrogate \\ud800 at "
+         "character 6)"),
+    ],
+    ids=["prompt", "text part", "model", "stop", "key", "utf-8 encoded surrogate"],
+)  # fmt: skip
+def test_a_lone_surrogate_is_a_400_saying_where_before_the_model(body: bytes, where: str) -> None:
+    model = Counting("dummy")  # answers text alone, echoing the prompt
+    # TestClient raises whatever the app fails with: a traceback would fail the test.
+    with TestClient(create_app(model, "picky")) as client:
+        response = client.post("/v1/chat/completions", content=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == f"{where}; {SURROGATE_MESSAGE}"
+    assert model.batch_sizes == []
+
+
+def test_a_surrogate_pair_is_one_character_and_answered() -> None:
+    body = {"messages": [user("smile \U0001f600", SQUARE)]}
+    with TestClient(create_app(Picky("picky"), "picky")) as client:
+        # json.dumps escapes the emoji as the pair "\ud83d\ude00"
+        response = client.post("/v1/chat/completions", content=json.dumps(body).encode())
+    assert "\\ud83d\\ude00" in json.dumps(body)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"].endswith("smile \U0001f600")

@@ -8,10 +8,15 @@ batching. One event loop in a background thread runs one ``httpx.AsyncClient`` (
 pool), so a request can be given up at any moment: ``timeout`` bounds each attempt from
 connecting to the last byte, ``deadline_s`` each request with all its retries.
 
-Failures stay with their request: a request that still fails after its retries comes back as a
-``Prediction`` with ``error`` set, and the rest of the batch goes on. A server that can't be
-reached at all is different: after ``max_connection_failures`` requests in a row failed to
-connect, ``predict_batch`` raises :class:`ModelUnavailable` instead of trying every sample.
+Generation settings go with every request, but ``max_tokens`` only when ``max_new_tokens`` is
+set (for the model or in a request): unset, the server's own limit applies, as for any OpenAI
+client that sends none.
+
+Failures stay with their request: a request that still fails after its retries, or that can't
+be sent at all (text that is not valid Unicode), comes back as a ``Prediction`` with ``error``
+set, and the rest of the batch goes on. A server that can't be reached at all is different:
+after ``max_connection_failures`` requests in a row failed to connect, ``predict_batch`` raises
+:class:`ModelUnavailable` instead of trying every sample.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and kept only in
 the HTTP client's headers (which httpx masks in its repr), never in an attribute, a log line or
@@ -103,6 +108,8 @@ class OpenAIModel(ModelInterface):
         **generation: ``max_new_tokens``, ``temperature``, ... (see ``GenerationSettings``);
             they are sent with every request (a request's own override them), and
             ``generation_kwargs`` are merged into the request body as they are.
+            ``max_new_tokens`` is sent (as ``max_tokens``) only when given and not None: left
+            out, the server's own limit applies.
     """
 
     framework = "OpenAI API"
@@ -124,6 +131,10 @@ class OpenAIModel(ModelInterface):
         image_format: str = "PNG",
         **generation: Any,
     ) -> None:
+        # Unset is not the same as GenerationSettings' default of 512: the server decides.
+        if generation.get("max_new_tokens") is None:
+            generation.pop("max_new_tokens", None)
+        self._max_new_tokens_set = "max_new_tokens" in generation
         super().__init__(model_name, system_prompt, cache_dir, **generation)
         if not base_url:
             raise ValueError("base_url is required, e.g. http://127.0.0.1:8000/v1")
@@ -207,16 +218,27 @@ class OpenAIModel(ModelInterface):
     # --- one request ----------------------------------------------------------------------
 
     def request_body(self, request: PredictionRequest) -> dict[str, Any]:
-        """The JSON body of the chat completion request for ``request``."""
+        """The JSON body of the chat completion request for ``request``.
+
+        Raises :class:`OpenAIRequestError` for text that can't be sent: a lone surrogate (e.g.
+        from ``"\\ud800"`` in a JSON file) can't be encoded as UTF-8, so no server could read it.
+        """
+        _refuse_lone_surrogates(
+            {"prompt": request.prompt, "system prompt": self.system_prompt_for(request)}
+        )
         settings = self.settings_for(request)
+        # top_k, repetition_penalty and seed are not OpenAI's own, but vLLM and SGLang take
+        # them; they are sent only when set. A request's own settings override the model's.
+        options = settings.sampling_options()
+        asked = self._max_new_tokens_set or "max_new_tokens" in (request.generation or {})
+        if not asked and "max_tokens" not in settings.generation_kwargs:
+            del options["max_tokens"]  # the server's own limit applies
         body = {
             "model": self.model_name,
             "messages": openai_messages(
                 self.system_prompt, request, image_part=self._encoded_images.part
             ),
-            # top_k, repetition_penalty and seed are not OpenAI's own, but vLLM and SGLang take
-            # them; they are sent only when set. A request's own settings override the model's.
-            **settings.sampling_options(),
+            **options,
         }
         if settings.json_schema is not None:
             body["response_format"] = {
@@ -390,6 +412,22 @@ class _EncodedImages:
     def _encode(self, image: Any) -> dict[str, Any]:
         url = image_to_data_url(image, image_format=self.image_format)
         return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _refuse_lone_surrogates(texts: dict[str, str]) -> None:
+    """Raise :class:`OpenAIRequestError` naming the first of ``texts`` (by what it is) that
+    holds a lone surrogate, which can't be encoded as UTF-8 and so can't be sent."""
+    for what, text in texts.items():
+        if text.isascii():
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise OpenAIRequestError(
+                f"the {what} is not valid Unicode (lone surrogate "
+                f"\\u{ord(text[error.start]):04x} at character {error.start}), so it was not sent; "
+                "fix the text (a surrogate must be one half of a pair)"
+            ) from None
 
 
 def _parse_completion(answer: Any) -> Prediction:
