@@ -18,6 +18,20 @@ from model_interface.images import ImageInput, ImageLoadError, load_image
 from model_interface.model_interface import PredictionRequest
 
 
+def lone_surrogate(text: str) -> str | None:
+    """``"lone surrogate \\ud800 at character 5"`` for the first half of a surrogate pair in
+    ``text`` that stands alone (Python keeps a valid pair as one character; JSON's ``"\\ud800"``
+    escape makes a lone one), else None. Such text can't be encoded as UTF-8: no server or
+    tokenizer can take it."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"lone surrogate \\u{ord(text[error.start]):04x} at character {error.start}"
+    return None
+
+
 def image_to_data_url(image: ImageInput, *, image_format: str = "PNG") -> str:
     """Encode an image input as a ``data:image/...;base64,...`` URL."""
     buffer = io.BytesIO()

@@ -131,11 +131,12 @@ class RunCost:
         )
 
     @classmethod
-    def nothing_to_answer(cls, answered_row: dict[str, str]) -> RunCost:
-        """An invocation that found every sample answered: no model loaded, nothing spent."""
+    def nothing_to_answer(cls, answered_row: dict[str, str] | None) -> RunCost:
+        """An invocation that found every sample answered (or a shard with none to answer): no
+        model loaded, nothing spent; the model named as the answers name it."""
         return cls(
-            model=answered_row["model"],
-            framework=answered_row["framework"],
+            model=answered_row["model"] if answered_row else "",
+            framework=answered_row["framework"] if answered_row else "",
             answered_now=0,
             import_s=0.0,
             load_s=0.0,

@@ -64,7 +64,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from model_interface.chat import data_url_to_bytes
+from model_interface.chat import data_url_to_bytes, lone_surrogate
 from model_interface.images import ImageLoadError, image_size, load_image
 from model_interface.model_interface import (
     ModelInterface,
@@ -394,18 +394,6 @@ def check_unicode(body: Any) -> None:
                         raise BadRequest(_not_unicode(where, problem))
                     children.append((child, path, f".{key}" if path else key))
             pending.extend(reversed(children))  # popped in document order
-
-
-def lone_surrogate(text: str) -> str | None:
-    """``"lone surrogate \\ud800 at character 5"`` for the first half of a surrogate pair in
-    ``text`` that stands alone (Python keeps a valid pair as one character), else None."""
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        return f"lone surrogate \\u{ord(text[error.start]):04x} at character {error.start}"
-    return None
 
 
 def _not_unicode(where: str, problem: str) -> str:

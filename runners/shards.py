@@ -207,10 +207,12 @@ def _merged_cost(records: list[dict[str, Any]]) -> Any:
     from runners.run import RunCost
 
     gpu = [record["peak_gpu_mb"] for record in records if record["peak_gpu_mb"] is not None]
-    hits = [record["cache_hit"] for record in records]
+    # A shard with nothing to answer loaded no model: it names none, and says nothing of a cache.
+    named = [record for record in records if record["model"]] or records
+    hits = [record["cache_hit"] for record in named]
     return RunCost(
-        model=records[0]["model"],
-        framework=records[0]["framework"],
+        model=named[0]["model"],
+        framework=named[0]["framework"],
         answered_now=sum(record["answered_now"] for record in records),
         import_s=max(record["import_s"] for record in records),
         load_s=max(record["load_s"] for record in records),

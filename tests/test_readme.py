@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from model_interface import tiny
+from model_interface import ModelFactory, tiny
 from runners.config import CONFIG_DIR, PROJECT_ROOT
 from tests.helpers import run_cli
 
@@ -58,6 +58,8 @@ def what_it_needs(arguments: list[str]) -> str | None:
                     return "a GPU"
                 if model.name == "hf" and not tiny.is_tiny_model(model.init_params.model_name):
                     return "a model from the hub"
+        if key == "model.name" and not ModelFactory.is_registered(value):
+            return f"a package registering the model {value!r}"
         if key == "model.class_path":
             module = value.replace(":", ".").rpartition(".")[0]
             if importlib.util.find_spec(module.split(".")[0]) is None:

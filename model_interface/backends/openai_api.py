@@ -39,7 +39,7 @@ from typing import Any
 
 from PIL import Image
 
-from model_interface.chat import image_to_data_url, openai_messages
+from model_interface.chat import image_to_data_url, lone_surrogate, openai_messages
 from model_interface.model_interface import (
     ModelInterface,
     ModelUnavailable,
@@ -418,16 +418,11 @@ def _refuse_lone_surrogates(texts: dict[str, str]) -> None:
     """Raise :class:`OpenAIRequestError` naming the first of ``texts`` (by what it is) that
     holds a lone surrogate, which can't be encoded as UTF-8 and so can't be sent."""
     for what, text in texts.items():
-        if text.isascii():
-            continue
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
+        if problem := lone_surrogate(text):
             raise OpenAIRequestError(
-                f"the {what} is not valid Unicode (lone surrogate "
-                f"\\u{ord(text[error.start]):04x} at character {error.start}), so it was not sent; "
-                "fix the text (a surrogate must be one half of a pair)"
-            ) from None
+                f"the {what} is not valid Unicode ({problem}), so it was not sent; fix the text "
+                "(a surrogate must be one half of a pair)"
+            )
 
 
 def _parse_completion(answer: Any) -> Prediction:
