@@ -3,6 +3,7 @@ atomic rewrites."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -164,7 +165,7 @@ def test_a_waiting_process_takes_the_lock_its_holder_removed(tmp_path: Path) -> 
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
         # the waiter blocks on the file this block holds; wait until it has opened it
         for _ in range(500):
-            if any(f"{lock}" in os.readlink(fd) for fd in _open_files(waiter.pid)):
+            if str(lock) in _open_files(waiter.pid):
                 break
             time.sleep(0.01)
     exists, inode = waiter.stdout.readline().split()
@@ -179,11 +180,13 @@ def test_a_waiting_process_takes_the_lock_its_holder_removed(tmp_path: Path) -> 
 
 
 def _open_files(pid: int) -> list[str]:
-    folder = Path(f"/proc/{pid}/fd")
-    try:
-        return [str(entry) for entry in folder.iterdir()]
-    except OSError:
-        return []
+    """The paths process ``pid`` has open; its descriptors come and go while they are read."""
+    paths = []
+    with contextlib.suppress(OSError):  # the process ended
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                paths.append(os.readlink(descriptor))
+    return paths
 
 
 def test_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path: Path) -> None:
