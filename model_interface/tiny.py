@@ -37,7 +37,7 @@ TINY_MODEL_NAMES: tuple[str, ...] = (
 )
 
 # Bump to make ensure_tiny_model() rebuild every cached tiny model (e.g. after changing a config).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MARKER_FILE = "tiny_model_builder.json"
 
 _SEED = 1234
@@ -49,8 +49,9 @@ _TEXT = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    # Two heads of 32: vLLM's CPU attention takes head sizes of 32, 64, 80, ..., not 16.
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
     "max_position_embeddings": 2048,
 }
 _HEAD_DIM = _TEXT["hidden_size"] // _TEXT["num_attention_heads"]
@@ -109,8 +110,10 @@ def build_tiny_model(name: str, out_dir: str | os.PathLike) -> pathlib.Path:
         torch.manual_seed(_SEED)
         model, processor = builder()
         _randomize_weights(model)
+        _mute_byte_pieces(model, processor.tokenizer)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
+        _rename_weights(out / "model.safetensors", _CHECKPOINT_NAMES.get(name, ()))
         processor.save_pretrained(out)
     (out / MARKER_FILE).write_text(json.dumps(_marker(name), indent=2, sort_keys=True) + "\n")
     return out
@@ -212,6 +215,36 @@ def _quiet_progress() -> Iterator[None]:
     finally:
         if enabled:
             logging.enable_progress_bar()
+
+
+def _mute_byte_pieces(model: Any, tokenizer: Any) -> None:
+    """Zero the output rows of byte-fallback pieces (``<0x0A>``...): a random model picks them
+    often (a quarter of a tiny vocabulary, a hundredth of a real one), and answers of stray
+    bytes decode to U+FFFD alike, whatever the input. A trained model rarely writes them."""
+    import torch
+
+    ids = [index for token, index in tokenizer.get_vocab().items()
+           if len(token) == 6 and token.startswith("<0x") and token.endswith(">")]  # fmt: skip
+    if ids:
+        with torch.no_grad():
+            model.get_output_embeddings().weight[ids] = 0
+
+
+def _rename_weights(path: pathlib.Path, renames: Sequence[tuple[str, str]]) -> None:
+    """Give the weights in ``path`` the names the family's real checkpoints use, where
+    transformers saves them otherwise (it reads both, other engines only the real ones)."""
+    if not renames:
+        return
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    renamed = {}
+    for key, tensor in weights.items():
+        for old, new in renames:
+            if key.startswith(old) and not key.startswith(new):
+                key = new + key[len(old) :]
+        renamed[key] = tensor
+    save_file(renamed, path, metadata={"format": "pt"})
 
 
 def _randomize_weights(model: Any) -> None:
@@ -369,7 +402,7 @@ def _build_qwen(*, v2_5: bool) -> tuple[Any, Any]:
     # Any image becomes at most 56x56 pixels: at most 4x4 patches, merged 2x2 into 4 tokens.
     sizes = {"min_pixels": 28 * 28, "max_pixels": _IMAGE_PX**2, "patch_size": _PATCH_PX}
     # The rotary half-dimensions are split between time, height and width.
-    mrope_section = [2, 3, 3]
+    mrope_section = [4, 6, 6]
     assert sum(mrope_section) == _HEAD_DIM // 2
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section}
     vision = {"depth": 1, "num_heads": 2, "patch_size": _PATCH_PX, "spatial_merge_size": 2}
@@ -652,6 +685,9 @@ _GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
 """
 
 
+_GEMMA_NEWLINE_RUNS = 4  # the longest run of line breaks that is one piece ("\n\n\n\n")
+
+
 def _build_gemma3() -> tuple[Any, Any]:
     import transformers as tf
 
@@ -661,6 +697,13 @@ def _build_gemma3() -> tuple[Any, Any]:
         prefix_space=False,
         tail=["<image_soft_token>"],
     )
+    # Gemma's vocabulary has one piece per run of line breaks (up to 31), and engines rely on
+    # them: vLLM's Gemma 3 joins the "\n\n" its image placeholder brings with the breaks beside
+    # it. The runs merge before anything else, so a run is always one piece, as in Gemma.
+    runs = ["\n" * length for length in range(2, _GEMMA_NEWLINE_RUNS + 1)]
+    vocab |= {run: len(vocab) + index for index, run in enumerate(runs)}
+    merges = [("\n" * (length - length // 2), "\n" * (length // 2))
+              for length in range(2, _GEMMA_NEWLINE_RUNS + 1)] + merges  # fmt: skip
     tokenizer = tf.GemmaTokenizer(
         vocab=vocab,
         merges=merges,
@@ -702,6 +745,14 @@ def _build_gemma3() -> tuple[Any, Any]:
     _finish(model, tokenizer, _GEMMA3_CHAT_TEMPLATE, ["<eos>", "<end_of_turn>"])
     return model, processor
 
+
+# Weight names transformers saves differently from the family's hub checkpoints (its prefix,
+# the checkpoints'): llava-hf's and Google's Gemma 3 keep the vision tower's vision_model
+# level, which vLLM needs.
+_CHECKPOINT_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "tiny-llava": (("vision_tower.", "vision_tower.vision_model."),),
+    "tiny-gemma3": (("vision_tower.", "vision_tower.vision_model."),),
+}
 
 # The one table of families: name -> builder of a fresh (model, processor).
 _BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
