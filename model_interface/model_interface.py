@@ -58,6 +58,9 @@ class Prediction:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    # The generated token ids, where a backend sees them (Hugging Face, vLLM): two backends'
+    # answers then compare token by token, not only as decoded text.
+    token_ids: tuple[int, ...] | None = None
 
 
 class UnsupportedRequest(ValueError):

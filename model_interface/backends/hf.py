@@ -25,6 +25,7 @@ from model_interface.model_interface import (
     PredictionRequest,
     UnsupportedRequest,
 )
+from model_interface.schema import GRAMMAR_WHITESPACE, grammar_schema
 
 try:
     import torch
@@ -174,11 +175,13 @@ class HFModel(ModelInterface):
         new_tokens = output[:, prompt_length:]
         texts_out = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        generated = [self._generated(row) for row in new_tokens]
         return [
             Prediction(
                 settings.cut_at_stop(text).strip(),
                 prompt_tokens=int(prompt_tokens[row]),
-                completion_tokens=self._count_generated(new_tokens[row]),
+                completion_tokens=len(generated[row]),
+                token_ids=tuple(generated[row]),
             )
             for row, text in enumerate(texts_out)
         ]
@@ -226,7 +229,7 @@ class HFModel(ModelInterface):
                 )
                 self._grammar_compiler = xgrammar.GrammarCompiler(info)
             self._grammars[key] = self._grammar_compiler.compile_json_schema(
-                json.dumps(grammar_schema(schema)), any_whitespace=False
+                json.dumps(grammar_schema(schema)), **GRAMMAR_WHITESPACE
             )
         return xgrammar.contrib.hf.LogitsProcessor(self._grammars[key])
 
@@ -239,8 +242,8 @@ class HFModel(ModelInterface):
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
 
-    def _count_generated(self, tokens: torch.Tensor) -> int:
-        """Tokens generated up to and including the first end-of-sequence token.
+    def _generated(self, tokens: torch.Tensor) -> list[int]:
+        """The ids generated up to and including the first end-of-sequence token.
 
         A row that finished before the others (an end-of-sequence token, a stop string) is
         padded to the batch's length; padding is not generated text.
@@ -252,10 +255,11 @@ class HFModel(ModelInterface):
             padding = (tokens == pad_id).nonzero()
             if len(padding):
                 tokens = tokens[: int(padding[0, 0])]
-        if not stop_ids:
-            return len(tokens)
-        stops = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)).nonzero()
-        return int(stops[0, 0]) + 1 if len(stops) else len(tokens)
+        if stop_ids:
+            stops = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)).nonzero()
+            if len(stops):
+                tokens = tokens[: int(stops[0, 0]) + 1]
+        return tokens.tolist()
 
 
 def _pick_device(device: str) -> str:
@@ -295,31 +299,3 @@ def _load_with_attention_fallback(
 def _settings_key(settings: GenerationSettings) -> str:
     """A hashable stand-in for settings (``generation_kwargs`` is a dict)."""
     return json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
-
-
-NO_CONTROL_OR_QUOTE = '[^\\u0000-\\u001f"\\\\]'
-
-
-def grammar_schema(schema: Any) -> Any:
-    """``schema`` as xgrammar should compile it, with the same meaning where it can.
-
-    xgrammar's JSON strings admit raw control characters, which JSON forbids (``json.loads``
-    refuses them), and a random model is happy to produce them. So every plain string (no
-    ``pattern``, ``enum``, ``const`` or ``format`` of its own) gets a pattern of characters
-    that are neither control characters nor a double quote or backslash, carrying its
-    ``minLength``/``maxLength`` (xgrammar ignores those beside a pattern). The price: such a
-    string can't hold an ASCII double quote or a backslash.
-    """
-    if isinstance(schema, list):
-        return [grammar_schema(item) for item in schema]
-    if not isinstance(schema, Mapping):
-        return schema
-    converted = {key: grammar_schema(value) for key, value in schema.items()}
-    plain = not any(key in schema for key in ("pattern", "enum", "const", "format"))
-    if schema.get("type") == "string" and plain:
-        low, high = schema.get("minLength", 0), schema.get("maxLength")
-        count = f"{{{low},{'' if high is None else high}}}"
-        converted = {key: value for key, value in converted.items()
-                     if key not in ("minLength", "maxLength")}  # fmt: skip
-        converted["pattern"] = f"^{NO_CONTROL_OR_QUOTE}{count}$"
-    return converted
