@@ -41,8 +41,11 @@ def measure_inference_time(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
 
 @contextmanager
-def measure(*, sample_gpu_every_s: float = 0.05) -> Iterator[Measurement]:
-    """Measure the enclosed block: wall time, peak process RSS, peak GPU memory.
+def measure(
+    *, sample_gpu_every_s: float = 0.05, sample_rss_every_s: float = 0.25
+) -> Iterator[Measurement]:
+    """Measure the enclosed block: wall time, peak RSS of this process and the processes it
+    started, peak GPU memory.
 
     The record is filled in when the block exits::
 
@@ -52,11 +55,13 @@ def measure(*, sample_gpu_every_s: float = 0.05) -> Iterator[Measurement]:
 
     Wall time is ``perf_counter``, with CUDA synchronised at both ends when torch uses a GPU.
     Peak RSS is the block's own peak on Linux (the kernel's high-water mark is reset at the
-    start); elsewhere it is the process's lifetime peak. Peak GPU memory is the larger of
-    torch's peak allocation in this process and, where NVML is installed, the memory NVML
-    sees this process and its child processes (vLLM's and SGLang's workers) use on the
-    physical GPU behind torch's current device, sampled every ``sample_gpu_every_s``. Other
-    users of the same GPU are not counted. Where NVML can't see this process (a container
+    start); elsewhere it is the process's lifetime peak. Where the process has children (the
+    engine processes of vLLM or SGLang), their memory counts too: the RSS of the whole process
+    tree is sampled every ``sample_rss_every_s`` and its largest sum kept. Peak GPU memory is
+    the larger of torch's peak allocation in this process and, where NVML is installed, the
+    memory NVML sees this process and its child processes use on the physical GPU behind
+    torch's current device, sampled every ``sample_gpu_every_s``. Other users of the same GPU
+    are not counted. Where NVML can't see this process (a container
     with its own process ids), only torch's figure is left.
     """
     measurement = Measurement()
@@ -66,6 +71,7 @@ def measure(*, sample_gpu_every_s: float = 0.05) -> Iterator[Measurement]:
         cuda.reset_peak_memory_stats()
     _reset_peak_rss()
     nvml_sampler = _NvmlPeakSampler.start(sample_gpu_every_s) if cuda is not None else None
+    tree_sampler = _TreeRssSampler.start(sample_rss_every_s)
     start = time.perf_counter()
     try:
         yield measurement
@@ -73,7 +79,7 @@ def measure(*, sample_gpu_every_s: float = 0.05) -> Iterator[Measurement]:
         if cuda is not None:
             cuda.synchronize()
         measurement.wall_s = time.perf_counter() - start
-        measurement.peak_rss_mb = _peak_rss_mb()
+        measurement.peak_rss_mb = max(_peak_rss_mb(), tree_sampler.stop())
         if cuda is not None:
             peaks = [cuda.max_memory_allocated() / 2**20]
             if nvml_sampler is not None:
@@ -104,6 +110,52 @@ def _peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else kB
+
+
+class _TreeRssSampler:
+    """Samples the summed RSS of this process and its descendants, in a daemon thread; a
+    process without descendants costs one walk of /proc per sample and nothing else."""
+
+    def __init__(self, every_s: float) -> None:
+        self._every_s = every_s
+        self._peak_bytes = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    @classmethod
+    def start(cls, every_s: float) -> _TreeRssSampler:
+        sampler = cls(every_s)
+        sampler._thread.start()
+        return sampler
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            if self._done.wait(self._every_s):
+                return
+
+    def _sample(self) -> None:
+        tree = process_tree(os.getpid())
+        if len(tree) > 1:  # alone, the kernel's own high-water mark is exact
+            self._peak_bytes = max(self._peak_bytes, sum(map(_rss_bytes, tree)))
+
+    def stop(self) -> float:
+        """The largest sum seen, in MB (0 where the process never had children)."""
+        self._done.set()
+        self._thread.join()
+        self._sample()  # the children still there at the end
+        return self._peak_bytes / 2**20
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):  # ended meanwhile, or no /proc
+        return 0
+    return resident_pages * _PAGE_BYTES
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class _NvmlPeakSampler:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -24,6 +25,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
             if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if importlib.util.find_spec("vllm") is None:
+        skip = pytest.mark.skip(reason="needs vLLM; bash scripts/vllm_cpu_env.sh makes a venv")
+        for item in items:
+            if "vllm" in item.keywords:
                 item.add_marker(skip)
     if shutil.which("sbatch") is None:
         skip = pytest.mark.skip(reason="needs SLURM (sbatch); scripts/slurm_local.sh makes one")

@@ -82,3 +82,24 @@ def test_measure_sees_this_process_gpu_memory_on_its_own_device() -> None:
         block = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
         del block
     assert measurement.peak_gpu_mb is not None and measurement.peak_gpu_mb >= 512
+
+
+def test_measure_counts_the_memory_of_the_processes_it_started() -> None:
+    """Engines run workers in processes of their own (vLLM, SGLang): their memory is the run's
+    too. A child holding 300 MiB while the block runs shows in the block's peak."""
+    holder = (
+        "import sys\n"
+        "block = bytearray(300 * 2**20)\n"
+        "block[::4096] = b'x' * len(block[::4096])\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    with measure() as alone:
+        pass
+    with measure(sample_rss_every_s=0.05) as measurement:
+        child = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert child.stdout.readline() == "ready\n"  # its memory is resident now
+        time.sleep(0.5)  # several samples while it holds it
+        child.communicate("\n", timeout=30)
+    assert measurement.peak_rss_mb - alone.peak_rss_mb > 250

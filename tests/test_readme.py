@@ -54,9 +54,14 @@ def what_it_needs(arguments: list[str]) -> str | None:
                 model = OmegaConf.load(CONFIG_DIR / "model" / f"{choice}.yaml")
                 if model.name == "openai":
                     return "an OpenAI-compatible server"
-                if model.name in ("vllm", "sglang"):
-                    return "a GPU"
-                if model.name == "hf" and not tiny.is_tiny_model(model.init_params.model_name):
+                if model.name == "sglang":
+                    return "SGLang, on a GPU"
+                if model.name == "vllm" and importlib.util.find_spec("vllm") is None:
+                    return "vLLM (tests/test_vllm_engine.py runs this one where it is)"
+                local = model.name not in ("hf", "vllm") or tiny.is_tiny_model(
+                    model.init_params.model_name
+                )
+                if not local:
                     return "a model from the hub"
         if key == "model.name" and not ModelFactory.is_registered(value):
             return f"a package registering the model {value!r}"

@@ -32,6 +32,7 @@ from model_interface.model_interface import (
     PredictionRequest,
     UnsupportedRequest,
 )
+from model_interface.schema import grammar_schema
 from model_interface.tiny import ensure_tiny_model
 
 CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -130,10 +131,29 @@ def test_vllm_engine_options_leave_unset_options_to_vllm():
         "model": "/models/qwen",
         "download_dir": "/cache",
         "tensor_parallel_size": 1,
-        "gpu_memory_utilization": 0.9,
         "dtype": "auto",
         "trust_remote_code": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("device", "given", "memory"),
+    [
+        ("gpu", {}, {"gpu_memory_utilization": 0.9, "kv_cache_memory_bytes": None}),
+        ("cpu", {}, {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 512 * 2**20}),
+        ("cpu", {"kv_cache_memory_bytes": 2**30},
+         {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 2**30}),
+        ("gpu", {"gpu_memory_utilization": 0.5},
+         {"gpu_memory_utilization": 0.5, "kv_cache_memory_bytes": None}),
+        ("gpu", {"kv_cache_memory_bytes": 2**32},
+         {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 2**32}),
+    ],
+)  # fmt: skip
+def test_vllm_memory_fits_the_device(device, given, memory):
+    """A share of GPU memory on a GPU; on the CPU a share would be of the host's RAM (90% of it
+    fails to start), so the KV cache gets a size."""
+    settings = {"gpu_memory_utilization": None, "kv_cache_memory_bytes": None, **given}
+    assert vllm_backend.memory_options(device, **settings) == memory
 
 
 def test_vllm_engine_options_pass_limits_and_engine_kwargs():
@@ -176,8 +196,8 @@ def test_vllm_outputs_become_predictions_in_order():
         request_output("second", [1, 2, 3, 4, 5], [9]),
     ]
     assert vllm_backend.predictions_from_outputs(outputs) == [
-        Prediction("first", prompt_tokens=3, completion_tokens=2),
-        Prediction("second", prompt_tokens=5, completion_tokens=1),
+        Prediction("first", prompt_tokens=3, completion_tokens=2, token_ids=(7, 8)),
+        Prediction("second", prompt_tokens=5, completion_tokens=1, token_ids=(9,)),
     ]
 
 
@@ -464,9 +484,16 @@ def test_a_json_schema_goes_to_each_engines_structured_outputs():
 
     # vLLM >= 0.10.2 names it StructuredOutputsParams; before, GuidedDecodingParams.
     newer = SimpleNamespace(StructuredOutputsParams=Params)
+    # Compiled as the Hugging Face backend compiles it: the same strings, no optional spaces.
     options = vllm_backend.options_for(settings, newer)
-    assert options["structured_outputs"].kwargs == {"json": SCHEMA}
+    assert options["structured_outputs"].kwargs == {"json": grammar_schema(SCHEMA)}
     assert "json_schema" not in options and options["max_tokens"] == 8
+    assert vllm_backend.structured_outputs_config(newer) == {
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}
+    }
     older = SimpleNamespace(GuidedDecodingParams=Params)
-    assert vllm_backend.options_for(settings, older)["guided_decoding"].kwargs == {"json": SCHEMA}
+    assert vllm_backend.options_for(settings, older)["guided_decoding"].kwargs == {
+        "json": grammar_schema(SCHEMA), "disable_any_whitespace": True
+    }
+    assert vllm_backend.structured_outputs_config(older) == {}
     assert "structured_outputs" not in vllm_backend.options_for(GenerationSettings(), newer)

@@ -13,7 +13,9 @@ module imports (and its request building can be tested) without it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from model_interface.cache import resolve_model
@@ -25,12 +27,19 @@ from model_interface.model_interface import (
     Prediction,
     PredictionRequest,
 )
+from model_interface.schema import grammar_schema
 
 INSTALL_HINT = "pip install 'model-interface[vllm]'"
 
 
+# vLLM's defaults for memory are a share of the device's: on a CPU that share is of the
+# host's RAM, and 90% of it fails to start. There the KV cache gets a size of its own.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+DEFAULT_CPU_KV_CACHE_BYTES = 512 * 2**20
+
+
 class VLLMModel(ModelInterface):
-    """A vision-language model run by vLLM on CUDA GPUs.
+    """A vision-language model run by vLLM, on CUDA GPUs or (with vLLM's CPU build) the CPU.
 
     Args:
         model_name: a hub repo id (``Qwen/Qwen2.5-VL-7B-Instruct``), a local directory, or a tiny
@@ -38,7 +47,13 @@ class VLLMModel(ModelInterface):
         system_prompt: sent as the system message when non-empty.
         cache_dir: where weights are downloaded to and loaded from.
         tensor_parallel_size: number of GPUs to shard the model over.
-        gpu_memory_utilization: share of each GPU's memory vLLM may take (weights + KV cache).
+        gpu_memory_utilization: share of each GPU's memory vLLM may take (weights + KV cache);
+            ``None``: 0.9 on a GPU. Not used on the CPU unless given.
+        kv_cache_memory_bytes: the KV cache's size, instead of a share of memory; ``None``:
+            512 MiB on the CPU, vLLM's share on a GPU.
+        multiprocessing: run the engine core in a process of its own (vLLM's default) or, with
+            ``False``, in this one: it starts in seconds instead of most of a minute on a CPU,
+            and answers the same. ``None`` leaves it to vLLM (``VLLM_ENABLE_V1_MULTIPROCESSING``).
         max_model_len: context length (prompt + answer); ``None`` takes the model's own.
         limit_mm_per_prompt: most items per modality in one prompt, e.g. ``{"image": 4}``.
         dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
@@ -59,7 +74,9 @@ class VLLMModel(ModelInterface):
         cache_dir: str = "model_cache",
         *,
         tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        multiprocessing: bool | None = None,
         max_model_len: int | None = None,
         limit_mm_per_prompt: Mapping[str, int] | None = None,
         dtype: str = "auto",
@@ -73,19 +90,27 @@ class VLLMModel(ModelInterface):
         resolved = resolve_model(model_name, cache_dir, revision=revision)
         self.cache_hit, self.random_weights = resolved.cache_hit, resolved.random_weights
         self.model_path = resolved.path
-        self.llm = vllm.LLM(
-            **engine_options(
-                resolved.path,
-                self.cache_dir,
-                tensor_parallel_size=tensor_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=max_model_len,
-                limit_mm_per_prompt=limit_mm_per_prompt,
-                dtype=dtype,
-                trust_remote_code=trust_remote_code,
-                engine_kwargs=engine_kwargs,
-            )
+        self.device = _device()
+        options = engine_options(
+            resolved.path,
+            self.cache_dir,
+            tensor_parallel_size=tensor_parallel_size,
+            **memory_options(self.device, gpu_memory_utilization, kv_cache_memory_bytes),
+            max_model_len=max_model_len,
+            limit_mm_per_prompt=limit_mm_per_prompt,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            engine_kwargs={
+                **structured_outputs_config(_sampling_params()),
+                **(engine_kwargs or {}),
+            },
         )
+        self.llm = None
+        try:
+            with _engine_processes(multiprocessing):
+                self.llm = vllm.LLM(**options)
+        except Exception as error:  # vLLM says why in many ways; the run needs one line
+            raise RuntimeError(start_failure(model_name, self.device, options, error)) from error
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         if not requests:
@@ -107,7 +132,7 @@ class VLLMModel(ModelInterface):
     def sampling_params(self) -> Any:
         """The SamplingParams of the model's own settings."""
         vllm = _import_vllm()
-        return vllm.SamplingParams(**options_for(self.generation, vllm.sampling_params))
+        return vllm.SamplingParams(**options_for(self.generation, _sampling_params()))
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -134,12 +159,73 @@ def _pil_part(image: Any) -> dict[str, Any]:
     return {"type": "image_pil", "image_pil": load_image(image)}
 
 
+def memory_options(
+    device: str, gpu_memory_utilization: float | None, kv_cache_memory_bytes: int | None
+) -> dict[str, Any]:
+    """What memory the engine may take on ``device`` ("cpu" or "gpu"): a KV-cache size on the
+    CPU, a share of GPU memory on a GPU, unless told otherwise."""
+    if gpu_memory_utilization is None and kv_cache_memory_bytes is None:
+        if device == "cpu":
+            kv_cache_memory_bytes = DEFAULT_CPU_KV_CACHE_BYTES
+        else:
+            gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION
+    return {
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "kv_cache_memory_bytes": kv_cache_memory_bytes,
+    }
+
+
+def start_failure(
+    model_name: str, device: str, options: Mapping[str, Any], error: Exception
+) -> str:
+    """One line saying why vLLM did not start ``model_name`` and what to set instead."""
+    # The last line that says something (pydantic ends with a link to its documentation).
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("For further information")]
+    said = f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+    context = options.get("max_model_len", "the model's own")
+    if device == "cpu":
+        hint = (
+            f"if it is memory: on the CPU the KV cache takes kv_cache_memory_bytes "
+            f"({options.get('kv_cache_memory_bytes')}) of the host's memory and must hold "
+            f"max_model_len ({context}) tokens: lower max_model_len or raise "
+            "kv_cache_memory_bytes; vLLM's CPU attention takes head sizes of 32, 64, 80, ... only"
+        )
+    else:
+        hint = (
+            f"if it is memory: lower gpu_memory_utilization "
+            f"({options.get('gpu_memory_utilization')}) or "
+            f"max_model_len ({context}), or free the GPU (nvidia-smi shows who holds it)"
+        )
+    return f"vLLM could not start {model_name} on the {device} ({said}); {hint}"
+
+
+@contextlib.contextmanager
+def _engine_processes(multiprocessing: bool | None) -> Iterator[None]:
+    """vLLM reads ``VLLM_ENABLE_V1_MULTIPROCESSING`` when an engine starts: set it for this
+    engine's start only, so that it does not leak into the next."""
+    if multiprocessing is None:
+        yield
+        return
+    name = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    before = os.environ.get(name)
+    os.environ[name] = "1" if multiprocessing else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def engine_options(
     model_path: str,
     cache_dir: str,
     *,
     tensor_parallel_size: int = 1,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float | None = None,
+    kv_cache_memory_bytes: int | None = None,
     max_model_len: int | None = None,
     limit_mm_per_prompt: Mapping[str, int] | None = None,
     dtype: str = "auto",
@@ -151,16 +237,27 @@ def engine_options(
         "model": model_path,
         "download_dir": cache_dir,
         "tensor_parallel_size": tensor_parallel_size,
-        "gpu_memory_utilization": gpu_memory_utilization,
         "dtype": dtype,
         "trust_remote_code": trust_remote_code,
     }
+    if gpu_memory_utilization is not None:
+        options["gpu_memory_utilization"] = gpu_memory_utilization
+    if kv_cache_memory_bytes is not None:
+        options["kv_cache_memory_bytes"] = kv_cache_memory_bytes
     if max_model_len is not None:
         options["max_model_len"] = max_model_len
     if limit_mm_per_prompt is not None:
         options["limit_mm_per_prompt"] = limit_mm_per_prompt
     options.update(engine_kwargs or {})
     return options
+
+
+def structured_outputs_config(sampling_params: Any) -> dict[str, Any]:
+    """Engine options that make vLLM's structured outputs write what the Hugging Face backend
+    writes: xgrammar, with no optional whitespace (vLLM >= 0.10.2; none before)."""
+    if not hasattr(sampling_params, "StructuredOutputsParams"):
+        return {}
+    return {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
 
 
 def sampling_options(model: ModelInterface, requests: Sequence[PredictionRequest]) -> list[dict]:
@@ -176,12 +273,17 @@ def options_for(settings: GenerationSettings, sampling_params: Any = None) -> di
     a schema needs it)."""
     options = settings.sampling_options()
     if settings.json_schema is not None:
-        sampling_params = sampling_params or _import_vllm().sampling_params
-        schema = dict(settings.json_schema)
-        if hasattr(sampling_params, "StructuredOutputsParams"):
+        sampling_params = sampling_params or _sampling_params()
+        # As the Hugging Face backend compiles it: strings without raw control characters, and
+        # no optional whitespace (vLLM's default admits any, which a random model fills; since
+        # vLLM 0.10.2 that is set for the engine, structured_outputs_config).
+        schema = grammar_schema(dict(settings.json_schema))
+        if hasattr(sampling_params, "StructuredOutputsParams"):  # whitespace: the engine's
             options["structured_outputs"] = sampling_params.StructuredOutputsParams(json=schema)
         else:
-            options["guided_decoding"] = sampling_params.GuidedDecodingParams(json=schema)
+            options["guided_decoding"] = sampling_params.GuidedDecodingParams(
+                json=schema, disable_any_whitespace=True
+            )
     return options
 
 
@@ -196,9 +298,24 @@ def predictions_from_outputs(outputs: Sequence[Any]) -> list[Prediction]:
                 completion.text.strip(),
                 prompt_tokens=None if prompt_ids is None else len(prompt_ids),
                 completion_tokens=len(completion.token_ids),
+                token_ids=tuple(completion.token_ids),
             )
         )
     return predictions
+
+
+def _sampling_params() -> Any:
+    """The ``vllm.sampling_params`` module (its classes differ between vLLM releases)."""
+    import vllm.sampling_params
+
+    return vllm.sampling_params
+
+
+def _device() -> str:
+    """Where vLLM runs its engines: "cpu" with its CPU build, else "gpu"."""
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "gpu"
 
 
 def _import_vllm() -> Any:
@@ -207,6 +324,6 @@ def _import_vllm() -> Any:
     except ImportError as error:
         raise ImportError(
             f"the vLLM backend needs the vllm package ({error}); install it with: {INSTALL_HINT} "
-            "(vLLM runs on a CUDA GPU)"
+            "on a CUDA GPU, or see README's 'vLLM on the CPU' for its CPU build"
         ) from error
     return vllm
