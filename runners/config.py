@@ -282,17 +282,18 @@ def model_config(model: Any, data_root: str | None = None) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_absolute() and not file.exists() and data_root is not None:
         file = Path(data_root) / file
+    from runners.datasets import NotUtf8, read_utf8
+
     try:
-        params["system_prompt"] = file.read_text(encoding="utf-8-sig").strip()
+        params["system_prompt"] = read_utf8(file).strip()
     except OSError as error:
         raise RunnerError(
             f"cannot read model.init_params.system_prompt_file {str(file)!r}: "
             f"{error.strerror or error}"
         ) from None
-    except UnicodeDecodeError as error:
+    except NotUtf8 as error:
         raise RunnerError(
-            f"model.init_params.system_prompt_file {str(file)!r} is not UTF-8 text (byte "
-            f"{error.start} is 0x{error.object[error.start]:02x}); re-save it as UTF-8"
+            f"model.init_params.system_prompt_file {str(file)!r}: {error}; re-save it as UTF-8"
         ) from None
     return {**config, "init_params": params}
 

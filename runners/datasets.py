@@ -27,6 +27,7 @@ An answer may list several acceptable answers, scored by the best match: a JSON 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import hashlib
@@ -287,7 +288,7 @@ class Dataset:
         try:
             yield from self._decoded_rows()
         except UnicodeDecodeError:
-            raise DatasetError(_not_utf8(self.file)) from None
+            raise DatasetError(_resave(not_utf8(self.file), self.file)) from None
 
     def _open(self) -> TextIO:
         return self.file.open(encoding="utf-8-sig", newline="")
@@ -300,7 +301,7 @@ class Dataset:
         try:
             header = reader.fieldnames or []
         except UnicodeDecodeError:
-            raise DatasetError(_not_utf8(self.file)) from None
+            raise DatasetError(_resave(not_utf8(self.file), self.file)) from None
         except csv.Error as error:
             raise DatasetError(f"{self.file.name} line 1 is not valid CSV ({error})") from None
         absent = [column for column in required if column not in header]
@@ -344,9 +345,9 @@ class Dataset:
         """One row per ``jsons/<page>.json`` (sorted by name), its image found beside it."""
         for number, path in enumerate(sorted(self.file.glob("*.json")), start=1):
             try:
-                text = path.read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError:
-                raise DatasetError(_not_utf8(path)) from None
+                text = read_utf8(path)
+            except NotUtf8 as error:
+                raise DatasetError(_resave(error, path)) from None
             record = parse_json(text, path.name)
             candidates = [f"images/{path.stem}{suffix}" for suffix in IMAGE_SUFFIXES]
             image = next((c for c in candidates if (self.root / c).is_file()), None)
@@ -393,9 +394,9 @@ class PromptCollection:
                 f"prompt collection {str(path)!r} does not exist; fix dataset.prompt_collection"
             )
         try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise DatasetError(f"prompt collection {_not_utf8(path)}") from None
+            text = read_utf8(path)
+        except NotUtf8 as error:
+            raise DatasetError(f"prompt collection {_resave(error, path)}") from None
         prompts: dict[str, str] = {}
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";", strict=True)
         try:
@@ -560,18 +561,37 @@ def parse_json(text: str, where: str, what: str = "the JSON") -> Any:
     return value
 
 
-def _not_utf8(path: Path) -> str:
-    """What a file that is not UTF-8 is told: the first line that is not, and the fix."""
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return (
-                    f"{path.name} line {number} is not UTF-8 (byte 0x{line[error.start]:02x}); "
-                    f"re-save {path} as UTF-8 (with or without BOM)"
-                )
-    return f"{path.name} is not UTF-8; re-save {path} as UTF-8 (with or without BOM)"
+class NotUtf8(ValueError):
+    """A text file that is not UTF-8; the message names its first line that is not, and the
+    byte there. Each reader adds what to do about it."""
+
+
+def read_utf8(path: Path) -> str:
+    """The text of ``path``, UTF-8 with or without BOM; :class:`NotUtf8` if it is not."""
+    data = path.read_bytes()
+    try:
+        return data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotUtf8(_first_line_not_utf8(path.name, data)) from None
+
+
+def not_utf8(path: Path) -> NotUtf8:
+    """The error for ``path``, found not to be UTF-8 while it was read as a stream."""
+    return NotUtf8(_first_line_not_utf8(path.name, path.read_bytes()))
+
+
+def _first_line_not_utf8(name: str, data: bytes) -> str:
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return f"{name} line {number} is not UTF-8 (byte 0x{line[error.start]:02x})"
+    return f"{name} is not UTF-8"
+
+
+def _resave(error: NotUtf8, path: Path) -> str:
+    """What a dataset file that is not UTF-8 is told: its first line that is not, and the fix."""
+    return f"{error}; re-save {path} as UTF-8 (with or without BOM)"
 
 
 def _as_list(value: Any) -> list[Any]:

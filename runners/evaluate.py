@@ -20,7 +20,6 @@ not is refused in one line, never read in part.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
@@ -249,18 +248,14 @@ def _excerpts(first: str, second: str, width: int = 60) -> tuple[str, str]:
 
 
 def _utf8_text(path: Path) -> str:
-    """The file's text, UTF-8 with or without BOM; one line naming the first byte that isn't."""
-    data = path.read_bytes()
-    body = data.removeprefix(codecs.BOM_UTF8)
+    """The file's text, UTF-8 with or without BOM; one line naming the first line that isn't."""
+    from runners.datasets import NotUtf8, read_utf8
+
     try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        position = len(data) - len(body) + error.start  # counted in the file, a BOM included
-        line = data.count(b"\n", 0, position) + 1
+        return read_utf8(path)
+    except NotUtf8 as error:
         raise RunnerError(
-            f"{path.name} is not UTF-8: byte {position} (line {line}) is "
-            f"0x{data[position]:02x}; re-save it as UTF-8 (with or without BOM) and run the "
-            "same command again"
+            f"{error}; re-save it as UTF-8 (with or without BOM) and run the same command again"
         ) from None
 
 

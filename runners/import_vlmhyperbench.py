@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import codecs
 import csv
 import io
 import re
@@ -67,6 +66,7 @@ from typing import Any
 import yaml
 
 from model_interface.model_factory import BUILTIN_MODELS
+from runners.datasets import NotUtf8, read_utf8
 
 PROJECT_CONF = Path(__file__).resolve().parents[1] / "conf"
 DEFAULT_OUT = Path("conf-vlmhyperbench")  # relative: next to where the import is run
@@ -364,14 +364,10 @@ def _read(path: Path, columns: list[str]) -> list[tuple[int, dict[str, str]]]:
     ``columns``, each with the line it ends on."""
     if not path.is_file():
         raise RefusedImport(f"{path} does not exist")
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        byte = raw[error.start]
-        raise RefusedImport(f"{path.name} line {line} is not UTF-8 (byte 0x{byte:02x}); re-save "
-                            "the file as UTF-8 (Excel: 'CSV UTF-8')") from None  # fmt: skip
+        text = read_utf8(path)
+    except NotUtf8 as error:
+        raise RefusedImport(f"{error}; re-save the file as UTF-8 (Excel: 'CSV UTF-8')") from None
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";")
     try:
         if reader.fieldnames is None:

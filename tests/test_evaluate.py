@@ -260,9 +260,8 @@ def test_a_file_that_is_not_utf8_is_refused_in_one_line(model_cache, tmp_path, n
                      cache_dir=model_cache, timeout=60)  # fmt: skip
     assert result.returncode == 2, result.stdout
     (line,) = error_lines(result.stdout)
-    position = data.index("é".encode("latin-1"))
     assert line.endswith(
-        f"{name} is not UTF-8: byte {position} (line 3) is 0xe9; re-save it "
+        f"{name} line 3 is not UTF-8 (byte 0xe9); re-save it "
         "as UTF-8 (with or without BOM) and run the same command again"
     )
     assert "Traceback" not in result.stdout

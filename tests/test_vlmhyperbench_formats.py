@@ -131,8 +131,8 @@ def test_a_system_prompt_file_that_is_not_utf8_is_one_line(model_cache, tmp_path
     with pytest.raises(RunnerError) as refused:
         run_experiment(cfg, tmp_path / "run")
     assert str(refused.value) == (
-        f"model.init_params.system_prompt_file {str(system)!r} is not UTF-8 text (byte 1 is "
-        "0xe9); re-save it as UTF-8"
+        f"model.init_params.system_prompt_file {str(system)!r}: system.txt line 1 is not UTF-8 "
+        "(byte 0xe9); re-save it as UTF-8"
     )
 
 
