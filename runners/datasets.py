@@ -220,14 +220,8 @@ class Dataset:
 
     def image_path(self, relative: str) -> Path:
         """The file behind an image entry; refuses paths that leave the dataset root."""
-        joined = self.root / relative
-        # Resolving every component of every path is slow; resolve each folder once and the
-        # file name only when it is a symbolic link.
-        if joined.name in ("", ".", "..") or joined.is_symlink():
-            path = joined.resolve()
-        else:
-            path = _resolved_folder(joined.parent) / joined.name
-        if not path.is_relative_to(self.root):
+        path = inside_root(self.root, relative)
+        if path is None:
             raise ImageLoadError(
                 f"image path {relative!r} leaves the dataset root {str(self.root)!r}; "
                 "image paths must be relative to the root and stay inside it"
@@ -455,6 +449,19 @@ def _stratified_shuffle(
     ]
     placed.sort(key=lambda pair: pair[0])
     return [sample for _, sample in placed]
+
+
+def inside_root(root: Path, relative: str) -> Path | None:
+    """The file ``relative`` names under ``root`` (a resolved folder), symbolic links followed,
+    or None where it leads out of ``root`` (an absolute path elsewhere, ``..``, a link)."""
+    joined = root / relative  # an absolute ``relative`` replaces the root
+    # Resolving every component of every path is slow; resolve each folder once and the file
+    # name only when it is a symbolic link.
+    if joined.name in ("", ".", "..") or joined.is_symlink():
+        path = joined.resolve()
+    else:
+        path = _resolved_folder(joined.parent) / joined.name
+    return path if path.is_relative_to(root) else None
 
 
 @functools.lru_cache(maxsize=4096)

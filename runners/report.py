@@ -692,14 +692,14 @@ def inside_dataset_root(entry: str, root: Path | None) -> Path | None:
     made to be mailed, so a report shows no more than its run could read: an absolute path
     elsewhere, ``..`` or a link leading out gets no thumbnail. Only names and links are looked
     at here; no file is opened."""
+    from runners.datasets import inside_root  # the runner's own rule
+
     if root is None:
         return None
     try:
-        root = root.resolve()
-        path = (root / entry).resolve()  # an absolute entry replaces the root
+        return inside_root(root.resolve(), entry)
     except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL in the name
         return None
-    return path if path.is_relative_to(root) else None
 
 
 def _image_entries(row: dict[str, str]) -> list[str]:
