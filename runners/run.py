@@ -170,8 +170,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     with exclusive(answers_dir / LOCK_FILE, f"the answers in {answers_dir}"):
         claim(run_dir, plan)
         predictions, todo, n_todo, answered_row = resume(run_dir, plan)
+        random_weights = False
         if n_todo:
             loaded, reused = load(plan.model)
+            random_weights = getattr(loaded.model, "random_weights", False)
             _log_start(loaded.model, plan, n_todo)
             answered = answer(loaded.model, plan, predictions, todo, n_todo)
             cost = RunCost.of(loaded, reused, answered)
@@ -185,8 +187,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             return finish_shard(run_dir, plan, cost)
         run_tally, quality = score(run_dir, predictions, plan)
         row = write(run_dir, plan, cost, run_tally, quality)
-    if n_todo and getattr(loaded.model, "random_weights", False):
-        log.warning(RANDOM_WEIGHTS_NOTE, loaded.model.model_name)
+    if random_weights:
+        log.warning(RANDOM_WEIGHTS_NOTE, cost.model)
     return row
 
 

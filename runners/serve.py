@@ -417,9 +417,7 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-async def read_body(
-    request: Any, max_bytes: int, timeout_s: float
-) -> bytes:
+async def read_body(request: Any, max_bytes: int, timeout_s: float) -> bytes:
     """The request body, refused with 413 as soon as it is known to be over ``max_bytes``, and
     with 408 if it has not all arrived within ``timeout_s``: a client that drips its body a byte
     at a time can't hold a connection (and the memory of what it sent) for longer.
@@ -608,7 +606,6 @@ def create_app(
         raise ValueError("api_key is empty; pass None for a server without a key")
     limits = limits or RequestLimits()
     max_body_bytes = int(limits.max_body_mb * 2**20)
-    body_timeout_s = limits.body_timeout_s
     batcher = _Batcher(model, max_batch_size, batch_wait_s, batch_fill_s)
     created = int(time.time())
 
@@ -655,7 +652,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: fastapi.Request) -> Any:
         try:
-            raw = await read_body(request, max_body_bytes, body_timeout_s)
+            raw = await read_body(request, max_body_bytes, limits.body_timeout_s)
             if len(raw) <= INLINE_PARSE_BYTES:
                 body = parse_json_body(raw, limits)
             else:  # parsing megabytes takes a while: the event loop serves others meanwhile
@@ -810,11 +807,10 @@ def serve(cfg: DictConfig) -> None:
         docs=options.docs,
     )
     log.info("serving %s on http://%s:%d", served_name, options.host, options.port)
-    max_connections = options.max_connections
     try:
         # log_config=None: uvicorn's loggers go through Hydra's logging (console and serve.log).
         uvicorn.run(app, host=options.host, port=options.port, log_config=None,
-                    **uvicorn_limits(max_connections))  # fmt: skip
+                    **uvicorn_limits(options.max_connections))  # fmt: skip
     finally:
         loaded.model.close()
 

@@ -39,7 +39,9 @@ def cache_dir(model_cache: Path) -> Path:
 # --- the default job -----------------------------------------------------------------------
 
 
-def test_default_config_runs_tiny_qwen2_vl_on_the_sample_dataset(cache_dir, tmp_path) -> None:
+def test_default_config_runs_tiny_qwen2_vl_on_the_sample_dataset(
+    cache_dir, tmp_path, caplog
+) -> None:
     cfg = make_config(cache_dir)
     assert cfg.model.init_params.model_name == "tiny-qwen2-vl"
     assert cfg.dataset.name == "sample_docs"
@@ -66,6 +68,10 @@ def test_default_config_runs_tiny_qwen2_vl_on_the_sample_dataset(cache_dir, tmp_
     environment = json.loads((tmp_path / "environment.json").read_text())
     assert {"python", "packages", "device", "gpu_name", "git_commit", "seed"} <= set(environment)
     assert environment["packages"]["transformers"]
+    # Its scores of about 0 are the random weights', and the run says so last.
+    assert caplog.messages[-1].startswith(
+        "tiny-qwen2-vl has random weights: its answers are gibberish and its scores mean nothing"
+    )
 
 
 def test_batched_run_equals_one_by_one_run(cache_dir, tmp_path) -> None:
