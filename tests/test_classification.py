@@ -41,15 +41,7 @@ def test_accuracy_macro_f1_and_the_confusion_matrix(model_cache, tmp_path) -> No
         ("passport", "I cannot tell"),
         ("snils", "snils"),
     ]
-    root = write_jsonl(tmp_path / "data", [
-        {"id": str(index), "image": f"{index}.png", "prompt": answer, "answer": truth}
-        for index, (truth, answer) in enumerate(cases)
-    ])  # fmt: skip
-    cfg = make_config(model_cache, "model=custom", "model.class_path=tests.wrappers:PromptEcho",
-                      "model.init_params.model_name=echo", "task=classification",
-                      "dataset=jsonl", f"dataset.root={root}",
-                      '+task.prompt_template="{prompt}"')  # fmt: skip
-    row = run_experiment(cfg, tmp_path / "run")
+    row = classify(model_cache, tmp_path, cases)
     # invoice: P = 2/2, R = 2/3, F1 = 0.8; passport: P = 1/2, R = 1/2, F1 = 0.5; snils: 1, 1, 1
     assert row["accuracy"] == pytest.approx(4 / 6)
     assert row["macro_f1"] == pytest.approx((0.8 + 0.5 + 1.0) / 3)
