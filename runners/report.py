@@ -8,7 +8,9 @@ file; nothing is fetched) and ``report.md`` with the same tables:
   their image, prompt, reference and prediction, the differences marked;
 * several runs (a list, or a sweep's directory standing for its jobs): the runs side by side
   and quality against speed;
-* exactly two runs of the same dataset: the samples whose correctness flipped, each per-sample
+* exactly two runs of the same dataset: how many answers are the same (the check to make before
+  trusting a switch of backend, e.g. transformers to vLLM: see :func:`same_answer`) and where
+  each different one first differs, the samples whose correctness flipped, each per-sample
   metric's difference with a paired bootstrap 95% interval, McNemar's exact test on
   correctness, and the differences in throughput and latency. Two runs of different datasets
   (by the annotation file's hash in their fingerprints) are refused.
@@ -177,6 +179,28 @@ class MetricDifference:
 
 
 @dataclass
+class Agreement:
+    """How often two runs answered a sample the same (samples both answered without error)."""
+
+    compared: int
+    as_written: int  # texts equal character for character
+    same: int  # equal by :func:`same_answer` (as_written included)
+    token_counts_known: int  # samples with completion_tokens in both runs
+    same_token_count: int
+    different: list[tuple[dict[str, str], dict[str, str], int]]  # rows, first differing index
+
+    def summary(self) -> str:
+        if not self.compared:
+            return "answers: no sample answered without error in both runs"
+        normalised = self.same - self.as_written
+        return (
+            f"answers: {self.same} of {self.compared} the same"
+            + (f" ({normalised} after normalisation)" if normalised else "")
+            + f", {len(self.different)} different"
+        )
+
+
+@dataclass
 class Pair:
     """Two runs of the same dataset, sample by sample (samples both answered)."""
 
@@ -185,6 +209,7 @@ class Pair:
     n_paired: int
     only_a: int
     only_b: int
+    answers: Agreement
     correctness: str | None  # the 0/1 column compared, None when the runs have none in common
     right_only_a: list[tuple[dict[str, str], dict[str, str]]]  # (row of a, row of b)
     right_only_b: list[tuple[dict[str, str], dict[str, str]]]
@@ -194,11 +219,7 @@ class Pair:
 
 def compare(a: Run, b: Run, *, seed: int = 0) -> Pair:
     """Pair the samples of ``a`` and ``b`` by id; refuses runs of different datasets."""
-    _require_same_dataset(a, b)
-    by_id_b = {row["sample_id"]: row for row in b.rows}
-    pairs = [(row, by_id_b[row["sample_id"]]) for row in a.rows if row["sample_id"] in by_id_b]
-    if not pairs:
-        raise ReportError(f"{a.path} and {b.path} have no sample in common to compare")
+    pairs = paired_rows(a, b)
     correctness = next((c for c in CORRECTNESS if c in a.scores and c in b.scores), None)
     right_only_a, right_only_b = [], []
     if correctness:
@@ -215,12 +236,76 @@ def compare(a: Run, b: Run, *, seed: int = 0) -> Pair:
         n_paired=len(pairs),
         only_a=len(a.rows) - len(pairs),
         only_b=len(b.rows) - len(pairs),
+        answers=agreement(pairs),
         correctness=correctness,
         right_only_a=right_only_a,
         right_only_b=right_only_b,
         mcnemar_p=mcnemar_exact_p(len(right_only_a), len(right_only_b)) if correctness else None,
         metrics=[_paired_difference(name, pairs, seed) for name in shared],
     )
+
+
+def paired_rows(a: Run, b: Run) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """The rows of the samples both runs have, by id, in ``a``'s order."""
+    _require_same_dataset(a, b)
+    by_id_b = {row["sample_id"]: row for row in b.rows}
+    pairs = [(row, by_id_b[row["sample_id"]]) for row in a.rows if row["sample_id"] in by_id_b]
+    if not pairs:
+        raise ReportError(f"{a.path} and {b.path} have no sample in common to compare")
+    return pairs
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Whether two answers are the same after the report's normalisation, which forgives only
+    what a backend changes in the writing, never in the content:
+
+    * U+FFFD at the end is dropped: generation that stops inside a multi-byte character ends,
+      decoded by transformers, in U+FFFD, while vLLM leaves the incomplete character out;
+    * two JSON objects or arrays are compared written without whitespace between tokens,
+      since grammars for the same schema may place it differently (keys stay in order, and
+      ``1``, ``1.0`` and ``true`` stay different).
+    """
+    a, b = a.rstrip("\ufffd"), b.rstrip("\ufffd")
+    if a == b:
+        return True
+    compact_a = _compact_json(a)
+    return compact_a is not None and compact_a == _compact_json(b)
+
+
+def _compact_json(text: str) -> str | None:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict | list):
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def agreement(pairs: Sequence[tuple[dict[str, str], dict[str, str]]]) -> Agreement:
+    """Answer agreement of paired rows (see :class:`Agreement`)."""
+    answered = [(a, b) for a, b in pairs if not a["error"] and not b["error"]]
+    counts = [(_number(a["completion_tokens"]), _number(b["completion_tokens"]))
+              for a, b in answered]  # fmt: skip
+    known = [(x, y) for x, y in counts if x is not None and y is not None]
+    different = [
+        (a, b, _first_difference(a["prediction"], b["prediction"]))
+        for a, b in answered
+        if not same_answer(a["prediction"], b["prediction"])
+    ]
+    return Agreement(
+        compared=len(answered),
+        as_written=sum(a["prediction"] == b["prediction"] for a, b in answered),
+        same=len(answered) - len(different),
+        token_counts_known=len(known),
+        same_token_count=sum(x == y for x, y in known),
+        different=different,
+    )
+
+
+def _first_difference(a: str, b: str) -> int:
+    shorter = min(len(a), len(b))
+    return next((i for i in range(shorter) if a[i] != b[i]), shorter)
 
 
 def mcnemar_exact_p(only_a: int, only_b: int) -> float:
@@ -431,6 +516,7 @@ def _pair(page: Page, pair: Pair, worst: int) -> None:
             "only in A / only in B": f"{pair.only_a} / {pair.only_b}",
         }
     )
+    _answers(page, pair.answers, worst)
     if pair.correctness:
         page.section(f"Correctness ({pair.correctness})", level=3)
         page.facts(
@@ -468,6 +554,37 @@ def _pair(page: Page, pair: Pair, worst: int) -> None:
         if len(flipped) > worst:
             page.note(f"the first {worst} in dataset order")
         page.flips(flipped[:worst], pair)
+
+
+def _answers(page: Page, answers: Agreement, worst: int) -> None:
+    page.section("Answers", level=3)
+    page.facts(
+        {
+            "answered in both (no error)": answers.compared,
+            "the same as written": answers.as_written,
+            "the same after normalisation": answers.same,
+            "the same number of completion tokens": (
+                f"{answers.same_token_count} of {answers.token_counts_known}"
+            ),
+        }
+    )
+    page.note(
+        "normalisation: U+FFFD at the end is dropped (a character cut by the token limit), and "
+        "two JSON objects or arrays are compared without whitespace between their tokens"
+    )
+    if not answers.different:
+        return
+    if len(answers.different) > worst:
+        page.note(f"the first {worst} of {len(answers.different)} different answers")
+    page.table(
+        [
+            {"sample": row_a["sample_id"], "first different character": index,
+             "A from there": _shortened(row_a["prediction"][index:]),
+             "B from there": _shortened(row_b["prediction"][index:])}
+            for row_a, row_b, index in answers.different[:worst]
+        ],
+        bars=False,
+    )  # fmt: skip
 
 
 def _better(name: str, low: float, high: float) -> str:
@@ -905,6 +1022,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    if len(runs) == 2:  # compared sample by sample above
+        print(agreement(paired_rows(*runs)).summary())
     print(html_path)
     return 0
 

@@ -141,6 +141,17 @@ def test_a_json_schema_makes_every_answer_follow_it(model: HFModel) -> None:
     assert not follows_fields_schema(unconstrained[0].text)  # the constraint did the work
 
 
+def test_a_character_cut_by_the_token_limit_is_left_out(model_cache: Path) -> None:
+    """Three tokens of this answer end inside a multi-byte character: decoded, they end in
+    U+FFFD, which the answer leaves out (as vLLM does), so the backends write the same text."""
+    model = HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=3)
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (56, 56, 3), np.uint8))
+    (prediction,) = model.predict_batch([PredictionRequest([noise], "What is it?")])
+    decoded = model.processor.tokenizer.decode(prediction.token_ids, skip_special_tokens=True)
+    assert decoded.endswith("\ufffd") and len(prediction.token_ids) == 3
+    assert prediction.text == decoded.rstrip("\ufffd").strip() != ""
+
+
 def test_upstream_style_calls(model_cache: Path) -> None:
     model = HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=8)
     by_path = model.predict_on_image(str(SAMPLE_IMAGE), question="What is the subtotal?")

@@ -31,6 +31,7 @@ from runners.report import (
     main,
     mcnemar_exact_p,
     read_run,
+    same_answer,
     worst_samples,
     write_report,
 )
@@ -110,6 +111,50 @@ def test_two_runs_flip_exactly_the_samples_they_differ_on(model_cache, known_fli
     assert "- **right in A only**: 3" in markdown and "- **right in B only**: 4" in markdown
     assert "### Right in A, wrong in B (3)" in markdown
     assert "### Right in B, wrong in A (4)" in markdown
+
+
+def test_two_runs_count_the_answers_they_share(model_cache, known_flips, tmp_path, capsys):
+    first = run_dummy(model_cache, tmp_path / "first", known_flips)
+    second = run_dummy(model_cache, tmp_path / "second", known_flips)
+    # The same run twice, then three answers of the second changed as a backend might: one cut
+    # inside a multi-byte character as transformers decodes it, two with other words.
+    predictions = second / "predictions.csv"
+    rows = list(csv.DictReader(predictions.open(encoding="utf-8", newline="")))
+    answers = [row["prediction"] for row in rows]
+    rows[1]["prediction"] += "\ufffd"
+    rows[3]["prediction"] = answers[3][:4] + "something else"
+    rows[5]["prediction"] = answers[5] + " indeed"
+    with predictions.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    answers = compare(read_run(first), read_run(second)).answers
+    assert (answers.compared, answers.as_written, answers.same) == (QUESTIONS, 7, 8)
+    assert (answers.same_token_count, answers.token_counts_known) == (QUESTIONS, QUESTIONS)
+    assert [(a["sample_index"], index) for a, _, index in answers.different] == [
+        ("3", 4),
+        ("5", len(rows[5]["prediction"]) - len(" indeed")),
+    ]
+
+    assert main([str(first), str(second), "--out", str(tmp_path / "report")]) == 0
+    summary, _ = capsys.readouterr().out.splitlines()
+    assert summary == "answers: 8 of 10 the same (1 after normalisation), 2 different"
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "- **the same as written**: 7" in markdown
+    assert "- **the same after normalisation**: 8" in markdown
+    assert "| sample | first different character | A from there | B from there |" in markdown
+    assert "| 3 | 4 |" in markdown and "| something else |" in markdown
+
+
+def test_the_same_answer_forgives_only_how_a_backend_writes() -> None:
+    assert same_answer("naïve", "naïve") and same_answer("na\ufffd", "na")  # a cut character
+    assert same_answer('{"a": [1, 2]}', '{"a":[1,2]}')  # grammar whitespace
+    assert same_answer('[\n  "x"\n]', '["x"]')
+    assert not same_answer('{"a": 1}', '{"a": 1.0}') and not same_answer('{"a": 1}', '{"a": true}')
+    assert not same_answer('{"a": 1, "b": 2}', '{"b": 2, "a": 1}')  # key order is content
+    assert not same_answer(" 42", "42") and not same_answer("42", "42.0")  # not JSON containers
+    assert not same_answer("Paris", "paris") and not same_answer("a\ufffdb", "ab")
 
 
 def test_mcnemar_is_the_exact_binomial_tail() -> None:

@@ -148,9 +148,10 @@ def test_an_engine_that_cannot_start_says_what_to_set(model_cache) -> None:
 
 @pytest.mark.slow
 def test_the_runner_with_vllm_writes_what_it_writes_with_transformers_and_the_same_answers(
-    model_cache, tmp_path
+    model_cache, tmp_path, capsys
 ) -> None:
     """The tiny Qwen2-VL in both backends, float32 and greedy, on the 48 sample questions."""
+    from runners import report
     from runners.run import run_experiment
     from tests.helpers import make_config, read_predictions
 
@@ -163,11 +164,13 @@ def test_the_runner_with_vllm_writes_what_it_writes_with_transformers_and_the_sa
     )
     a, b = read_predictions(hf), read_predictions(vllm)
     assert (a["prompt_tokens"] == b["prompt_tokens"]).all()
-    # vLLM leaves out an incomplete UTF-8 character at the end, which transformers decodes as
-    # U+FFFD: the answers are the same once that is set aside.
-    pairs = list(zip(a["prediction"], b["prediction"], strict=True))
-    differ = [(x, y) for x, y in pairs if x.rstrip("\ufffd") != y.rstrip("\ufffd")]
-    assert not differ
+    # The parity report: every answer the same as written, and so every score.
+    capsys.readouterr()  # what the engine printed
+    assert report.main([str(hf), str(vllm), "--out", str(tmp_path / "report")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "answers: 48 of 48 the same, 0 different"
+    pair = report.compare(report.read_run(hf), report.read_run(vllm))
+    assert pair.answers.as_written == 48 and pair.answers.same_token_count == 48
+    assert all(metric.mean_a == metric.mean_b for metric in pair.metrics)
 
 
 @pytest.mark.slow

@@ -178,7 +178,9 @@ class HFModel(ModelInterface):
         generated = [self._generated(row) for row in new_tokens]
         return [
             Prediction(
-                settings.cut_at_stop(text).strip(),
+                # Stopped by the token limit inside a multi-byte character, the text ends in
+                # U+FFFD: left out, as vLLM's detokenizer leaves out a character not finished.
+                settings.cut_at_stop(text.rstrip("\ufffd")).strip(),
                 prompt_tokens=int(prompt_tokens[row]),
                 completion_tokens=len(generated[row]),
                 token_ids=tuple(generated[row]),
