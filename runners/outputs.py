@@ -103,6 +103,7 @@ class PredictionsFile:
         self.path = path
         self.columns = list(columns)
         self._records: list[tuple[int, int, int]] = []  # (sample_index, offset, length) per row
+        self._answered = 0  # rows without an error: those a resumed run keeps
         self._size = 0
         self._descriptor: int | None = None
         self._buffer = io.StringIO()
@@ -124,7 +125,7 @@ class PredictionsFile:
                     "choose another run_name / hydra.run.dir"
                 )
             kept = [row for row in read_complete_rows(self.path) if not row.get("error")]
-        self._records, self._size = [], 0
+        self._records, self._size, self._answered = [], 0, 0
         replace_atomically(self.path, lambda handle: self._write_rows(handle, kept))
         self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         return kept
@@ -143,6 +144,12 @@ class PredictionsFile:
     def n_rows(self) -> int:
         """Rows in the file: those kept on opening and those appended since."""
         return len(self._records)
+
+    @property
+    def n_answered(self) -> int:
+        """Rows of :attr:`n_rows` without an error: what resuming keeps (failed samples are
+        asked again)."""
+        return self._answered
 
     def close(self) -> None:
         if self._descriptor is not None:
@@ -181,6 +188,7 @@ class PredictionsFile:
             self._writer.writerow(row)
             chunk = self._take()
             self._records.append((int(row["sample_index"]), self._size, len(chunk)))
+            self._answered += not row.get("error")
             self._size += len(chunk)
             chunks.append(chunk)
         return b"".join(chunks)

@@ -367,7 +367,6 @@ def answer(
 
     runner = plan.settings.runner
     progress = _progress_bar(n_todo, enabled=runner.progress)
-    answered = 0
     try:
         with measure() as cost:
             for answers in answer_samples(
@@ -382,18 +381,17 @@ def answer(
                 image_cache_mb=runner.image_cache_mb,
             ):
                 predictions.append([_row(answer, plan.dataset.name, model) for answer in answers])
-                answered += len(answers)
                 progress.update(len(answers))
     except ModelUnavailable as error:
         raise RunnerError(
-            f"{error}. The {answered} answers of this run so far are kept: run the same "
-            "command again to resume",
+            f"{error}. The {predictions.n_answered} answers of this run so far are kept: run "
+            "the same command again to resume",
             exit_code=1,
         ) from None
     except KeyboardInterrupt:
         raise Interrupted(
-            f"interrupted: {predictions.n_rows} answers kept in {predictions.path.parent}, run "
-            "the same command to resume"
+            f"interrupted: {predictions.n_answered} answers kept in {predictions.path.parent}, "
+            "run the same command to resume"
         ) from None
     finally:
         progress.close()

@@ -142,6 +142,79 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class ServerProcess:
+    """An OpenAI-compatible server run as a command (``runners.serve``, ``vllm serve``) on a
+    free port of 127.0.0.1, its output in ``log``; it can be killed and started again on the
+    same port."""
+
+    def __init__(self, command: list[str], *, log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, port: int | None = None) -> None:  # fmt: skip
+        self.port = port or free_port()
+        self.command = [part.replace("{port}", str(self.port)) for part in command]
+        self.log, self.env, self.cwd = log, {**os.environ, **(env or {})}, cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 120) -> ServerProcess:
+        """Start it and wait until ``/health`` answers 200 (or fail with the end of its log)."""
+        import httpx
+
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while True:
+            tail = f"\n{self.log.read_text(errors='replace')[-3000:]}"
+            assert self.process.poll() is None, f"the server exited:{tail}"
+            assert time.monotonic() < deadline, f"no /health in {timeout_s} s:{tail}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to its clients, as when a server dies."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def run_and_kill_the_server(
+    arguments: list[str], *, server: ServerProcess, run_dir: Path, after_rows: int, cwd: Path,
+    env: dict[str, str], timeout_s: float = 120,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``python -m runners.run ARGUMENTS``, a run against ``server``, which is killed once the
+    run's predictions.csv holds ``after_rows`` rows; returns the run's exit and output."""
+    command = [sys.executable, "-m", "runners.run", *arguments]
+    runner = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    predictions = run_dir / "predictions.csv"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not predictions.exists() or predictions.read_text().count("\n") <= after_rows:
+            if runner.poll() is not None:
+                raise AssertionError(f"the run ended first:\n{runner.communicate()[0][-3000:]}")
+            assert time.monotonic() < deadline, "the run wrote too few rows to stop it"
+            time.sleep(0.01)
+        server.kill()
+        output, _ = runner.communicate(timeout=timeout_s)
+    finally:
+        runner.kill()
+    return subprocess.CompletedProcess(command, runner.returncode, output)
+
+
 @contextlib.contextmanager
 def serve_in_thread(model: Any, name: str, **options: Any) -> Iterator[str]:
     """create_app in a real uvicorn server on a free port; yields the base URL."""

@@ -6,7 +6,6 @@ Nothing is mocked: every request goes through httpx and a real socket.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from model_interface.backends.dummy import DummyModel
 from model_interface.backends.openai_api import OpenAIModel
 from model_interface.model_interface import ModelUnavailable, Prediction, PredictionRequest
 from runners.run import PROJECT_ROOT
-from tests.helpers import free_port, serve_in_thread
+from tests.helpers import ServerProcess, free_port, run_and_kill_the_server, serve_in_thread
 
 SAMPLE_IMAGES = sorted((PROJECT_ROOT / "data" / "sample_docs" / "images").glob("*.png"))
 SECRET = "sk-test-SECRET-5f1e0c9a7b"
@@ -570,41 +569,20 @@ def hf_model(model_cache: Path):
 @pytest.fixture(scope="module")
 def served_tiny_model(hf_model, model_cache: Path, tmp_path_factory) -> Iterator[str]:
     """``python -m runners.serve model=tiny_qwen2_vl`` on a free port; yields its base URL."""
-    port = free_port()
     workdir = tmp_path_factory.mktemp("serve")
-    log_path = workdir / "serve.out"
-    env = {
-        **os.environ,
-        "MODEL_INTERFACE_CACHE": str(model_cache),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "runners.serve", "model=tiny_qwen2_vl", f"serve.port={port}"],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = ServerProcess(
+        [sys.executable, "-m", "runners.serve", "model=tiny_qwen2_vl", "serve.port={port}"],
+        log=workdir / "serve.out",
+        cwd=workdir,
+        env={"MODEL_INTERFACE_CACHE": str(model_cache), "HF_HUB_OFFLINE": "1",
+             "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"the server exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no /health:\n{log_path.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        assert f"serving tiny-qwen2-vl on http://127.0.0.1:{port}" in log_path.read_text()
-        yield f"http://127.0.0.1:{port}/v1"
+        server.start()
+        assert f"serving tiny-qwen2-vl on http://127.0.0.1:{server.port}" in server.log.read_text()
+        yield server.base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        server.stop()
 
 
 @pytest.mark.slow
@@ -663,6 +641,47 @@ def test_the_runner_benchmarks_a_served_model_end_to_end(served_tiny_model, tmp_
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert metrics.loc[0, "framework"] == "OpenAI API" and metrics.loc[0, "n_errors"] == 0
     assert metrics.loc[0, "status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_ends_it_in_one_line_and_the_run_resumes(tmp_path) -> None:
+    """A real server (runners.serve, a dummy model taking 30 ms a request) killed with SIGKILL
+    while the runner asks it one request at a time."""
+    serve_command = [sys.executable, "-m", "runners.serve", "model=custom",
+                     "model.class_path=tests.wrappers:SlowDummy",
+                     "+model.init_params.delay_s=0.03", "serve.port={port}"]  # fmt: skip
+    env = {"MODEL_INTERFACE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(PROJECT_ROOT)}
+    server = ServerProcess(serve_command, log=tmp_path / "serve.log", cwd=tmp_path, env=env)
+    arguments = ["model=openai_compatible", f"model.init_params.base_url={server.base_url}",
+                 "model.init_params.concurrency=1", "+model.init_params.retry_backoff_s=0.01",
+                 "runner.batch_size=2", "runner.progress=false", "hydra.run.dir=run"]  # fmt: skip
+    try:
+        server.start()
+        killed = run_and_kill_the_server(arguments, server=server, run_dir=tmp_path / "run",
+                                         after_rows=6, cwd=tmp_path, env=env)  # fmt: skip
+        assert killed.returncode == 1, killed.stdout[-3000:]
+        rows = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False)
+        answered = int((rows["error"] == "").sum())
+        assert 6 <= answered < 48 and (rows["error"] != "").any()  # the batch in flight failed
+        (line,) = [line for line in killed.stdout.splitlines() if "[ERROR]" in line]
+        assert line.endswith(
+            f"the server at {server.base_url}/chat/completions can't be reached: 3 requests in a "
+            "row could not connect (ConnectError: All connection attempts failed); start it, or "
+            f"fix base_url. The {answered} answers of this run so far are kept: run the same "
+            "command again to resume"
+        ), line
+
+        server.start()
+        resumed = run_runner(*arguments, cwd=tmp_path, env=env)
+    finally:
+        server.stop()
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"resuming: {answered} samples already answered, {48 - answered} to go" in (
+        resumed.stdout
+    )
+    rows = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False)
+    assert len(rows) == 48 and (rows["error"] == "").all()
+    assert rows["sample_index"].tolist() == list(range(48))
 
 
 @pytest.mark.slow
