@@ -49,3 +49,18 @@ def test_benchmark_runs_and_prints_its_figures(script, args, figures, model_cach
     assert result.returncode == 0, result.stderr[-3000:]
     for figure in figures:
         assert re.search(rf"^{figure}=-?[0-9.]+$", result.stdout, re.MULTILINE), result.stdout
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_the_vllm_benchmark_runs_and_prints_its_figures(model_cache) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "vllm_backend.py"), "--samples", "8", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "MODEL_INTERFACE_CACHE": str(model_cache)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for figure in ("vllm_runner_over_bare", "vllm_serve_over_in_process", "hf_over_vllm_batch8"):
+        assert re.search(rf"^{figure}=[0-9.]+$", result.stdout, re.MULTILINE), result.stdout
