@@ -32,7 +32,10 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from model_interface.cache import default_cache_dir
 from model_interface.images import DEFAULT_MAX_PIXELS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# A checkout keeps conf/ and data/ beside runners/; a wheel carries them inside it (pyproject's
+# package-dir), so an installed runner finds its configs and the sample documents there.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = _PACKAGE_DIR if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 

@@ -32,17 +32,17 @@ REPORT_COMMAND = "python -m runners.report"
 MERGE_COMMAND = "python -m runners.merge"
 
 
+def readme_lines() -> list[str]:
+    """Every line of README.md's bash blocks, in order, a line continued by ``\\`` joined."""
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+    return [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+
+
 def readme_commands(command: str = COMMAND) -> list[str]:
     """Each ``python -m runners.run ...`` (or ``command``) in README.md's bash blocks, in order."""
-    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
-        for line in block.replace("\\\n", " ").splitlines():
-            for part in line.split("&&"):
-                part = part.strip()
-                if part.startswith(command):
-                    commands.append(part)
-    return commands
+    parts = (part.strip() for line in readme_lines() for part in line.split("&&"))
+    return [part for part in parts if part.startswith(command)]
 
 
 def what_it_needs(arguments: list[str]) -> str | None:

@@ -36,6 +36,7 @@ from tests.helpers import (
     run_and_kill_the_server,
     run_cli,
 )
+from tests.test_readme import readme_lines
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -291,13 +292,6 @@ def test_the_readmes_vllm_serve_commands_run(model_cache, tmp_path) -> None:
     predictions = read_predictions(tmp_path / "outputs" / "readme_vllm_serve")
     assert len(predictions) == 2 and (predictions["error"] == "").all()
     assert set(predictions["model"]) == {"tiny-qwen2-vl"}
-
-
-def readme_lines() -> list[str]:
-    """Every line of README.md's bash blocks."""
-    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
-    return [line.strip() for block in blocks for line in block.splitlines()]
 
 
 def as_process(line: str) -> tuple[dict[str, str], list[str]]:
