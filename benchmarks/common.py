@@ -56,10 +56,16 @@ def generated_dataset(root: Path, n_samples: int, *, image_px: int = 32) -> Path
         colour = (index % 251, (index * 7) % 253, (index * 13) % 255)
         Image.new("RGB", (image_px, image_px), colour).save(root / name)
         rows.append(
-            {"data_index": str(index), "split": "test", "image_path": name,
-             "question": f"What is the colour of square {index}?", "answer": str(colour),
-             "doc_class": "square", "question_type": "colour"}
-        )  # fmt: skip
+            {
+                "data_index": str(index),
+                "split": "test",
+                "image_path": name,
+                "question": f"What is the colour of square {index}?",
+                "answer": str(colour),
+                "doc_class": "square",
+                "question_type": "colour",
+            }
+        )
     write_annotation(root, rows)
     return root
 
@@ -200,8 +206,9 @@ def bare_loop(processor, model, samples, batch_size: int, max_new_tokens: int = 
             )
             for _, q in batch
         ]
-        inputs = processor(text=texts, images=[[image] for image, _ in batch], padding=True,
-                           return_tensors="pt")  # fmt: skip
+        inputs = processor(
+            text=texts, images=[[image] for image, _ in batch], padding=True, return_tensors="pt"
+        )
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]

@@ -132,8 +132,10 @@ def main() -> None:
     good, bad = bodies()
     kinds = itertools.cycle(["good", "good", "good", "bad"])
     bad_cycle, good_cycle = itertools.cycle(bad.items()), itertools.cycle(good)
-    schedule = [("good", next(good_cycle)) if next(kinds) == "good" else next(bad_cycle)
-                for _ in range(args.requests)]  # fmt: skip
+    schedule = [
+        ("good", next(good_cycle)) if next(kinds) == "good" else next(bad_cycle)
+        for _ in range(args.requests)
+    ]
 
     with (
         tempfile.TemporaryDirectory() as workdir,

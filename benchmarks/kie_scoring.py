@@ -29,8 +29,10 @@ def make_documents(count: int, fields: int, seed: int = 0) -> list[tuple[str, di
     rng = random.Random(seed)
     documents = []
     for index in range(count):
-        reference = {f"Поле {field}": f"{rng.randint(0, 10**8):08d} {'АБВГД'[field % 5]}"
-                     for field in range(fields)}  # fmt: skip
+        reference = {
+            f"Поле {field}": f"{rng.randint(0, 10**8):08d} {'АБВГД'[field % 5]}"
+            for field in range(fields)
+        }
         answer = dict(reference)
         kind = index % 5
         if kind == 2:  # some fields wrong, one missing, one extra
@@ -83,8 +85,10 @@ def main() -> None:
         task_times = [task_seconds(documents, Path(work)) for _ in range(args.repeats)]
     bare_times = [bare_seconds(documents) for _ in range(args.repeats)]
     task_s, bare_s = median(task_times), median(bare_times)
-    print(f"\n{args.documents} documents x {args.fields} fields = {rows} field rows, "
-          f"median of {args.repeats}")  # fmt: skip
+    print(
+        f"\n{args.documents} documents x {args.fields} fields = {rows} field rows, "
+        f"median of {args.repeats}"
+    )
     table = [["KIE task", task_s, rows / task_s], ["json.loads + ==", bare_s, rows / bare_s]]
     print_table(["scorer", "seconds", "field rows/s"], table)
     print_figures(kie_field_rows_per_s=rows / task_s, kie_scoring_over_bare=task_s / bare_s)

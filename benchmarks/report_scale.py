@@ -28,15 +28,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_report_"))
     dataset = cycled_sample_docs(work / "data", args.samples)
     run_dir = work / "run"
-    run_s = run_command([
-        sys.executable, "-m", "runners.run", "model=dummy", "dataset=vlmhyperbench",
-        f"dataset.root={dataset}", "runner.progress=false", "runner.report=false",
-        f"hydra.run.dir={run_dir}",
-    ])  # fmt: skip
-    report_s = median([
-        run_command([sys.executable, "-m", "runners.report", str(run_dir)])
-        for _ in range(args.repeats)
-    ])  # fmt: skip
+    run_s = run_command(
+        [
+            sys.executable,
+            "-m",
+            "runners.run",
+            "model=dummy",
+            "dataset=vlmhyperbench",
+            f"dataset.root={dataset}",
+            "runner.progress=false",
+            "runner.report=false",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
+    report_s = median(
+        [
+            run_command([sys.executable, "-m", "runners.report", str(run_dir)])
+            for _ in range(args.repeats)
+        ]
+    )
     html_kb = (run_dir / "report.html").stat().st_size / 1024
     predictions_kb = (run_dir / "predictions.csv").stat().st_size / 1024
     print(f"\n{args.samples} samples, dummy model; report: median of {args.repeats} processes")

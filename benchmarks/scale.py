@@ -25,12 +25,20 @@ def run(dataset: Path, limit: int, output_dir: Path) -> tuple[float, float]:
     """(samples/s of the whole answering loop, peak RSS in MB of the whole process)."""
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "runners.run", "model=dummy", "dataset=vlmhyperbench",
-            f"dataset.root={dataset}", f"runner.limit={limit}", "runner.progress=false",
+            sys.executable,
+            "-m",
+            "runners.run",
+            "model=dummy",
+            "dataset=vlmhyperbench",
+            f"dataset.root={dataset}",
+            f"runner.limit={limit}",
+            "runner.progress=false",
             f"hydra.run.dir={output_dir}",
         ],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
         raise SystemExit(f"run failed:\n{process.stderr.read().decode()[-3000:]}")
@@ -60,8 +68,10 @@ def main() -> None:
     for size in sizes:
         speeds, peaks = zip(*results[size], strict=True)
         rows.append([size, median(speeds), median(peaks)])
-    print(f"\ndummy model, batch 8, {args.samples // 10} and {args.samples} samples, "
-          f"median of {args.repeats} runs")  # fmt: skip
+    print(
+        f"\ndummy model, batch 8, {args.samples // 10} and {args.samples} samples, "
+        f"median of {args.repeats} runs"
+    )
     print_table(["samples", "samples/s", "peak_rss_mb"], rows)
     print_figures(rss_10k_over_1k=rows[1][2] / rows[0][2], samples_per_s_10k=rows[1][1])
 

@@ -35,21 +35,38 @@ JOBLIB = ["hydra/launcher=joblib"]
 def command(
     dataset: Path, out: Path, model: list[str], shards: int, launcher: list[str]
 ) -> list[str]:
-    run = [sys.executable, "-m", "runners.run", *model, "dataset=vlmhyperbench",
-           f"dataset.root={dataset}", "runner.progress=false", "runner.report=false"]  # fmt: skip
+    run = [
+        sys.executable,
+        "-m",
+        "runners.run",
+        *model,
+        "dataset=vlmhyperbench",
+        f"dataset.root={dataset}",
+        "runner.progress=false",
+        "runner.report=false",
+    ]
     if shards == 1:
         return [*run, f"hydra.run.dir={out}"]
     if launcher == JOBLIB:
         launcher = [*launcher, f"hydra.launcher.n_jobs={shards}"]  # its default: one per core
-    return [*run[:3], "--multirun", *run[3:], *launcher, f"runner.shard_index=range(0,{shards})",
-            f"runner.num_shards={shards}", f"hydra.sweep.dir={out}"]  # fmt: skip
+    return [
+        *run[:3],
+        "--multirun",
+        *run[3:],
+        *launcher,
+        f"runner.shard_index=range(0,{shards})",
+        f"runner.num_shards={shards}",
+        f"hydra.sweep.dir={out}",
+    ]
 
 
 def predictions(out: Path) -> pd.DataFrame:
     """The run's predictions.csv (a sweep's one run, for shards) without the timing columns."""
-    (path,) = [out / "predictions.csv"] if (out / "predictions.csv").is_file() else [
-        path for path in out.glob("*/predictions.csv")
-    ]  # fmt: skip
+    (path,) = (
+        [out / "predictions.csv"]
+        if (out / "predictions.csv").is_file()
+        else [path for path in out.glob("*/predictions.csv")]
+    )
     rows = pd.read_csv(path, dtype=str, keep_default_na=False)
     return rows.drop(columns=["call_s", "batch_size"])
 
@@ -65,10 +82,13 @@ def main() -> None:
     dataset = generated_dataset(work / "data", args.samples)
     models = {
         "dummy": ["model=dummy"],
-        "model_bound": ["model=custom", "model.class_path=tests.wrappers:SlowDummy",
-                        "model.init_params.model_name=slow",
-                        f"+model.init_params.delay_s={args.model_ms / 1000}"],
-    }  # fmt: skip
+        "model_bound": [
+            "model=custom",
+            "model.class_path=tests.wrappers:SlowDummy",
+            "model.init_params.model_name=slow",
+            f"+model.init_params.delay_s={args.model_ms / 1000}",
+        ],
+    }
     setups = [(model, shards, JOBLIB) for model in models for shards in (1, 2, 4)]
     if shutil.which("sbatch"):
         setups.append(("dummy", 4, ["hydra/launcher=slurm_cpu"]))

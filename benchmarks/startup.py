@@ -40,11 +40,20 @@ def main() -> None:
     model_dir = ensure_tiny_model("tiny-qwen2-vl", work / "cache")
     runner = [sys.executable, "-m", "runners.run"]
     job = [
-        *runner, "dataset=vlmhyperbench", f"dataset.root={dataset}", "runner.batch_size=8",
-        f"paths.cache_dir={work / 'cache'}", "runner.progress=false",
-    ]  # fmt: skip
-    bare = [sys.executable, str(REPO_ROOT / "benchmarks" / "bare_script.py"), str(model_dir),
-            str(dataset), str(work / "bare.csv")]  # fmt: skip
+        *runner,
+        "dataset=vlmhyperbench",
+        f"dataset.root={dataset}",
+        "runner.batch_size=8",
+        f"paths.cache_dir={work / 'cache'}",
+        "runner.progress=false",
+    ]
+    bare = [
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "bare_script.py"),
+        str(model_dir),
+        str(dataset),
+        str(work / "bare.csv"),
+    ]
     runs = iter(range(10**6))
     commands = {
         "--help": lambda: [*runner, "--help"],
@@ -64,8 +73,10 @@ def main() -> None:
             for ours, limit in zip(times["runner job"], times["bare script"], strict=True)
         ]
     )
-    print(f"\nwhole processes, median of {args.repeats}; job: tiny Qwen2-VL, {args.samples} "
-          "samples, batch 8")  # fmt: skip
+    print(
+        f"\nwhole processes, median of {args.repeats}; job: tiny Qwen2-VL, {args.samples} "
+        "samples, batch 8"
+    )
     print_table(["command", "seconds"], [[name, median(t)] for name, t in times.items()])
     print_figures(
         help_s=median(times["--help"]),

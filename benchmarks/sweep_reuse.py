@@ -26,11 +26,17 @@ def main() -> None:
     sweep_dir = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     seconds = run_command(
         [
-            "python", "-m", "runners.run", "--multirun", f"model={args.model}",
-            "dataset.doc_class=invoice,receipt,id_card", f"runner.limit={args.limit}",
-            "runner.progress=false", f"hydra.sweep.dir={sweep_dir}",
+            "python",
+            "-m",
+            "runners.run",
+            "--multirun",
+            f"model={args.model}",
+            "dataset.doc_class=invoice,receipt,id_card",
+            f"runner.limit={args.limit}",
+            "runner.progress=false",
+            f"hydra.sweep.dir={sweep_dir}",
         ]
-    )  # fmt: skip
+    )
     with (sweep_dir / "summary.csv").open() as handle:
         jobs = list(csv.DictReader(handle))
     loads = sum(job["model_reused"] == "False" for job in jobs)

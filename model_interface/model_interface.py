@@ -372,8 +372,9 @@ def predict_isolated(
     except Exception as error:
         call_s, message = time.perf_counter() - start, f"{type(error).__name__}: {error}"
         if len(requests) > 1:
-            log.warning("model failed on a batch of %d (%s); retrying one by one",
-                        len(requests), message)  # fmt: skip
+            log.warning(
+                "model failed on a batch of %d (%s); retrying one by one", len(requests), message
+            )
             return [timed for request in requests for timed in predict_isolated(model, [request])]
         log.warning("model failed on a request: %s", message)
         unsupported = isinstance(error, (UnsupportedRequest, NotImplementedError))

@@ -195,8 +195,9 @@ class Registry(Generic[T]):
         found: Any = module
         for part in attribute.split("."):
             if not hasattr(found, part):
-                available = sorted(key for key, value in vars(module).items()
-                                   if self.accepts(value))  # fmt: skip
+                available = sorted(
+                    key for key, value in vars(module).items() if self.accepts(value)
+                )
                 raise self.error(
                     f"{where}, but module '{module_name}' has no attribute '{attribute}'. "
                     f"What in that module is {self.expected}: {available}"

@@ -36,7 +36,8 @@ def grammar_schema(schema: Any) -> Any:
     if schema.get("type") == "string" and plain:
         low, high = schema.get("minLength", 0), schema.get("maxLength")
         count = f"{{{low},{'' if high is None else high}}}"
-        converted = {key: value for key, value in converted.items()
-                     if key not in ("minLength", "maxLength")}  # fmt: skip
+        converted = {
+            key: value for key, value in converted.items() if key not in ("minLength", "maxLength")
+        }
         converted["pattern"] = f"^{NO_CONTROL_OR_QUOTE}{count}$"
     return converted

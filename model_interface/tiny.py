@@ -223,8 +223,11 @@ def _mute_byte_pieces(model: Any, tokenizer: Any) -> None:
     bytes decode to U+FFFD alike, whatever the input. A trained model rarely writes them."""
     import torch
 
-    ids = [index for token, index in tokenizer.get_vocab().items()
-           if len(token) == 6 and token.startswith("<0x") and token.endswith(">")]  # fmt: skip
+    ids = [
+        index
+        for token, index in tokenizer.get_vocab().items()
+        if len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+    ]
     if ids:
         with torch.no_grad():
             model.get_output_embeddings().weight[ids] = 0
@@ -702,8 +705,10 @@ def _build_gemma3() -> tuple[Any, Any]:
     # it. The runs merge before anything else, so a run is always one piece, as in Gemma.
     runs = ["\n" * length for length in range(2, _GEMMA_NEWLINE_RUNS + 1)]
     vocab |= {run: len(vocab) + index for index, run in enumerate(runs)}
-    merges = [("\n" * (length - length // 2), "\n" * (length // 2))
-              for length in range(2, _GEMMA_NEWLINE_RUNS + 1)] + merges  # fmt: skip
+    merges = [
+        ("\n" * (length - length // 2), "\n" * (length // 2))
+        for length in range(2, _GEMMA_NEWLINE_RUNS + 1)
+    ] + merges
     tokenizer = tf.GemmaTokenizer(
         vocab=vocab,
         merges=merges,

@@ -246,8 +246,9 @@ def summary_figure(summary: Any) -> Any:
         for number, job in enumerate(finished.itertuples()):
             point = (job.s_per_sample, getattr(job, quality))
             axes.scatter(*point, label=str(job.job), s=45, marker=markers[number % len(markers)])
-            axes.annotate(str(job.job), point, fontsize=7, xytext=(4, 4),
-                          textcoords="offset points")  # fmt: skip
+            axes.annotate(
+                str(job.job), point, fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
         top = max(finished[quality].max(), 1.0 if quality in ("anls", "exact_match") else 0.0)
         axes.set_ylim(0, top * 1.05 if math.isfinite(top) and top > 0 else 1)
         axes.set_xlim(left=0)

@@ -196,9 +196,11 @@ class RequestLimits:
             (self.max_request_pixels >= 1, "serve.limits.max_request_pixels must be >= 1"),
             (self.max_prompt_chars >= 1, "serve.limits.max_prompt_chars must be >= 1"),
             (self.max_json_depth >= 2, "serve.limits.max_json_depth must be >= 2"),
-            (self.max_json_values > self.max_prompt_chars,
-             "serve.limits.max_json_values must be > serve.limits.max_prompt_chars (commas and "
-             "brackets in the text count too)"),
+            (
+                self.max_json_values > self.max_prompt_chars,
+                "serve.limits.max_json_values must be > serve.limits.max_prompt_chars (commas and "
+                "brackets in the text count too)",
+            ),
             (self.body_timeout_s > 0, "serve.limits.body_timeout_s must be > 0"),
         ]
         _raise_first_failure(checks, self)
@@ -316,10 +318,12 @@ def register() -> None:
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="runner", name="default", node=RunnerConfig)
     store.store(group="paths", name="default", node=PathsConfig)
-    for name, resolver in (("project_root", lambda: str(PROJECT_ROOT)),
-                           ("default_cache_dir", default_cache_dir),
-                           ("sweep_subdir", sweep_subdir),
-                           ("shard_folder", shard_folder)):  # fmt: skip
+    for name, resolver in (
+        ("project_root", lambda: str(PROJECT_ROOT)),
+        ("default_cache_dir", default_cache_dir),
+        ("sweep_subdir", sweep_subdir),
+        ("shard_folder", shard_folder),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
@@ -331,9 +335,18 @@ def shard_folder(index: int, count: int) -> str:
 
 
 # Overrides that never make another run of a sweep: the shards of one run differ in the first.
-SAME_RUN_OVERRIDES = frozenset({"runner.shard_index", "run_name", "runner.resume",
-                                "runner.progress", "runner.report", "tracking", "tracking.uri",
-                                "tracking.experiment"})  # fmt: skip
+SAME_RUN_OVERRIDES = frozenset(
+    {
+        "runner.shard_index",
+        "run_name",
+        "runner.resume",
+        "runner.progress",
+        "runner.report",
+        "tracking",
+        "tracking.uri",
+        "tracking.experiment",
+    }
+)
 
 
 def sweep_subdir(number: int, model: str, dataset: str, num_shards: int, overrides: Any) -> str:
@@ -468,10 +481,10 @@ def _raised_outside_the_job(error: BaseException) -> bool:
     while traceback is not None:
         modules.append(traceback.tb_frame.f_globals.get("__name__", ""))
         traceback = traceback.tb_next
-    inside_hydra = list(itertools.dropwhile(lambda module: not module.startswith("hydra."),
-                                            modules))  # fmt: skip
-    return bool(inside_hydra) and not any(module.startswith("runners.")
-                                          for module in inside_hydra)  # fmt: skip
+    inside_hydra = list(
+        itertools.dropwhile(lambda module: not module.startswith("hydra."), modules)
+    )
+    return bool(inside_hydra) and not any(module.startswith("runners.") for module in inside_hydra)
 
 
 SLURM_MISSING = (

@@ -350,8 +350,15 @@ class Dataset:
                     f"{path.name} has no image beside it; looked for {candidates[0]}, "
                     f"{candidates[1]}, ... in {self.root}"
                 )
-            yield number, {"id": path.stem, "image": image, "prompt": "",
-                           "answer": _fields_of(record, path.name)}  # fmt: skip
+            yield (
+                number,
+                {
+                    "id": path.stem,
+                    "image": image,
+                    "prompt": "",
+                    "answer": _fields_of(record, path.name),
+                },
+            )
 
     def _render_prompt(self, row: Mapping[str, Any], prompt: str, where: str) -> str:
         try:

@@ -88,8 +88,9 @@ def read_answers(path: Path, dataset: Any, task: Any) -> list[dict[str, Any]]:
     from runners.datasets import encode_reference
 
     if not path.is_file():
-        raise RunnerError(f"predictions={str(path)!r} does not exist; name a predictions.csv "
-                          "or an answers file")  # fmt: skip
+        raise RunnerError(
+            f"predictions={str(path)!r} does not exist; name a predictions.csv or an answers file"
+        )
     samples = {sample.id: sample for sample in dataset.all_samples()}
     by_position = {sample.position: sample for sample in samples.values()}
     text = _utf8_text(path)
@@ -109,17 +110,33 @@ def read_answers(path: Path, dataset: Any, task: Any) -> list[dict[str, Any]]:
         if sample.id in seen:
             raise RunnerError(f"{path.name} answers sample {sample.id!r} twice; keep one")
         seen.add(sample.id)
-        rows.append({
-            **{key: row.get(key, "") for key in ("model", "framework", "prompt", "call_s",
-                                                   "batch_size", "prompt_tokens",
-                                                   "completion_tokens", "error")},
-            "sample_id": sample.id, "sample_index": sample.position, "dataset": dataset.name,
-            "image_paths": json.dumps(list(sample.images), ensure_ascii=False),
-            "prediction": row.get("prediction", ""),
-            "reference": encode_reference(sample.reference),
-            "split": sample.split, "doc_class": sample.doc_class,
-            "question_type": sample.question_type, "document_id": sample.document,
-        })  # fmt: skip
+        rows.append(
+            {
+                **{
+                    key: row.get(key, "")
+                    for key in (
+                        "model",
+                        "framework",
+                        "prompt",
+                        "call_s",
+                        "batch_size",
+                        "prompt_tokens",
+                        "completion_tokens",
+                        "error",
+                    )
+                },
+                "sample_id": sample.id,
+                "sample_index": sample.position,
+                "dataset": dataset.name,
+                "image_paths": json.dumps(list(sample.images), ensure_ascii=False),
+                "prediction": row.get("prediction", ""),
+                "reference": encode_reference(sample.reference),
+                "split": sample.split,
+                "doc_class": sample.doc_class,
+                "question_type": sample.question_type,
+                "document_id": sample.document,
+            }
+        )
     return rows
 
 
@@ -159,13 +176,17 @@ def _predictions_file(
         where = f"{path.name} line {line}"
         sample = samples.get(row["sample_id"])
         if sample is None:
-            raise RunnerError(f"{where}: sample_id {row['sample_id']!r} is not in dataset "
-                              f"{dataset.name!r}")  # fmt: skip
+            raise RunnerError(
+                f"{where}: sample_id {row['sample_id']!r} is not in dataset {dataset.name!r}"
+            )
         for column, written, expected, same in _compared(row, sample, task):
             compared_any = True
             if not same:
-                raise RunnerError(_contradiction(where, sample.id, column, written, expected,
-                                                 dataset.name, task.name))  # fmt: skip
+                raise RunnerError(
+                    _contradiction(
+                        where, sample.id, column, written, expected, dataset.name, task.name
+                    )
+                )
         if other_name is None and row.get("dataset") and row["dataset"] != dataset.name:
             other_name = (where, sample.id, row["dataset"])
         pairs.append((sample, row))
@@ -179,9 +200,14 @@ def _predictions_file(
                 "nothing shows its answers belong to it: choose the dataset they were made for "
                 f"(dataset.name={name} if it is this one, renamed), {_OTHERWISE}"
             )
-        log.warning("%s names dataset %r, not %r; its prompts and references are this "
-                    "dataset's, so it is scored as %r", path.name, name, dataset.name,
-                    dataset.name)  # fmt: skip
+        log.warning(
+            "%s names dataset %r, not %r; its prompts and references are this "
+            "dataset's, so it is scored as %r",
+            path.name,
+            name,
+            dataset.name,
+            dataset.name,
+        )
     return pairs
 
 
@@ -192,13 +218,17 @@ def _contradiction(
     theirs, ours = _excerpts(written, expected)
     if column == "prompt":
         source, made_for = f"task={task} asks", "other prompts"
-        fix = ("choose the dataset and task the run used (dataset=..., dataset.prompt_template"
-               "=..., dataset.prompt_collection=..., task=... and its options)")  # fmt: skip
+        fix = (
+            "choose the dataset and task the run used (dataset=..., dataset.prompt_template"
+            "=..., dataset.prompt_collection=..., task=... and its options)"
+        )
     else:
         source, made_for = f"dataset {dataset!r} has", "other samples"
         fix = "choose the dataset they were made for (dataset=..., dataset.root=...)"
-    return (f"{where}: sample {sample_id!r} has {column} {theirs} in the file, but {source} "
-            f"{ours}; the answers were made for {made_for}: {fix}, {_OTHERWISE}")  # fmt: skip
+    return (
+        f"{where}: sample {sample_id!r} has {column} {theirs} in the file, but {source} "
+        f"{ours}; the answers were made for {made_for}: {fix}, {_OTHERWISE}"
+    )
 
 
 def _compared(row: dict[str, str], sample: Any, task: Any) -> list[tuple[str, str, str, bool]]:
@@ -236,8 +266,9 @@ def _excerpts(first: str, second: str, width: int = 60) -> tuple[str, str]:
     from a little before where they first differ, so that two long prompts that differ only
     near their end don't show as the same excerpt."""
     pairs = zip(first, second, strict=False)  # up to the shorter text's end
-    shared = next((index for index, (a, b) in enumerate(pairs) if a != b),
-                  min(len(first), len(second)))  # fmt: skip
+    shared = next(
+        (index for index, (a, b) in enumerate(pairs) if a != b), min(len(first), len(second))
+    )
     start = max(0, shared - width // 3) if shared > width // 2 else 0
 
     def excerpt(text: str) -> str:
@@ -311,8 +342,10 @@ def _answers_file(path: Path, text: str, by_position: dict[int, Any]) -> list[tu
         except ValueError:
             raise RunnerError(f"{where}: id {row['id']!r} is not a row number") from None
         if position not in by_position:
-            raise RunnerError(f"{where}: id {position} is no row of the annotation file "
-                              f"(it has {len(by_position)}, numbered from 0)")  # fmt: skip
+            raise RunnerError(
+                f"{where}: id {position} is no row of the annotation file "
+                f"(it has {len(by_position)}, numbered from 0)"
+            )
         pairs.append((by_position[position], {"prediction": row.get("model_answer") or ""}))
     return pairs
 

@@ -80,19 +80,38 @@ DEFAULT_MAX_NEW_TOKENS = 64
 # generation settings). Any other class may reject it.
 BUILTIN_CLASSES = frozenset(BUILTIN_MODELS.values())
 USER_CONFIG_COLUMNS = [
-    "dataset", "task", "framework", "model_name", "system_prompt", "prompt_collection",
-    "metrics", "only_evaluate_metrics", "metrics_aggregators", "filter_doc_class",
+    "dataset",
+    "task",
+    "framework",
+    "model_name",
+    "system_prompt",
+    "prompt_collection",
+    "metrics",
+    "only_evaluate_metrics",
+    "metrics_aggregators",
+    "filter_doc_class",
     "filter_question_type",
-]  # fmt: skip
+]
 VLM_BASE_COLUMNS = [
-    "framework", "model_family", "model_name", "docker_image", "git_python_package",
-    "python_package", "module", "class_name",
-]  # fmt: skip
+    "framework",
+    "model_family",
+    "model_name",
+    "docker_image",
+    "git_python_package",
+    "python_package",
+    "module",
+    "class_name",
+]
 TASKS = {"VQA": "vqa"}
 METRICS = {"CER": "cer", "WER": "wer", "BLEU": "bleu"}
 AGGREGATORS = {"by_id", "by_doc_question", "by_doc_type", "general"}
-HUB_ORGS = {"Qwen2-VL": "Qwen", "Qwen2.5-VL": "Qwen", "SmolVLM": "HuggingFaceTB",
-            "Gemma3": "google", "Gemma-3": "google"}  # fmt: skip
+HUB_ORGS = {
+    "Qwen2-VL": "Qwen",
+    "Qwen2.5-VL": "Qwen",
+    "SmolVLM": "HuggingFaceTB",
+    "Gemma3": "google",
+    "Gemma-3": "google",
+}
 
 
 class RefusedImport(ValueError):
@@ -126,24 +145,37 @@ def import_benchmark(
 ) -> Imported:
     """Every row of ``user_config`` as a job config; raises :class:`RefusedImport`."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise RefusedImport(f"the experiment name {name!r} may hold only letters, digits, '_', "
-                            "'.' and '-'; pass --name")  # fmt: skip
+        raise RefusedImport(
+            f"the experiment name {name!r} may hold only letters, digits, '_', "
+            "'.' and '-'; pass --name"
+        )
     if max_new_tokens < 1:
         raise RefusedImport(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    models = {(row["framework"], row["model_name"]): row
-              for _, row in _read(vlm_base, VLM_BASE_COLUMNS)}  # fmt: skip
+    models = {
+        (row["framework"], row["model_name"]): row for _, row in _read(vlm_base, VLM_BASE_COLUMNS)
+    }
     rows = _read(user_config, USER_CONFIG_COLUMNS)
     if not rows:
         # Else nothing is written and the printed command runs nothing, successfully.
-        raise RefusedImport(f"{user_config.name} has no rows: add one evaluation per line below "
-                            "its header")  # fmt: skip
+        raise RefusedImport(
+            f"{user_config.name} has no rows: add one evaluation per line below its header"
+        )
     run_jobs: list[dict[str, Any]] = []
     evaluate_rows = []
     model_configs: dict[str, dict[str, Any]] = {}
     for line, row in rows:
         where = f"{user_config.name} line {line}"
-        job = _job(row, where, models, vlm_base.name, data_dir, model_configs, hf=hf,
-                   hub_org=hub_org, max_new_tokens=max_new_tokens)  # fmt: skip
+        job = _job(
+            row,
+            where,
+            models,
+            vlm_base.name,
+            data_dir,
+            model_configs,
+            hf=hf,
+            hub_org=hub_org,
+            max_new_tokens=max_new_tokens,
+        )
         if _flag(row["only_evaluate_metrics"], where):
             evaluate_rows.append((where, job))
         else:
@@ -154,8 +186,10 @@ def import_benchmark(
 
 def write_experiments(imported: Imported, name: str, out: Path) -> list[Path]:
     """The job configs and the experiment(s) that sweep over them, under ``out``."""
-    written = [_write_yaml(out / "model" / f"{choice}.yaml", config, package=None)
-               for choice, config in imported.model_configs.items()]  # fmt: skip
+    written = [
+        _write_yaml(out / "model" / f"{choice}.yaml", config, package=None)
+        for choice, config in imported.model_configs.items()
+    ]
     for kind, jobs in (("run", imported.run_jobs), ("evaluate", imported.evaluate_jobs)):
         if not jobs:
             continue
@@ -166,10 +200,14 @@ def write_experiments(imported: Imported, name: str, out: Path) -> list[Path]:
             written.append(_write_yaml(out / group / f"job_{index}.yaml", job))
         sweep = {
             "run_name": experiment,
-            "hydra": {"sweeper": {"params": {
-                f"+{group}": ",".join(f"job_{index}" for index in range(len(jobs))),
-            }}},
-        }  # fmt: skip
+            "hydra": {
+                "sweeper": {
+                    "params": {
+                        f"+{group}": ",".join(f"job_{index}" for index in range(len(jobs))),
+                    }
+                }
+            },
+        }
         written.append(_write_yaml(out / "experiment" / f"{experiment}.yaml", sweep))
     return written
 
@@ -203,27 +241,34 @@ def _job(
 ) -> dict[str, Any]:
     task = TASKS.get(row["task"])
     if task is None:
-        raise RefusedImport(f"{where}: task {row['task']!r} has no counterpart here; "
-                           f"importable: {sorted(TASKS)}")  # fmt: skip
+        raise RefusedImport(
+            f"{where}: task {row['task']!r} has no counterpart here; importable: {sorted(TASKS)}"
+        )
     model = models.get((row["framework"], row["model_name"]))
     if model is None:
-        raise RefusedImport(f"{where}: no {vlm_base_name} row for framework {row['framework']!r} "
-                           f"and model {row['model_name']!r}")  # fmt: skip
+        raise RefusedImport(
+            f"{where}: no {vlm_base_name} row for framework {row['framework']!r} "
+            f"and model {row['model_name']!r}"
+        )
     root = _inside(data_dir / "Datasets" / row["task"], row["dataset"], "dataset", where)
     _must_exist(root / "annotation.csv", where, "dataset")
     metrics = [_mapped(METRICS, name, "metric", where) for name in _list(row["metrics"], where)]
     unknown = sorted(set(_list(row["metrics_aggregators"], where)) - AGGREGATORS)
     if unknown:
-        raise RefusedImport(f"{where}: metrics aggregator(s) {unknown} have no counterpart here; "
-                           f"every run writes {sorted(AGGREGATORS)}")  # fmt: skip
+        raise RefusedImport(
+            f"{where}: metrics aggregator(s) {unknown} have no counterpart here; "
+            f"every run writes {sorted(AGGREGATORS)}"
+        )
 
     dataset: dict[str, Any] = {"name": row["dataset"], "root": str(root)}
     if row["prompt_collection"]:
         collections = data_dir / "PromptCollections" / row["task"]
         collection = _inside(collections, row["prompt_collection"], "prompt_collection", where)
         dataset["prompt_collection"] = str(_must_exist(collection, where, "prompt_collection"))
-    for column, key in (("filter_doc_class", "doc_class"),
-                        ("filter_question_type", "question_type")):  # fmt: skip
+    for column, key in (
+        ("filter_doc_class", "doc_class"),
+        ("filter_question_type", "question_type"),
+    ):
         if row[column]:
             dataset[key] = _list(row[column], where)
     prompt: dict[str, Any] = {"system_prompt": row["system_prompt"]}
@@ -234,10 +279,13 @@ def _job(
     if hf and row["framework"] == "Hugging Face":
         org = hub_org or HUB_ORGS.get(model["model_family"])
         if org is None:
-            raise RefusedImport(f"{where}: no hub organisation known for model family "
-                                f"{model['model_family']!r}; pass --hub-org")  # fmt: skip
-        chosen = _hf_model_choice(f"{org}/{row['model_name']}", model_configs, where,
-                                  max_new_tokens)  # fmt: skip
+            raise RefusedImport(
+                f"{where}: no hub organisation known for model family "
+                f"{model['model_family']!r}; pass --hub-org"
+            )
+        chosen = _hf_model_choice(
+            f"{org}/{row['model_name']}", model_configs, where, max_new_tokens
+        )
         model_config: dict[str, Any] = {"init_params": {**prompt, "max_new_tokens": max_new_tokens}}
     else:
         chosen = "custom"
@@ -264,15 +312,17 @@ def _inside(folder: Path, cell: str, column: str, where: str) -> Path:
     ``..`` would let a shared user_config.csv send any file on this machine to the model."""
     relative = PurePosixPath(cell)
     if relative.is_absolute() or ".." in relative.parts:
-        raise RefusedImport(f"{where}: {column} {cell!r} leads out of {folder}; name a path "
-                            "inside it")  # fmt: skip
+        raise RefusedImport(
+            f"{where}: {column} {cell!r} leads out of {folder}; name a path inside it"
+        )
     return folder / cell
 
 
 def _must_exist(path: Path, where: str, column: str) -> Path:
     if not path.is_file():
-        raise RefusedImport(f"{where}: {path} does not exist; check --data-dir and the {column} "
-                            "column")  # fmt: skip
+        raise RefusedImport(
+            f"{where}: {path} does not exist; check --data-dir and the {column} column"
+        )
     return path
 
 
@@ -289,17 +339,25 @@ def _hf_model_choice(
     model_configs[choice] = {
         "__source__": f"{where} (no config in conf/model/ runs {hub_id})",
         "name": "hf",
-        "init_params": {"model_name": hub_id, "system_prompt": "",
-                        "cache_dir": Interpolation("${paths.cache_dir}"),
-                        "max_new_tokens": max_new_tokens, "dtype": "bfloat16", "device": "auto"},
-    }  # fmt: skip
+        "init_params": {
+            "model_name": hub_id,
+            "system_prompt": "",
+            "cache_dir": Interpolation("${paths.cache_dir}"),
+            "max_new_tokens": max_new_tokens,
+            "dtype": "bfloat16",
+            "device": "auto",
+        },
+    }
     return choice
 
 
 def _evaluate_job(job: dict[str, Any], run_jobs: list[dict[str, Any]], where: str, name: str):
     """An eval-only row: the predictions of the run job with the same model and questions."""
-    same = [index for index, other in enumerate(run_jobs)
-            if other["model"] == job["model"] and other["dataset"] == job["dataset"]]  # fmt: skip
+    same = [
+        index
+        for index, other in enumerate(run_jobs)
+        if other["model"] == job["model"] and other["dataset"] == job["dataset"]
+    ]
     if not same:
         raise RefusedImport(
             f"{where} only evaluates, but no row runs its model on its questions; add that row, "
@@ -325,8 +383,10 @@ def _write_yaml(path: Path, job: dict[str, Any], package: str | None = "_global_
     if source:
         header += f"# imported from {_one_line(source)}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(_literal(job), allow_unicode=True, sort_keys=False),
-                    encoding="utf-8")  # fmt: skip
+    path.write_text(
+        header + yaml.safe_dump(_literal(job), allow_unicode=True, sort_keys=False),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -371,14 +431,16 @@ def _read(path: Path, columns: list[str]) -> list[tuple[int, dict[str, str]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";")
     try:
         if reader.fieldnames is None:
-            raise RefusedImport(f"{path.name} is empty; its first line must be the header "
-                                f"{';'.join(columns)}")  # fmt: skip
+            raise RefusedImport(
+                f"{path.name} is empty; its first line must be the header {';'.join(columns)}"
+            )
         header = reader.fieldnames
         unknown = [column for column in header if column not in columns]
         missing = [column for column in columns if column not in header]
         if unknown or missing:
-            raise RefusedImport(f"{path.name}: unknown column(s) {unknown}, missing {missing}; "
-                                f"expected {columns}")  # fmt: skip
+            raise RefusedImport(
+                f"{path.name}: unknown column(s) {unknown}, missing {missing}; expected {columns}"
+            )
         rows = []
         for row in reader:
             if None in row:  # DictReader's key for the values beyond the header's columns
@@ -386,8 +448,9 @@ def _read(path: Path, columns: list[str]) -> list[tuple[int, dict[str, str]]]:
                     f"{path.name} line {reader.line_num}: {len(header) + len(row[None])} values "
                     f"for {len(header)} columns; quote a value that holds ';'"
                 )
-            rows.append((reader.line_num, {key: (value or "").strip()
-                                           for key, value in row.items()}))  # fmt: skip
+            rows.append(
+                (reader.line_num, {key: (value or "").strip() for key, value in row.items()})
+            )
     except csv.Error as error:  # a NUL byte, a field beyond csv's size limit
         raise RefusedImport(f"{path.name} line {reader.line_num}: {error}") from None
     return rows
@@ -419,8 +482,9 @@ def _flag(text: str, where: str) -> bool:
 def _mapped(table: dict[str, str], name: str, kind: str, where: str) -> str:
     found = table.get(name.upper())
     if found is None:
-        raise RefusedImport(f"{where}: {kind} {name!r} has no counterpart here; importable: "
-                           f"{sorted(table)}")  # fmt: skip
+        raise RefusedImport(
+            f"{where}: {kind} {name!r} has no counterpart here; importable: {sorted(table)}"
+        )
     return found
 
 
@@ -434,22 +498,34 @@ def main(argv: list[str] | None = None) -> int:
     folders = "their data folder: Datasets/, PromptCollections/, SystemPrompts/"
     parser.add_argument("--data-dir", type=Path, required=True, help=folders)
     parser.add_argument("--name", default=None, help="the experiment's name (default: the file's)")
-    out_help = (f"the config folder to write to (default: ./{DEFAULT_OUT}); runs find it through "
-                "hydra.searchpath, as the printed commands show")  # fmt: skip
+    out_help = (
+        f"the config folder to write to (default: ./{DEFAULT_OUT}); runs find it through "
+        "hydra.searchpath, as the printed commands show"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=out_help)
-    parser.add_argument("--hf", action="store_true",
-                        help="run Hugging Face rows on the built-in hf backend")  # fmt: skip
+    parser.add_argument(
+        "--hf", action="store_true", help="run Hugging Face rows on the built-in hf backend"
+    )
     parser.add_argument("--hub-org", default=None, help="the hub organisation of --hf models")
-    tokens_help = (f"the answer length of jobs on this project's backends (default: "
-                   f"{DEFAULT_MAX_NEW_TOKENS}; their wrappers use 512)")  # fmt: skip
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help=tokens_help)  # fmt: skip
+    tokens_help = (
+        f"the answer length of jobs on this project's backends (default: "
+        f"{DEFAULT_MAX_NEW_TOKENS}; their wrappers use 512)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help=tokens_help
+    )
     args = parser.parse_args(argv)
     name = args.name or args.user_config.stem
     try:
-        imported = import_benchmark(args.user_config, args.vlm_base, args.data_dir.resolve(),
-                                    name=name, hf=args.hf, hub_org=args.hub_org,
-                                    max_new_tokens=args.max_new_tokens)  # fmt: skip
+        imported = import_benchmark(
+            args.user_config,
+            args.vlm_base,
+            args.data_dir.resolve(),
+            name=name,
+            hf=args.hf,
+            hub_org=args.hub_org,
+            max_new_tokens=args.max_new_tokens,
+        )
     except RefusedImport as error:
         print(f"error: {_one_line(str(error))}", file=sys.stderr)
         return 2
@@ -457,16 +533,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = write_experiments(imported, name, out)
     except OSError as error:
-        print(f"error: cannot write {error.filename or out}: {error.strerror or error}; choose "
-              "another folder with --out DIR", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: cannot write {error.filename or out}: {error.strerror or error}; choose "
+            "another folder with --out DIR",
+            file=sys.stderr,
+        )
         return 1
     for path in written:
         print(f"wrote {path}")
-    own_length = sorted({job["model"]["class_path"] for job in imported.run_jobs
-                         if "max_new_tokens" not in job["model"]["init_params"]})  # fmt: skip
+    own_length = sorted(
+        {
+            job["model"]["class_path"]
+            for job in imported.run_jobs
+            if "max_new_tokens" not in job["model"]["init_params"]
+        }
+    )
     if own_length:
-        print(f"note: jobs on {', '.join(own_length)} answer at their wrapper's own length; "
-              "--max-new-tokens reaches only this project's backends")  # fmt: skip
+        print(
+            f"note: jobs on {', '.join(own_length)} answer at their wrapper's own length; "
+            "--max-new-tokens reaches only this project's backends"
+        )
     # The project's own conf/ is found without a searchpath; any other folder needs one.
     searchpath = "" if out == PROJECT_CONF else " " + shlex.quote(searchpath_override(out))
     print(f"run it: python -m runners.run --multirun experiment={name}{searchpath}")

@@ -173,8 +173,10 @@ def score(
     missing = reference is None or (isinstance(reference, float) and math.isnan(reference))
     if missing or (not isinstance(reference, str) and len(reference) == 0):
         return {}
-    return {name: function(prediction, reference)
-            for name, function in zip(row_names, functions, strict=True)}  # fmt: skip
+    return {
+        name: function(prediction, reference)
+        for name, function in zip(row_names, functions, strict=True)
+    }
 
 
 class QualitySummary:

@@ -235,8 +235,9 @@ class CsvStream:
         self.path, self.temporary = path, temporary_path(path)
         try:
             self._handle = self.temporary.open("w", encoding="utf-8", newline="")
-            self._writer = csv.DictWriter(self._handle, fieldnames=list(columns),
-                                          extrasaction="ignore")  # fmt: skip
+            self._writer = csv.DictWriter(
+                self._handle, fieldnames=list(columns), extrasaction="ignore"
+            )
             self._writer.writeheader()
         except OSError as error:
             self.discard()

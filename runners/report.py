@@ -128,8 +128,12 @@ def read_run(path: Path, name: str | None = None) -> Run:
         )
     rows = _read_csv(path / "predictions.csv")
     columns = list(rows[0]) if rows else []
-    scores = [column for column in columns if column not in PREDICTION_COLUMNS
-              and any(_number(row[column]) is not None for row in rows)]  # fmt: skip
+    scores = [
+        column
+        for column in columns
+        if column not in PREDICTION_COLUMNS
+        and any(_number(row[column]) is not None for row in rows)
+    ]
     # A merged run's config is its shards' (runners/shards.py), each in its own folder.
     configs = [path / ".hydra" / "config.yaml", *sorted(path.glob("shards/*/.hydra/config.yaml"))]
     hydra_config = next((config for config in configs if config.is_file()), configs[0])
@@ -285,8 +289,9 @@ def _compact_json(text: str) -> str | None:
 def agreement(pairs: Sequence[tuple[dict[str, str], dict[str, str]]]) -> Agreement:
     """Answer agreement of paired rows (see :class:`Agreement`)."""
     answered = [(a, b) for a, b in pairs if not a["error"] and not b["error"]]
-    counts = [(_number(a["completion_tokens"]), _number(b["completion_tokens"]))
-              for a, b in answered]  # fmt: skip
+    counts = [
+        (_number(a["completion_tokens"]), _number(b["completion_tokens"])) for a, b in answered
+    ]
     known = [(x, y) for x, y in counts if x is not None and y is not None]
     different = [
         (a, b, _first_difference(a["prediction"], b["prediction"]))
@@ -418,11 +423,13 @@ def _one_run(page: Page, run: Run, worst: int) -> None:
     )
     quality = quality_columns(metrics)
     page.table([{"quality": key, "value": metrics[key]} for key in quality], bars=False)
-    page.table([{"speed": key, "value": metrics[key]} for key in SPEED if key in metrics],
-               bars=False)  # fmt: skip
+    page.table(
+        [{"speed": key, "value": metrics[key]} for key in SPEED if key in metrics], bars=False
+    )
     page.close_cards()
-    page.preformatted("metrics.csv, every column",
-                      "\n".join(f"{key}: {value}" for key, value in metrics.items()))  # fmt: skip
+    page.preformatted(
+        "metrics.csv, every column", "\n".join(f"{key}: {value}" for key, value in metrics.items())
+    )
     _run_figures(page, run, worst)
     page.section("Config and environment", level=2)
     page.preformatted("config (.hydra/config.yaml)", run.config or "(not recorded)")
@@ -434,17 +441,32 @@ def quality_columns(metrics: dict[str, str]) -> list[str]:
     and resources)."""
     from runners.metrics import RunTally
 
-    run_columns = {*RunTally().summary(), *SPEED, "model", "framework", "dataset", "task",
-                   "answers", "answered_now", "batch_size", "import_s", "model_reused",
-                   "cache_hit", "status"}  # fmt: skip
+    run_columns = {
+        *RunTally().summary(),
+        *SPEED,
+        "model",
+        "framework",
+        "dataset",
+        "task",
+        "answers",
+        "answered_now",
+        "batch_size",
+        "import_s",
+        "model_reused",
+        "cache_hit",
+        "status",
+    }
     return [key for key in metrics if key not in run_columns]
 
 
 def _run_figures(page: Page, run: Run, worst: int) -> None:
     calls = [value for row in run.rows if (value := _number(row.get("call_s"))) is not None]
     page.section("Call times", level=3)
-    page.histogram(calls, "call_s: seconds of the model call that answered the sample "
-                   "(the rows of one batch share its call)")  # fmt: skip
+    page.histogram(
+        calls,
+        "call_s: seconds of the model call that answered the sample "
+        "(the rows of one batch share its call)",
+    )
     page.section(f"Worst samples of {run.name}", level=3)
     ranked = worst_samples(run, worst)
     score = next((name for name in SAMPLE_SCORES if name in run.scores), None)
@@ -499,9 +521,15 @@ def _side_by_side(page: Page, runs: Sequence[Run]) -> None:
     rows = [{"run": run.name, **run.metrics} for run in runs]
     page.table([{key: row.get(key, "") for key in columns} for row in rows])
     summary = pd.DataFrame(
-        [{"job": run.name, "model": run.metrics.get("model", ""),
-          **{key: run.number(key) for key in [*quality, "s_per_sample"]}} for run in runs]
-    )  # fmt: skip
+        [
+            {
+                "job": run.name,
+                "model": run.metrics.get("model", ""),
+                **{key: run.number(key) for key in [*quality, "s_per_sample"]},
+            }
+            for run in runs
+        ]
+    )
     page.figure(summary_figure(summary), "quality against model time per sample")
 
 
@@ -531,13 +559,19 @@ def _pair(page: Page, pair: Pair, worst: int) -> None:
     page.section("Per-sample metrics: B − A, paired bootstrap 95% interval", level=3)
     page.table(
         [
-            {"metric": m.name, "A": m.mean_a, "B": m.mean_b, "B − A": m.difference,
-             "95% low": m.low, "95% high": m.high,
-             "better": _better(m.name, m.low, m.high)}
+            {
+                "metric": m.name,
+                "A": m.mean_a,
+                "B": m.mean_b,
+                "B − A": m.difference,
+                "95% low": m.low,
+                "95% high": m.high,
+                "better": _better(m.name, m.low, m.high),
+            }
             for m in pair.metrics
         ],
         bars=False,
-    )  # fmt: skip
+    )
     page.section("Speed", level=3)
     speed_rows = []
     for key, more_is_faster in SPEED.items():
@@ -545,11 +579,20 @@ def _pair(page: Page, pair: Pair, worst: int) -> None:
         if value_a is None or value_b is None:
             continue
         ratio = value_b / value_a if value_a else math.nan
-        speed_rows.append({"figure": key, "A": value_a, "B": value_b, "B / A": ratio,
-                           "better when": "higher" if more_is_faster else "lower"})  # fmt: skip
+        speed_rows.append(
+            {
+                "figure": key,
+                "A": value_a,
+                "B": value_b,
+                "B / A": ratio,
+                "better when": "higher" if more_is_faster else "lower",
+            }
+        )
     page.table(speed_rows, bars=False)
-    for title, flipped in (("Right in A, wrong in B", pair.right_only_a),
-                           ("Right in B, wrong in A", pair.right_only_b)):  # fmt: skip
+    for title, flipped in (
+        ("Right in A, wrong in B", pair.right_only_a),
+        ("Right in B, wrong in A", pair.right_only_b),
+    ):
         page.section(f"{title} ({len(flipped)})", level=3)
         if len(flipped) > worst:
             page.note(f"the first {worst} in dataset order")
@@ -578,13 +621,16 @@ def _answers(page: Page, answers: Agreement, worst: int) -> None:
         page.note(f"the first {worst} of {len(answers.different)} different answers")
     page.table(
         [
-            {"sample": row_a["sample_id"], "first different character": index,
-             "A from there": _shortened(row_a["prediction"][index:]),
-             "B from there": _shortened(row_b["prediction"][index:])}
+            {
+                "sample": row_a["sample_id"],
+                "first different character": index,
+                "A from there": _shortened(row_a["prediction"][index:]),
+                "B from there": _shortened(row_b["prediction"][index:]),
+            }
             for row_a, row_b, index in answers.different[:worst]
         ],
         bars=False,
-    )  # fmt: skip
+    )
 
 
 def _better(name: str, low: float, high: float) -> str:
@@ -676,8 +722,9 @@ class Page:
             "<tr>" + "".join(_cell(column, row.get(column), bars) for column in columns) + "</tr>"
             for row in rows
         )
-        self._html.append(f'<table class="sortable"><thead><tr>{head}</tr></thead>'
-                          f"<tbody>{body}</tbody></table>")  # fmt: skip
+        self._html.append(
+            f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        )
         self._md += [_md_row(columns), _md_row(["---"] * len(columns))]
         self._md += [_md_row([_show(row.get(column)) for column in columns]) for row in rows]
         self._md.append("")
@@ -766,8 +813,16 @@ class Page:
         # The summary line is raw HTML to a Markdown reader, so it is escaped as HTML. The text is
         # fenced by more backticks than it has in a row anywhere, so no line of it ends the fence.
         fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
-        self._md += [f"<details><summary>{_e(_one_line(title))}</summary>", "", fence,
-                     text.rstrip(), fence, "", "</details>", ""]  # fmt: skip
+        self._md += [
+            f"<details><summary>{_e(_one_line(title))}</summary>",
+            "",
+            fence,
+            text.rstrip(),
+            fence,
+            "",
+            "</details>",
+            "",
+        ]
 
     def _thumbnail(self, row: dict[str, str], run: Run) -> str:
         """The sample's first image, made small; only ever a file inside the dataset root."""
@@ -895,8 +950,10 @@ def _call_time_figures(values: Sequence[float]) -> str:
     # metrics.csv's percentile, so that its call_p50_s and call_p95_s are the figures shown here.
     from runners.metrics import percentile
 
-    return (f"{len(values)} samples, median {percentile(values, 0.5):.4g} s, "
-            f"p95 {percentile(values, 0.95):.4g} s, max {max(values):.4g} s")  # fmt: skip
+    return (
+        f"{len(values)} samples, median {percentile(values, 0.5):.4g} s, "
+        f"p95 {percentile(values, 0.95):.4g} s, max {max(values):.4g} s"
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -1008,15 +1065,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "two runs of the same dataset are also compared sample by sample.",
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run or sweep output directories")
-    parser.add_argument("--out", type=Path, help="where to write (default: the one directory "
-                        "given, else outputs/reports/<time>)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write (default: the one directory given, else outputs/reports/<time>)",
+    )
     parser.add_argument("--worst", type=int, default=12, help="samples shown per list")
     arguments = parser.parse_args(argv)
     try:
         paths = run_dirs(arguments.runs)
         clash = len({path.name for path in paths}) < len(paths)  # e.g. job 0 of two sweeps
-        runs = [read_run(path, f"{path.parent.name}/{path.name}" if clash else None)
-                for path in paths]  # fmt: skip
+        runs = [
+            read_run(path, f"{path.parent.name}/{path.name}" if clash else None) for path in paths
+        ]
         out = arguments.out or _default_out(arguments.runs)
         html_path, _ = write_report(runs, out, worst=arguments.worst, pair=len(runs) == 2)
     except RunnerError as error:

@@ -212,8 +212,9 @@ def check(cfg: DictConfig) -> Plan:
     runner = settings.runner
     model = model_config(settings.model, settings.dataset.root)
     dataset, task = dataset_and_task(settings.dataset, settings.task, list(runner.metrics))
-    strata = Counter(task.stratum(sample)
-                     for sample in itertools.islice(dataset.samples(), runner.limit))  # fmt: skip
+    strata = Counter(
+        task.stratum(sample) for sample in itertools.islice(dataset.samples(), runner.limit)
+    )
     n_selected = sum(strata.values())
     if n_selected == 0:
         raise RunnerError(_nothing_to_run(dataset, runner.limit))
@@ -236,8 +237,12 @@ def claim(run_dir: Path, plan: Plan) -> None:
 
     for folder in {run_dir, plan.answers_dir(run_dir)}:
         remove_stale_temporaries(folder)  # what a killed attempt (or merge) was writing
-    fingerprint.claim(run_dir, plan.fingerprint, resume=plan.settings.runner.resume,
-                      answers=plan.answers_dir(run_dir) / "predictions.csv")  # fmt: skip
+    fingerprint.claim(
+        run_dir,
+        plan.fingerprint,
+        resume=plan.settings.runner.resume,
+        answers=plan.answers_dir(run_dir) / "predictions.csv",
+    )
 
 
 def dataset_and_task(dataset_settings: Any, task_config: Any, metric_names: list[str]) -> Any:
@@ -285,15 +290,23 @@ def _warn_if_one_stratum_of_several(
     if len(whole) < 2:
         return
     ((kept, n_selected),) = selected.items()
-    limits = " and ".join(f"{name}={value}" for name, value in (("dataset.limit", dataset.limit),
-                          ("runner.limit", runner_limit)) if value is not None)  # fmt: skip
+    limits = " and ".join(
+        f"{name}={value}"
+        for name, value in (("dataset.limit", dataset.limit), ("runner.limit", runner_limit))
+        if value is not None
+    )
     shown = ", ".join(map(repr, sorted(map(str, whole))[:10]))
     log.warning(
         "%s keeps %d of %d samples, all of class %r (the dataset has %d: %s): their scores say "
         "nothing about the other classes; set dataset.shuffle=true for a subset holding each "
         "class in proportion",
-        limits or "the selection", n_selected, sum(whole.values()), kept, len(whole), shown,
-    )  # fmt: skip
+        limits or "the selection",
+        n_selected,
+        sum(whole.values()),
+        kept,
+        len(whole),
+        shown,
+    )
 
 
 def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:

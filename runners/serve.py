@@ -536,8 +536,9 @@ class _Batcher:
             self.batch_sizes.append(len(batch))
             self.batch_closed_by.append(closed_by)
             requests = [item.request for item in batch]
-            answers = await loop.run_in_executor(self.executor, predict_isolated, self.model,
-                                                 requests)  # fmt: skip
+            answers = await loop.run_in_executor(
+                self.executor, predict_isolated, self.model, requests
+            )
             for item, answer in zip(batch, answers, strict=True):
                 if not item.future.done():
                     item.future.set_result(answer)
@@ -600,8 +601,9 @@ def create_app(
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     if batch_wait_s < 0 or batch_fill_s < 0:
-        raise ValueError(f"batch_wait_s and batch_fill_s must be >= 0, got {batch_wait_s}, "
-                         f"{batch_fill_s}")  # fmt: skip
+        raise ValueError(
+            f"batch_wait_s and batch_fill_s must be >= 0, got {batch_wait_s}, {batch_fill_s}"
+        )
     if api_key is not None and not api_key:
         raise ValueError("api_key is empty; pass None for a server without a key")
     limits = limits or RequestLimits()
@@ -758,8 +760,12 @@ def _stream_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[
         chunk = {**head, "object": "chat.completion.chunk", "choices": choices}
         yield f"data: {json.dumps(chunk)}\n\n"
     if include_usage:
-        usage = {**head, "object": "chat.completion.chunk", "choices": [],
-                 "usage": completion["usage"]}  # fmt: skip
+        usage = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": completion["usage"],
+        }
         yield f"data: {json.dumps(usage)}\n\n"
     yield "data: [DONE]\n\n"
 
@@ -809,8 +815,13 @@ def serve(cfg: DictConfig) -> None:
     log.info("serving %s on http://%s:%d", served_name, options.host, options.port)
     try:
         # log_config=None: uvicorn's loggers go through Hydra's logging (console and serve.log).
-        uvicorn.run(app, host=options.host, port=options.port, log_config=None,
-                    **uvicorn_limits(options.max_connections))  # fmt: skip
+        uvicorn.run(
+            app,
+            host=options.host,
+            port=options.port,
+            log_config=None,
+            **uvicorn_limits(options.max_connections),
+        )
     finally:
         loaded.model.close()
 

@@ -89,19 +89,32 @@ def finish_shard(run_dir: Path, plan: Any, cost: Any) -> dict[str, Any]:
     counts = tally.summary()
     status = "ok" if counts["error_rate"] <= runner.max_error_rate else "too_many_errors"
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(folder / RECORD_FILE, {
-        "shard_index": index, "num_shards": count, "status": status,
-        "n_samples": counts["n_samples"], "n_errors": counts["n_errors"],
-        **dataclasses.asdict(cost), "host": socket.gethostname(), "finished": finished,
-        "fingerprint": plan.fingerprint,
-    })  # fmt: skip
+    write_json(
+        folder / RECORD_FILE,
+        {
+            "shard_index": index,
+            "num_shards": count,
+            "status": status,
+            "n_samples": counts["n_samples"],
+            "n_errors": counts["n_errors"],
+            **dataclasses.asdict(cost),
+            "host": socket.gethostname(),
+            "finished": finished,
+            "fingerprint": plan.fingerprint,
+        },
+    )
     with exclusive(run_dir / MERGE_LOCK, f"the merge of {run_dir}", wait=True):
         shards = shards_of(run_dir, plan)
         waiting = unfinished(shards, plan)
         if not waiting:
             return {**write_merged(run_dir, plan, shards), "merged": True}
-    log.info("%s answered (%d samples) into %s; the last shard to end merges the run (%s)",
-             name(index, count), counts["n_samples"], folder, "; ".join(waiting))  # fmt: skip
+    log.info(
+        "%s answered (%d samples) into %s; the last shard to end merges the run (%s)",
+        name(index, count),
+        counts["n_samples"],
+        folder,
+        "; ".join(waiting),
+    )
     return {**counts, "status": status, "merged": False, "waiting_for": waiting}
 
 
@@ -125,8 +138,11 @@ def shards_of(run_dir: Path, plan: Any) -> list[Shard]:
         start, stop = bounds(len(ids), index, count)
         folder = run_dir / shard_folder(index, count)
         record = folder / RECORD_FILE
-        shards.append(Shard(index, folder, set(ids[start:stop]),
-                            read_json(record) if record.is_file() else None))  # fmt: skip
+        shards.append(
+            Shard(
+                index, folder, set(ids[start:stop]), read_json(record) if record.is_file() else None
+            )
+        )
     return shards
 
 
@@ -189,13 +205,15 @@ def write_merged(run_dir: Path, plan: Any, shards: list[Shard]) -> dict[str, Any
     predictions.open(resume=False)
     for shard in shards:
         predictions.append(read_complete_rows(shard.folder / "predictions.csv"))
-    write_json(run_dir / "environment.json",
-               environment_record(plan.settings.seed, PROJECT_ROOT))  # fmt: skip
+    write_json(run_dir / "environment.json", environment_record(plan.settings.seed, PROJECT_ROOT))
     records = [shard.record for shard in shards]
-    write_csv(run_dir / "shards.csv", [
-        {key: value for key, value in record.items() if key != "fingerprint"}
-        for record in records
-    ])  # fmt: skip
+    write_csv(
+        run_dir / "shards.csv",
+        [
+            {key: value for key, value in record.items() if key != "fingerprint"}
+            for record in records
+        ],
+    )
     run_tally, quality = score(run_dir, predictions, plan)
     log.info("merged %d shards into %s", len(shards), run_dir)
     return write(run_dir, plan, _merged_cost(records), run_tally, quality)
@@ -239,12 +257,16 @@ def merge_run_dir(run_dir: Path) -> dict[str, Any]:
         )
     counts = {folder.name.partition("-of-")[2] for folder in folders}
     if len(counts) > 1:
-        raise RunnerError(f"{run_dir} holds shards of runs split {' and '.join(sorted(counts))} "
-                          "ways; keep the folders of one of them")  # fmt: skip
+        raise RunnerError(
+            f"{run_dir} holds shards of runs split {' and '.join(sorted(counts))} "
+            "ways; keep the folders of one of them"
+        )
     saved = [folder / ".hydra" / "config.yaml" for folder in folders]
     config = next((path for path in saved if path.is_file()), None)
     if config is None:
-        raise RunnerError(f"no shard in {run_dir} saved its config (.hydra/config.yaml); "
-                          "run a shard with runners.run to record it")  # fmt: skip
+        raise RunnerError(
+            f"no shard in {run_dir} saved its config (.hydra/config.yaml); "
+            "run a shard with runners.run to record it"
+        )
     setup_globals()  # Hydra's resolvers (now:...) that a saved config may use
     return merge(run_dir, check(OmegaConf.load(config)))

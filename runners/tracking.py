@@ -36,9 +36,18 @@ log = logging.getLogger(__name__)
 
 PARENT_FILE = "tracking.json"
 # Files of a run directory logged as artifacts, when present; .hydra/ goes under "hydra".
-RUN_ARTIFACTS = ("predictions.csv", "answers.csv", "report.html", "report.md",
-                 "fingerprint.json", "environment.json", "run.log", JOB_FILE,
-                 "shard.json", "shards.csv")  # fmt: skip
+RUN_ARTIFACTS = (
+    "predictions.csv",
+    "answers.csv",
+    "report.html",
+    "report.md",
+    "fingerprint.json",
+    "environment.json",
+    "run.log",
+    JOB_FILE,
+    "shard.json",
+    "shards.csv",
+)
 SWEEP_ARTIFACTS = ("summary.csv", "summary.png", "report.html", "report.md", "multirun.yaml")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param's value
 BATCH = 100  # MLflow's limit on params or tags per call
@@ -108,8 +117,9 @@ class MlflowTracking(Callback):
         labels = {key: str(metrics_row.get(key, "")) for key in ("model", "dataset", "task")}
         run_tags = [RunTag(key, value) for key, value in {"status": status, **labels}.items()]
         for start in range(0, max(len(params), 1), BATCH):
-            client.log_batch(run_id, params=params[start : start + BATCH],
-                             tags=run_tags if start == 0 else [])  # fmt: skip
+            client.log_batch(
+                run_id, params=params[start : start + BATCH], tags=run_tags if start == 0 else []
+            )
         if metrics:
             client.log_batch(run_id, metrics=metrics)
         for path in _run_artifacts(job_dir):  # a shard's own under shard/, beside the merged

@@ -460,8 +460,12 @@ def make_id_card(rng: random.Random) -> tuple[Image.Image, list[Field]]:
 MAKERS = {"invoice": make_invoice, "receipt": make_receipt, "id_card": make_id_card}
 
 SURNAMES_RU = ["ОСИПОВ", "КУЗНЕЦОВА", "СМИРНОВ", "ВОЛКОВА", "ЛЕБЕДЕВ", "НОВИКОВА"]
-NAMES_RU = [("ИВАН", "ПЕТРОВИЧ"), ("АННА", "СЕРГЕЕВНА"), ("ОЛЕГ", "ИГОРЕВИЧ"),
-            ("МАРИЯ", "ПАВЛОВНА")]  # fmt: skip
+NAMES_RU = [
+    ("ИВАН", "ПЕТРОВИЧ"),
+    ("АННА", "СЕРГЕЕВНА"),
+    ("ОЛЕГ", "ИГОРЕВИЧ"),
+    ("МАРИЯ", "ПАВЛОВНА"),
+]
 PLACES_RU = ["ГОР. МОСКВА", "ГОР. КАЗАНЬ", "ГОР. ТОМСК", "ГОР. САМАРА"]
 
 
@@ -526,10 +530,13 @@ def make_snils(rng: random.Random) -> tuple[Image.Image, list[Field]]:
     values = [
         ("Номер снилса", number, "number"),
         ("ФИО", f"{surname} {name} {patronymic}", "name"),
-        ("Дата рождения", random_date(rng, date(1960, 1, 1), date(2002, 12, 31))
-         .strftime("%d.%m.%Y"), "date"),
+        (
+            "Дата рождения",
+            random_date(rng, date(1960, 1, 1), date(2002, 12, 31)).strftime("%d.%m.%Y"),
+            "date",
+        ),
         ("Пол", "женский" if patronymic.endswith("НА") else "мужской", "text"),
-    ]  # fmt: skip
+    ]
     fields = []
     for row, (label, value, kind) in enumerate(values):
         y = 70 + row * 44
@@ -547,8 +554,11 @@ def write_ground_truth(out: Path, page: str, fields: list[Field], *, nested: boo
     """``jsons/<page>.json``: a flat object of field values, or VLMHyperBench's nested layout
     ``{"fields": {name: {"value": ..., "bboxes": [[x0, y0, x1, y1]]}}}``."""
     if nested:
-        record: dict = {"fields": {field.key: {"value": field.answer, "bboxes": [list(field.bbox)]}
-                                   for field in fields}}  # fmt: skip
+        record: dict = {
+            "fields": {
+                field.key: {"value": field.answer, "bboxes": [list(field.bbox)]} for field in fields
+            }
+        }
     else:
         record = {field.key: field.answer for field in fields}
     path = out / "jsons" / f"{page}.json"

@@ -49,11 +49,23 @@ def open_page(path: Path, *, width: int = 1280, height: int = 1600, timeout: flo
     # Its own process group: the renderer and helper processes are killed with the browser,
     # before the profile they write to is removed.
     process = subprocess.Popen(
-        [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-         f"--window-size={width},{height}", f"--user-data-dir={profile}", "about:blank"],
-        close_fds=False, preexec_fn=wire_pipes, start_new_session=True,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            f"--window-size={width},{height}",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        close_fds=False,
+        preexec_fn=wire_pipes,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(commands_read)
     os.close(events_write)
     session = _Session(commands_write, events_read, time.monotonic() + timeout)
@@ -93,8 +105,13 @@ class _Session:
         self.session_id = attached["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable")
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)  # fmt: skip
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         self.call("Page.navigate", url=url)
         while not any(event.get("method") == "Page.loadEventFired" for event in self.received):
             self.received.append(self._next_message())

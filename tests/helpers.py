@@ -23,8 +23,15 @@ from PIL import Image
 
 from runners.config import CONFIG_DIR, PROJECT_ROOT
 
-ANNOTATION_COLUMNS = ["data_index", "split", "image_path", "question", "answer", "doc_class",
-                      "question_type"]  # fmt: skip
+ANNOTATION_COLUMNS = [
+    "data_index",
+    "split",
+    "image_path",
+    "question",
+    "answer",
+    "doc_class",
+    "question_type",
+]
 
 
 def make_config(cache_dir: Path, *overrides: str, config_name: str = "config") -> Any:
@@ -36,9 +43,13 @@ def make_config(cache_dir: Path, *overrides: str, config_name: str = "config") -
 
 
 def run_cli(
-    *args: str, cwd: Path, cache_dir: Path, timeout: float = 300, module: str = "runners.run",
+    *args: str,
+    cwd: Path,
+    cache_dir: Path,
+    timeout: float = 300,
+    module: str = "runners.run",
     **kwargs: Any,
-) -> subprocess.CompletedProcess[str]:  # fmt: skip
+) -> subprocess.CompletedProcess[str]:
     """``python -m runners.run ARGS`` in ``cwd``, stdout and stderr read together."""
     env = {
         **os.environ,
@@ -59,14 +70,19 @@ def run_cli(
     )
 
 
-def run_until_killed(*args: str, cwd: Path, cache_dir: Path, answers: Path, lines: int,
-                     timeout: float = 120) -> None:  # fmt: skip
+def run_until_killed(
+    *args: str, cwd: Path, cache_dir: Path, answers: Path, lines: int, timeout: float = 120
+) -> None:
     """``python -m runners.run ARGS`` in ``cwd``, killed with SIGKILL (no chance to clean up) as
     soon as the file ``answers`` holds more than ``lines`` lines."""
-    env = {**os.environ, "MODEL_INTERFACE_CACHE": str(cache_dir),
-           "PYTHONPATH": str(PROJECT_ROOT)}  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "runners.run", *args], cwd=cwd, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {**os.environ, "MODEL_INTERFACE_CACHE": str(cache_dir), "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runners.run", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and process.poll() is None:
@@ -106,10 +122,17 @@ def write_dataset(root: Path, rows: list[dict[str, Any]], *, images: bool = Fals
         writer.writeheader()
         for index, row in enumerate(rows):
             writer.writerow(
-                {"data_index": index, "split": "test", "image_path": f"images/{index}.png",
-                 "question": f"question {index}?", "answer": "42", "doc_class": "form",
-                 "question_type": "number", **row}
-            )  # fmt: skip
+                {
+                    "data_index": index,
+                    "split": "test",
+                    "image_path": f"images/{index}.png",
+                    "question": f"question {index}?",
+                    "answer": "42",
+                    "doc_class": "form",
+                    "question_type": "number",
+                    **row,
+                }
+            )
     for index, row in enumerate(rows):
         image = root / row.get("image_path", f"images/{index}.png")
         if images and not image.exists():
@@ -128,8 +151,11 @@ def write_jsonl(root: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def read_predictions(output_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(output_dir / "predictions.csv", dtype={"sample_id": str, "error": str},
-                       keep_default_na=False)  # fmt: skip
+    return pd.read_csv(
+        output_dir / "predictions.csv",
+        dtype={"sample_id": str, "error": str},
+        keep_default_na=False,
+    )
 
 
 def read_metrics(output_dir: Path) -> dict[str, Any]:
@@ -147,8 +173,15 @@ class ServerProcess:
     free port of 127.0.0.1, its output in ``log``; it can be killed and started again on the
     same port."""
 
-    def __init__(self, command: list[str], *, log: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, port: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.command = [part.replace("{port}", str(self.port)) for part in command]
         self.log, self.env, self.cwd = log, {**os.environ, **(env or {})}, cwd
@@ -163,8 +196,9 @@ class ServerProcess:
         import httpx
 
         with self.log.open("a") as log:
-            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            self.process = subprocess.Popen(
+                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             tail = f"\n{self.log.read_text(errors='replace')[-3000:]}"
@@ -192,14 +226,26 @@ class ServerProcess:
 
 
 def run_and_kill_the_server(
-    arguments: list[str], *, server: ServerProcess, run_dir: Path, after_rows: int, cwd: Path,
-    env: dict[str, str], timeout_s: float = 120,
-) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    arguments: list[str],
+    *,
+    server: ServerProcess,
+    run_dir: Path,
+    after_rows: int,
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """``python -m runners.run ARGUMENTS``, a run against ``server``, which is killed once the
     run's predictions.csv holds ``after_rows`` rows; returns the run's exit and output."""
     command = [sys.executable, "-m", "runners.run", *arguments]
-    runner = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    runner = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **env},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     predictions = run_dir / "predictions.csv"
     try:
         deadline = time.monotonic() + timeout_s
@@ -241,10 +287,17 @@ def serve_in_thread(model: Any, name: str, **options: Any) -> Iterator[str]:
 
 
 DEMO_QUESTIONS = {
-    "passport": ["Фамилия", "Имя", "Отчество", "Дата рождения", "Место рождения",
-                 "Серия и номер", "Код подразделения"],
+    "passport": [
+        "Фамилия",
+        "Имя",
+        "Отчество",
+        "Дата рождения",
+        "Место рождения",
+        "Серия и номер",
+        "Код подразделения",
+    ],
     "invoice": ["Номер счёта", "Дата", "Поставщик", "Итого"],
-}  # fmt: skip
+}
 
 
 def write_demo_dataset(root: Path) -> Path:
@@ -255,8 +308,12 @@ def write_demo_dataset(root: Path) -> Path:
     from PIL import ImageDraw, ImageFont
 
     (root / "images").mkdir(parents=True, exist_ok=True)
-    documents = [("passport", "jpg", (1800, 1250)), ("passport", "jpg", (1750, 1240)),
-                 ("invoice", "png", (1700, 2400)), ("invoice", "png", (1654, 2339))]  # fmt: skip
+    documents = [
+        ("passport", "jpg", (1800, 1250)),
+        ("passport", "jpg", (1750, 1240)),
+        ("invoice", "png", (1700, 2400)),
+        ("invoice", "png", (1654, 2339)),
+    ]
     font = ImageFont.load_default(size=26)
     words = ["Invoice", "Total", "Supplier", "Date", "Amount", "VAT", "No.", "Qty", "Bank"]
     rows = []
@@ -264,22 +321,32 @@ def write_demo_dataset(root: Path) -> Path:
         image = Image.new("RGB", size, (250, 248, 240))
         draw = ImageDraw.Draw(image)
         for line in range((size[1] - 160) // 34):  # lines of text: a scan compresses like one
-            text = " ".join(f"{words[(index + line * 7 + word) % len(words)]}{line * word}"
-                            for word in range(3 + (line * 5) % 8))  # fmt: skip
+            text = " ".join(
+                f"{words[(index + line * 7 + word) % len(words)]}{line * word}"
+                for word in range(3 + (line * 5) % 8)
+            )
             draw.text((90, 80 + line * 34), text, fill=(30, 30, 35), font=font)
         name = f"images/{doc_class}_{index}.{suffix}"
         image.save(root / name, quality=85) if suffix == "jpg" else image.save(root / name)
         for number, question_type in enumerate(DEMO_QUESTIONS[doc_class]):
-            rows.append({
-                "data_index": index, "split": "test", "image_path": name,
-                "question": f"Какое значение поля «{question_type}»?",
-                "answer": f"ЗНАЧЕНИЕ {index}-{number}", "doc_class": doc_class,
-                "question_type": question_type,
-                "answer_bbox": f"[[{100 + number}, {120 + number * 40}, 600, {160 + number * 40}]]",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "data_index": index,
+                    "split": "test",
+                    "image_path": name,
+                    "question": f"Какое значение поля «{question_type}»?",
+                    "answer": f"ЗНАЧЕНИЕ {index}-{number}",
+                    "doc_class": doc_class,
+                    "question_type": question_type,
+                    "answer_bbox": (
+                        f"[[{100 + number}, {120 + number * 40}, 600, {160 + number * 40}]]"
+                    ),
+                }
+            )
     with (root / "annotation.csv").open("w", encoding="utf-8-sig", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*ANNOTATION_COLUMNS, "answer_bbox"],
-                                delimiter=";")  # fmt: skip
+        writer = csv.DictWriter(
+            handle, fieldnames=[*ANNOTATION_COLUMNS, "answer_bbox"], delimiter=";"
+        )
         writer.writeheader()
         writer.writerows(rows)
     return root

@@ -18,26 +18,50 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize(
     ("script", "args", "figures"),
     [
-        ("overhead.py", ["--models", "tiny-llava", "--samples", "8", "--repeats", "1"],
-         ["overhead_batch1", "overhead_batch8"]),
+        (
+            "overhead.py",
+            ["--models", "tiny-llava", "--samples", "8", "--repeats", "1"],
+            ["overhead_batch1", "overhead_batch8"],
+        ),
         ("batching.py", ["--samples", "8", "--repeats", "1"], ["batch8_speedup"]),
-        ("scale.py", ["--samples", "200", "--repeats", "1"],
-         ["rss_10k_over_1k", "samples_per_s_10k"]),
-        ("startup.py", ["--samples", "8", "--repeats", "1"],
-         ["help_s", "cfg_job_s", "end_to_end_s", "end_to_end_over_bare"]),
+        (
+            "scale.py",
+            ["--samples", "200", "--repeats", "1"],
+            ["rss_10k_over_1k", "samples_per_s_10k"],
+        ),
+        (
+            "startup.py",
+            ["--samples", "8", "--repeats", "1"],
+            ["help_s", "cfg_job_s", "end_to_end_s", "end_to_end_over_bare"],
+        ),
         ("sweep_reuse.py", ["--limit", "2"], ["sweep_model_loads"]),
         ("http_concurrency.py", ["--samples", "4", "--repeats", "1"], ["http_c8_speedup"]),
-        ("kie_scoring.py", ["--documents", "50", "--repeats", "1"],
-         ["kie_field_rows_per_s", "kie_scoring_over_bare"]),
-        ("report_scale.py", ["--samples", "60", "--repeats", "1"],
-         ["report_over_run", "report_html_kb", "report_over_predictions_size"]),
-        ("shards.py", ["--samples", "40", "--repeats", "1"],
-         ["dummy_shards2_joblib_over_single", "model_bound_shards4_joblib_over_single",
-          "merged_identical"]),
-        ("http_load.py", ["--requests", "64", "--concurrency", "8"],
-         ["load_good_ok", "load_bad_4xx", "load_requests_per_s", "load_server_rss_growth_mb"]),
+        (
+            "kie_scoring.py",
+            ["--documents", "50", "--repeats", "1"],
+            ["kie_field_rows_per_s", "kie_scoring_over_bare"],
+        ),
+        (
+            "report_scale.py",
+            ["--samples", "60", "--repeats", "1"],
+            ["report_over_run", "report_html_kb", "report_over_predictions_size"],
+        ),
+        (
+            "shards.py",
+            ["--samples", "40", "--repeats", "1"],
+            [
+                "dummy_shards2_joblib_over_single",
+                "model_bound_shards4_joblib_over_single",
+                "merged_identical",
+            ],
+        ),
+        (
+            "http_load.py",
+            ["--requests", "64", "--concurrency", "8"],
+            ["load_good_ok", "load_bad_4xx", "load_requests_per_s", "load_server_rss_growth_mb"],
+        ),
     ],
-)  # fmt: skip
+)
 def test_benchmark_runs_and_prints_its_figures(script, args, figures, model_cache) -> None:
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args],

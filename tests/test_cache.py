@@ -55,9 +55,14 @@ def test_list_shows_tiny_and_hub_models_with_sizes(model_cache: Path, tmp_path: 
     assert lines[1].startswith("tiny-gemma3")
 
 
-@pytest.mark.parametrize(("typo", "meant"), [("tiny-qwen2vl", "tiny-qwen2-vl"),
-                                             ("tiny_llava", "tiny-llava"),
-                                             ("tiny-qwen25-vl", "tiny-qwen2.5-vl")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("tiny-qwen2vl", "tiny-qwen2-vl"),
+        ("tiny_llava", "tiny-llava"),
+        ("tiny-qwen25-vl", "tiny-qwen2.5-vl"),
+    ],
+)
 def test_a_misspelt_tiny_name_suggests_the_closest_instead_of_asking_the_hub(
     tmp_path: Path, typo: str, meant: str
 ) -> None:

@@ -65,15 +65,21 @@ def test_labels_come_from_the_answers_or_the_config(model_cache, tmp_path) -> No
     assert request.response_format is None
     constrained = ClassificationTask(metric_names=[], labels=["a", "b"], constrained=True)
     assert constrained.request(Sample("0", 0, ("a.png",), "Q", "a"), []).response_format == {
-        "type": "string", "enum": ["a", "b"],
-    }  # fmt: skip
+        "type": "string",
+        "enum": ["a", "b"],
+    }
     with pytest.raises(ValueError, match=r"class 'c', which is not among task\.labels"):
         constrained.check(Sample("0", 0, ("a.png",), "Q", "c"))
 
 
 def test_the_sample_pages_classified_with_a_constraint_always_name_a_label(model_cache, tmp_path):
-    cfg = make_config(model_cache, "model=tiny_qwen2_vl", "task=classification",
-                      "dataset=sample_docs_classes", "task.constrained=true")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        "model=tiny_qwen2_vl",
+        "task=classification",
+        "dataset=sample_docs_classes",
+        "task.constrained=true",
+    )
     row = run_experiment(cfg, tmp_path / "run")
     assert row["n_samples"] == 24 and row[UNPARSEABLE] == 0.0
     labels = {"id_card", "invoice", "passport", "receipt", "snils"}
@@ -96,14 +102,24 @@ def test_an_empty_answer_is_unparseable_even_beside_an_empty_label() -> None:
 
 def classify(model_cache, tmp_path, cases, *overrides: str) -> dict:
     """A run of the echo model over (reference, answer) cases: each answer is its prompt."""
-    root = write_jsonl(tmp_path / "data", [
-        {"id": str(index), "image": f"{index}.png", "prompt": answer, "answer": truth}
-        for index, (truth, answer) in enumerate(cases)
-    ])  # fmt: skip
-    cfg = make_config(model_cache, "model=custom", "model.class_path=tests.wrappers:PromptEcho",
-                      "model.init_params.model_name=echo", "task=classification",
-                      "dataset=jsonl", f"dataset.root={root}",
-                      '+task.prompt_template="{prompt}"', *overrides)  # fmt: skip
+    root = write_jsonl(
+        tmp_path / "data",
+        [
+            {"id": str(index), "image": f"{index}.png", "prompt": answer, "answer": truth}
+            for index, (truth, answer) in enumerate(cases)
+        ],
+    )
+    cfg = make_config(
+        model_cache,
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "model.init_params.model_name=echo",
+        "task=classification",
+        "dataset=jsonl",
+        f"dataset.root={root}",
+        '+task.prompt_template="{prompt}"',
+        *overrides,
+    )
     return run_experiment(cfg, tmp_path / "run")
 
 
@@ -128,8 +144,13 @@ def test_spellings_of_one_label_are_one_class(
     assert row["accuracy"] == pytest.approx(3 / 5)
     assert row[UNPARSEABLE] == pytest.approx(1 / 5)
     predictions = read_predictions(tmp_path / "run")
-    assert predictions["predicted_label"].tolist() == [invoice, invoice, passport, invoice,
-                                                       UNPARSEABLE]  # fmt: skip
+    assert predictions["predicted_label"].tolist() == [
+        invoice,
+        invoice,
+        passport,
+        invoice,
+        UNPARSEABLE,
+    ]
     assert predictions["correct"].astype(float).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
     matrix = pd.read_csv(tmp_path / "run" / "confusion_matrix.csv").set_index("reference")
     assert list(matrix.index) == [invoice, passport]
@@ -154,15 +175,16 @@ def test_the_prompt_lists_each_class_once() -> None:
 @pytest.mark.parametrize(
     ("labels", "message"),
     [
-        (["Invoice", "passport", " invoice."],
-         "task.labels holds 'Invoice' and ' invoice.', one label spelt twice (labels are "
-         "compared ignoring case, spacing and end punctuation); keep one"),
+        (
+            ["Invoice", "passport", " invoice."],
+            "task.labels holds 'Invoice' and ' invoice.', one label spelt twice (labels are "
+            "compared ignoring case, spacing and end punctuation); keep one",
+        ),
         (["invoice", " "], "task.labels holds an empty label ' '; remove it"),
-        (["invoice", "Unparseable"],
-         "'unparseable' is the class of unreadable answers; rename it"),
+        (["invoice", "Unparseable"], "'unparseable' is the class of unreadable answers; rename it"),
         ("invoice", "task.labels must be a list, e.g. task.labels=[invoice,other]; got 'invoice'"),
     ],
-)  # fmt: skip
+)
 def test_task_labels_that_name_no_class_or_one_twice_are_refused(labels, message) -> None:
     with pytest.raises(ValueError) as refused:
         ClassificationTask(metric_names=[], labels=labels)
@@ -174,8 +196,9 @@ def test_a_class_in_the_data_outside_task_labels_is_found_normalised() -> None:
     task.check(Sample("0", 0, ("a.png",), "Q", " passport."))  # the same class
     with pytest.raises(ValueError) as refused:
         task.check(Sample("1", 1, ("a.png",), "Q", "passports"))
-    assert str(refused.value) == ("sample '1' is of class 'passports', which is not among "
-                                  "task.labels ['Invoice', 'Passport']")  # fmt: skip
+    assert str(refused.value) == (
+        "sample '1' is of class 'passports', which is not among task.labels ['Invoice', 'Passport']"
+    )
 
 
 def test_an_empty_class_in_the_data_is_refused_and_a_missing_one_is_unlabelled(
@@ -196,17 +219,19 @@ def test_an_empty_class_in_the_data_is_refused_and_a_missing_one_is_unlabelled(
         "dataset=jsonl",
         '+task.prompt_template="{prompt}"',  # the echo model answers the dataset's prompt
     )
-    row = run_experiment(make_config(model_cache, *common, f"dataset.root={root}"),
-                         tmp_path / "run")  # fmt: skip
+    row = run_experiment(
+        make_config(model_cache, *common, f"dataset.root={root}"), tmp_path / "run"
+    )
     assert row["accuracy"] == 1.0  # over the two labelled samples
     predictions = read_predictions(tmp_path / "run")
     assert predictions["correct"].tolist() == ["1.0", "1.0", "", ""]
-    assert predictions["predicted_label"].tolist() == ["invoice", "passport", "invoice",
-                                                       "invoice"]  # fmt: skip
-    empty = write_jsonl(tmp_path / "empty", [*rows, {"id": "e", "image": "e.png",
-                                                     "prompt": "x", "answer": "  "}])  # fmt: skip
-    result = run_cli(*common, f"dataset.root={empty}", cwd=tmp_path, cache_dir=model_cache,
-                     timeout=60)  # fmt: skip
+    assert predictions["predicted_label"].tolist() == ["invoice", "passport", "invoice", "invoice"]
+    empty = write_jsonl(
+        tmp_path / "empty", [*rows, {"id": "e", "image": "e.png", "prompt": "x", "answer": "  "}]
+    )
+    result = run_cli(
+        *common, f"dataset.root={empty}", cwd=tmp_path, cache_dir=model_cache, timeout=60
+    )
     assert result.returncode == 2, result.stdout[-2000:]
     (line,) = error_lines(result.stdout)
     assert line.endswith(
@@ -219,5 +244,6 @@ def test_a_class_named_like_unreadable_answers_is_refused() -> None:
     task = ClassificationTask(metric_names=[])
     with pytest.raises(ValueError) as refused:
         task.check(Sample("7", 7, ("a.png",), "Q", "Unparseable"))
-    assert str(refused.value) == ("sample '7' is of class 'Unparseable', the name of unreadable "
-                                  "answers; rename the class")  # fmt: skip
+    assert str(refused.value) == (
+        "sample '7' is of class 'Unparseable', the name of unreadable answers; rename the class"
+    )

@@ -18,31 +18,53 @@ HEAVY_MODEL = "model=tiny_qwen2_vl"
 @pytest.mark.parametrize(
     ("override", "line"),
     [
-        ("runner.batch_size=abc", "error: Error merging override runner.batch_size=abc: Value "
-         "'abc' of type 'str' could not be converted to Integer"),
-        ("runner.max_error_rate=abc", "error: Error merging override runner.max_error_rate=abc: "
-         "Value 'abc' of type 'str' could not be converted to Float"),
+        (
+            "runner.batch_size=abc",
+            "error: Error merging override runner.batch_size=abc: Value "
+            "'abc' of type 'str' could not be converted to Integer",
+        ),
+        (
+            "runner.max_error_rate=abc",
+            "error: Error merging override runner.max_error_rate=abc: "
+            "Value 'abc' of type 'str' could not be converted to Float",
+        ),
         ("runner.limit=-1", "runner.limit must be >= 0 or null, got -1"),
         ("runner.batch_size=0", "runner.batch_size must be >= 1, got 0"),
         ("runner.max_error_rate=1.5", "runner.max_error_rate must be between 0 and 1, got 1.5"),
         ("dataset.limit=-2", "dataset.limit must be >= 0 or null, got -2"),
-        ("runner.batch_sise=4", "error: Could not override 'runner.batch_sise': Key "
-         "'batch_sise' not in 'RunnerConfig'"),
+        (
+            "runner.batch_sise=4",
+            "error: Could not override 'runner.batch_sise': Key 'batch_sise' not in 'RunnerConfig'",
+        ),
         ("runner.metrics=[anl]", "Metric 'anl' is not registered. Did you mean 'anls'?"),
         ("model.name=hff", "Model 'hff' is not registered. Did you mean 'hf'?"),
-        ("model=no_such_model", "error: In 'config': Could not find 'model/no_such_model'; "
-         "choose one of: custom, dummy,"),
-        ("experiment=no_such_experiment", "error: In 'config': Could not find "
-         "'experiment/no_such_experiment'; choose one of: sample_docs_sweep"),
-        ("dataset.prompt_template=Answer briefly. {prompt}",
-         "error: cannot parse the override 'dataset.prompt_template=Answer briefly. {prompt}'"),
+        (
+            "model=no_such_model",
+            "error: In 'config': Could not find 'model/no_such_model'; "
+            "choose one of: custom, dummy,",
+        ),
+        (
+            "experiment=no_such_experiment",
+            "error: In 'config': Could not find "
+            "'experiment/no_such_experiment'; choose one of: sample_docs_sweep",
+        ),
+        (
+            "dataset.prompt_template=Answer briefly. {prompt}",
+            "error: cannot parse the override 'dataset.prompt_template=Answer briefly. {prompt}'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_invalid_value_exits_2_fast_with_one_line_and_no_model(
     model_cache: Path, tmp_path: Path, override: str, line: str
 ) -> None:
-    result = run_cli(HEAVY_MODEL, override, cwd=tmp_path, cache_dir=model_cache, timeout=60,
-                     env=torch_refused(tmp_path))  # fmt: skip
+    result = run_cli(
+        HEAVY_MODEL,
+        override,
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+        env=torch_refused(tmp_path),
+    )
     assert result.returncode == 2, result.stdout
     (error,) = error_lines(result.stdout)
     assert line in error
@@ -54,31 +76,42 @@ def test_a_mistake_inside_an_experiment_file_is_named_in_its_one_line(model_cach
     experiments = tmp_path / "conf" / "experiment"
     experiments.mkdir(parents=True)
     (experiments / "typo.yaml").write_text("# @package _global_\nrunner:\n  batch_sise: 4\n")
-    result = run_cli("experiment=typo", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-                     cwd=tmp_path, cache_dir=model_cache, timeout=60)  # fmt: skip
+    result = run_cli(
+        "experiment=typo",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert result.returncode == 2
     (error,) = error_lines(result.stdout)
-    assert error == ("error: In 'experiment/typo': ConfigKeyError raised while composing config: "
-                     "Key 'batch_sise' not in 'RunnerConfig'")  # fmt: skip
+    assert error == (
+        "error: In 'experiment/typo': ConfigKeyError raised while composing config: "
+        "Key 'batch_sise' not in 'RunnerConfig'"
+    )
 
 
 @pytest.mark.parametrize(
     ("rows", "line"),
     [
-        ([{}, {}, {"question": ""}],
-         "annotation.csv line 4 has no ['question']; required columns"),
-        ([{}, {}, {}, {"image_path": ""}],
-         "annotation.csv line 5 has no ['image_path']"),
+        ([{}, {}, {"question": ""}], "annotation.csv line 4 has no ['question']; required columns"),
+        ([{}, {}, {}, {"image_path": ""}], "annotation.csv line 5 has no ['image_path']"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_row_anywhere_in_the_dataset_exits_2_before_the_model_loads(
     model_cache: Path, tmp_path: Path, rows: list[dict], line: str
 ) -> None:
     root = write_dataset(tmp_path / "data", rows, images=True)
     result = run_cli(
-        HEAVY_MODEL, "dataset=vlmhyperbench", f"dataset.root={root}", "runner.limit=1",
-        cwd=tmp_path, cache_dir=model_cache, timeout=60, env=torch_refused(tmp_path),
-    )  # fmt: skip
+        HEAVY_MODEL,
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        "runner.limit=1",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+        env=torch_refused(tmp_path),
+    )
     assert result.returncode == 2, result.stdout
     (error,) = error_lines(result.stdout)
     assert line in error
@@ -92,8 +125,14 @@ def test_a_row_with_surplus_fields_deep_in_the_file_is_found_before_the_model_lo
     root = write_dataset(tmp_path / "data", [{}] * 30, images=True)
     with (root / "annotation.csv").open("a", encoding="utf-8") as handle:
         handle.write("30;test;images/0.png;q;a;form;number;surplus;fields\n")
-    result = run_cli(HEAVY_MODEL, "dataset=vlmhyperbench", f"dataset.root={root}",
-                     cwd=tmp_path, cache_dir=model_cache, timeout=60)  # fmt: skip
+    result = run_cli(
+        HEAVY_MODEL,
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert result.returncode == 2
     (error,) = error_lines(result.stdout)
     assert "annotation.csv line 32 has more fields than the header" in error
@@ -128,8 +167,9 @@ def test_a_config_without_the_schema_is_checked_against_it(model_cache: Path) ->
 def test_serve_refuses_a_bad_setting_with_one_line(
     model_cache: Path, tmp_path: Path, server_override: str
 ) -> None:
-    result = run_cli(server_override, module="runners.serve", cwd=tmp_path,
-                     cache_dir=model_cache, timeout=60)  # fmt: skip
+    result = run_cli(
+        server_override, module="runners.serve", cwd=tmp_path, cache_dir=model_cache, timeout=60
+    )
     assert result.returncode == 2, result.stdout
     (error,) = error_lines(result.stdout)
     assert "serve." in error and "Traceback" not in result.stdout

@@ -149,8 +149,10 @@ def test_optional_answer_bbox_column(tmp_path: Path) -> None:
 
 
 def test_the_row_is_the_id_data_index_the_document(tmp_path: Path) -> None:
-    rows = [["a-17", "dev", "scans/p 1.png", "q?", "x", "invoice", "name"],
-            ["a-17", "dev", "scans/p 1.png", "q2?", "y", "invoice", "name"]]  # fmt: skip
+    rows = [
+        ["a-17", "dev", "scans/p 1.png", "q?", "x", "invoice", "name"],
+        ["a-17", "dev", "scans/p 1.png", "q2?", "y", "invoice", "name"],
+    ]
     first, second = load(write_vlm(tmp_path / "ds", rows))
     assert (first.id, first.document, second.id, second.document) == ("0", "a-17", "1", "a-17")
     assert first.images == ("scans/p 1.png",)
@@ -593,8 +595,11 @@ def test_duplicate_ids(tmp_path: Path, data_format: str) -> None:
 
 
 def test_duplicate_ids_are_caught_even_in_filtered_out_rows(tmp_path: Path) -> None:
-    root = write_csv(tmp_path / "ds", ["id", "image", "prompt", "split"],
-                     [["0", "a.png", "p", "dev"], ["0", "b.png", "q", "test"]])  # fmt: skip
+    root = write_csv(
+        tmp_path / "ds",
+        ["id", "image", "prompt", "split"],
+        [["0", "a.png", "p", "dev"], ["0", "b.png", "q", "test"]],
+    )
     with pytest.raises(DatasetError, match="duplicate sample id '0'"):
         load(root, format="csv", split="dev")
 
@@ -809,9 +814,11 @@ def test_from_config_rejects_a_header_without_required_columns(tmp_path: Path) -
 def test_a_jsonl_answer_list_is_a_set_of_acceptable_answers(tmp_path: Path) -> None:
     root = write_jsonl(
         tmp_path / "ds",
-        [{"id": "a", "image": "a.png", "prompt": "How many?", "answer": ["10", "ten"]},
-         {"id": "b", "image": "b.png", "prompt": "Year?", "answer": [1999, "1999 г."]}],
-    )  # fmt: skip
+        [
+            {"id": "a", "image": "a.png", "prompt": "How many?", "answer": ["10", "ten"]},
+            {"id": "b", "image": "b.png", "prompt": "Year?", "answer": [1999, "1999 г."]},
+        ],
+    )
     first, second = load(root, format="jsonl")
     assert first.reference == ("10", "ten")
     assert second.reference == ("1999", "1999 г.")
@@ -850,8 +857,9 @@ def test_an_object_answer_is_kept_as_fields(tmp_path: Path) -> None:
 
 def test_check_reads_the_whole_file_beyond_any_limit_or_filter(tmp_path: Path) -> None:
     rows = [list(row) for row in VLM_ROWS] + [["9", "dev", "z.png", "", "x", "receipt", "x"]]
-    dataset = Dataset.from_config(config(write_vlm(tmp_path / "ds", rows), limit=1,
-                                         doc_class="invoice"))  # fmt: skip
+    dataset = Dataset.from_config(
+        config(write_vlm(tmp_path / "ds", rows), limit=1, doc_class="invoice")
+    )
     assert len(list(dataset.samples())) == 1  # streaming stops early ...
     with pytest.raises(DatasetError, match=r"line 8 has no \['question'\]"):
         dataset.check()  # ... the check does not

@@ -27,16 +27,18 @@ QUALITY = ["exact_match", "anls", "cer", "wer", "cer_corpus", "wer_corpus"]
 
 @pytest.fixture
 def finished_run(model_cache, tmp_path):
-    run_experiment(make_config(model_cache, "model=dummy", "runner.metrics=[exact_match]"),
-                   tmp_path / "run")  # fmt: skip
+    run_experiment(
+        make_config(model_cache, "model=dummy", "runner.metrics=[exact_match]"), tmp_path / "run"
+    )
     return tmp_path / "run"
 
 
 def test_rescoring_a_run_with_other_metrics_equals_a_run_with_them(
     model_cache, tmp_path, finished_run
 ) -> None:
-    cfg = make_config(model_cache, f"+predictions={finished_run / 'predictions.csv'}",
-                      config_name="evaluate")  # fmt: skip
+    cfg = make_config(
+        model_cache, f"+predictions={finished_run / 'predictions.csv'}", config_name="evaluate"
+    )
     row = evaluate(cfg, tmp_path / "scored")
     direct = run_experiment(make_config(model_cache, "model=dummy"), tmp_path / "direct")
     assert {name: row[name] for name in QUALITY} == {name: direct[name] for name in QUALITY}
@@ -49,11 +51,16 @@ def test_rescoring_a_run_with_other_metrics_equals_a_run_with_them(
 
 
 def test_an_answers_file_made_elsewhere(model_cache, tmp_path, finished_run) -> None:
-    cfg = make_config(model_cache, f"+predictions={finished_run / 'answers.csv'}",
-                      "runner.metrics=[cer,bleu]", config_name="evaluate")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        f"+predictions={finished_run / 'answers.csv'}",
+        "runner.metrics=[cer,bleu]",
+        config_name="evaluate",
+    )
     row = evaluate(cfg, tmp_path / "scored")
-    direct = run_experiment(make_config(model_cache, "model=dummy", "runner.metrics=[cer,bleu]"),
-                            tmp_path / "direct")  # fmt: skip
+    direct = run_experiment(
+        make_config(model_cache, "model=dummy", "runner.metrics=[cer,bleu]"), tmp_path / "direct"
+    )
     assert row["cer"] == direct["cer"] and row["bleu"] == direct["bleu"]
     assert row["model"] == "" and pd.isna(row["model_s"])  # an answers file has no timing
     assert row["n_input_errors"] == 0 and pd.isna(row["samples_per_s"])
@@ -62,8 +69,9 @@ def test_an_answers_file_made_elsewhere(model_cache, tmp_path, finished_run) -> 
 
 
 def write_answers(path, rows) -> None:
-    path.write_text("\ufeffid;model_answer\n" + "".join(f"{i};{a}\n" for i, a in rows),
-                    encoding="utf-8")  # fmt: skip
+    path.write_text(
+        "\ufeffid;model_answer\n" + "".join(f"{i};{a}\n" for i, a in rows), encoding="utf-8"
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,9 +86,15 @@ def test_answers_that_fit_no_sample_are_refused(model_cache, tmp_path, rows, mes
     root = write_dataset(tmp_path / "data", [{}, {}, {}], images=True)
     answers = tmp_path / "answers.csv"
     write_answers(answers, rows)
-    result = run_cli(f"predictions={answers}", "dataset=vlmhyperbench", f"dataset.root={root}",
-                     module="runners.evaluate", cwd=tmp_path, cache_dir=model_cache,
-                     timeout=60)  # fmt: skip
+    result = run_cli(
+        f"predictions={answers}",
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        module="runners.evaluate",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stdout
     (line,) = error_lines(result.stdout)
     assert message in line
@@ -95,8 +109,13 @@ def test_a_file_of_another_kind_is_refused(model_cache, tmp_path) -> None:
 
 
 def test_the_command_line_writes_under_outputs_evaluate(model_cache, tmp_path, finished_run):
-    result = run_cli(f"predictions={finished_run / 'answers.csv'}", module="runners.evaluate",
-                     cwd=tmp_path, cache_dir=model_cache, timeout=120)  # fmt: skip
+    result = run_cli(
+        f"predictions={finished_run / 'answers.csv'}",
+        module="runners.evaluate",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     (out,) = (tmp_path / "outputs" / "evaluate").iterdir()
     assert {"predictions.csv", "metrics.csv", "answers.csv"} <= {p.name for p in out.iterdir()}
@@ -117,20 +136,28 @@ def questions(folder, **changes) -> Path:
         {"id": "b", "image": "b.png", "prompt": "Date?", "answer": ["10", "ten"]},
         {"id": "c", "image": "c.png", "prompt": "Number?", "answer": "7"},
     ]
-    return write_jsonl(folder / "questions", [{**row, **changes.get(row["id"], {})}
-                                              for row in rows])  # fmt: skip
+    return write_jsonl(
+        folder / "questions", [{**row, **changes.get(row["id"], {})} for row in rows]
+    )
 
 
 def run_on(model_cache, root, output_dir, *overrides: str) -> Path:
-    cfg = make_config(model_cache, "model=dummy", "dataset=jsonl", f"dataset.root={root}",
-                      *overrides)  # fmt: skip
+    cfg = make_config(
+        model_cache, "model=dummy", "dataset=jsonl", f"dataset.root={root}", *overrides
+    )
     run_experiment(cfg, output_dir)
     return output_dir
 
 
 def evaluate_on(model_cache, answers, root, output_dir, *overrides: str) -> dict:
-    cfg = make_config(model_cache, f"+predictions={answers}", "dataset=jsonl",
-                      f"dataset.root={root}", *overrides, config_name="evaluate")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        f"+predictions={answers}",
+        "dataset=jsonl",
+        f"dataset.root={root}",
+        *overrides,
+        config_name="evaluate",
+    )
     return evaluate(cfg, output_dir)
 
 
@@ -147,17 +174,21 @@ def rewrite(path: Path, change) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"prompt": "Seller?"},
-         "predictions.csv line 3: sample 'b' has prompt 'Date?' in the file, but task=vqa asks "
-         "'Seller?'; the answers were made for other prompts: choose the dataset and task the "
-         "run used (dataset=..., dataset.prompt_template=..., dataset.prompt_collection=..., "
-         f"task=... and its options), {OTHERWISE}"),
-        ({"answer": "11"},
-         """predictions.csv line 3: sample 'b' has reference '["10", "ten"]' in the file, but """
-         "dataset 'questions' has '11'; the answers were made for other samples: choose the "
-         f"dataset they were made for (dataset=..., dataset.root=...), {OTHERWISE}"),
+        (
+            {"prompt": "Seller?"},
+            "predictions.csv line 3: sample 'b' has prompt 'Date?' in the file, but task=vqa asks "
+            "'Seller?'; the answers were made for other prompts: choose the dataset and task the "
+            "run used (dataset=..., dataset.prompt_template=..., dataset.prompt_collection=..., "
+            f"task=... and its options), {OTHERWISE}",
+        ),
+        (
+            {"answer": "11"},
+            """predictions.csv line 3: sample 'b' has reference '["10", "ten"]' in the file, but """
+            "dataset 'questions' has '11'; the answers were made for other samples: choose the "
+            f"dataset they were made for (dataset=..., dataset.root=...), {OTHERWISE}",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_predictions_file_made_for_other_samples_with_the_same_ids_is_refused(
     model_cache, tmp_path, change, message
 ) -> None:
@@ -214,22 +245,27 @@ def test_a_dataset_name_of_its_own_refuses_only_where_nothing_else_shows_the_sam
 
 def test_a_classification_run_is_checked_against_its_labels_and_classes(model_cache, tmp_path):
     def pages(folder, classes):
-        return write_jsonl(folder, [
-            {"id": str(index), "image": f"{index}.png", "prompt": "Which page?", "answer": name}
-            for index, name in enumerate(classes)
-        ])  # fmt: skip
+        return write_jsonl(
+            folder,
+            [
+                {"id": str(index), "image": f"{index}.png", "prompt": "Which page?", "answer": name}
+                for index, name in enumerate(classes)
+            ],
+        )
 
     made_for = pages(tmp_path / "made_for", ["invoice", "receipt", "invoice"])
     run = run_on(model_cache, made_for, tmp_path / "run", "task=classification")
     predictions = run / "predictions.csv"
-    row = evaluate_on(model_cache, predictions, made_for, tmp_path / "scored",
-                      "task=classification")  # fmt: skip
+    row = evaluate_on(
+        model_cache, predictions, made_for, tmp_path / "scored", "task=classification"
+    )
     assert row["accuracy"] == read_metrics(run)["accuracy"]
     # Each prompt spans two lines of the file: the second row starts on line 4.
     other = pages(tmp_path / "other", ["invoice", "invoice", "receipt"])
     with pytest.raises(RunnerError) as refused:
-        evaluate_on(model_cache, predictions, other, tmp_path / "other_classes",
-                    "task=classification")  # fmt: skip
+        evaluate_on(
+            model_cache, predictions, other, tmp_path / "other_classes", "task=classification"
+        )
     assert str(refused.value) == (
         "predictions.csv line 4: sample '1' has reference 'receipt' in the file, but dataset "
         "'other' has 'invoice'; the answers were made for other samples: choose the dataset "
@@ -237,8 +273,14 @@ def test_a_classification_run_is_checked_against_its_labels_and_classes(model_ca
     )
     # Other labels make another prompt; the excerpts start near where the prompts differ.
     with pytest.raises(RunnerError) as refused:
-        evaluate_on(model_cache, predictions, made_for, tmp_path / "other_labels",
-                    "task=classification", "task.labels=[invoice,passport,receipt]")  # fmt: skip
+        evaluate_on(
+            model_cache,
+            predictions,
+            made_for,
+            tmp_path / "other_labels",
+            "task=classification",
+            "task.labels=[invoice,passport,receipt]",
+        )
     assert str(refused.value) == (
         "predictions.csv line 2: sample '0' has prompt ...'ly one of: invoice, receipt.' in the "
         "file, but task=classification asks ...'ly one of: invoice, passport, receipt.'; the "
@@ -255,9 +297,15 @@ def test_a_file_that_is_not_utf8_is_refused_in_one_line(model_cache, tmp_path, n
     separator = header[9] if name == "predictions.csv" else ";"
     data = f"{header}0{separator}42\n1{separator}café\n".encode("latin-1")
     (tmp_path / name).write_bytes(data)
-    result = run_cli(f"predictions={tmp_path / name}", "dataset=vlmhyperbench",
-                     f"dataset.root={root}", module="runners.evaluate", cwd=tmp_path,
-                     cache_dir=model_cache, timeout=60)  # fmt: skip
+    result = run_cli(
+        f"predictions={tmp_path / name}",
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        module="runners.evaluate",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stdout
     (line,) = error_lines(result.stdout)
     assert line.endswith(
@@ -270,29 +318,46 @@ def test_a_file_that_is_not_utf8_is_refused_in_one_line(model_cache, tmp_path, n
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("predictions.csv", 'sample_id,prediction\n0,42\n1,"never closed\n2,7\n',
-         "predictions.csv line 3 is not valid CSV (unexpected end of data): a quote that is "
-         "never closed, or text after a closing quote; fix the quoting, or remove the line if "
-         "the file was cut short"),
-        ("answers.csv", 'id;model_answer\n0;"42" and more\n1;x\n',
-         "answers.csv line 2 is not valid CSV (';' expected after '\"'): a quote that is never "
-         "closed, or text after a closing quote; fix the quoting, or remove the line if the "
-         "file was cut short"),
-        ("answers.csv", "id;model_answer\n0;42\n1;ten; or 10\n",
-         "answers.csv line 3: the header has 2 fields, this line 3; quote a value that holds "
-         "';', and complete or remove a line cut short"),
-        ("predictions.csv", "sample_id,prediction\n0,42\n1\n",
-         "predictions.csv line 3: the header has 2 fields, this line 1; quote a value that "
-         "holds ',', and complete or remove a line cut short"),
+        (
+            "predictions.csv",
+            'sample_id,prediction\n0,42\n1,"never closed\n2,7\n',
+            "predictions.csv line 3 is not valid CSV (unexpected end of data): a quote that is "
+            "never closed, or text after a closing quote; fix the quoting, or remove the line if "
+            "the file was cut short",
+        ),
+        (
+            "answers.csv",
+            'id;model_answer\n0;"42" and more\n1;x\n',
+            "answers.csv line 2 is not valid CSV (';' expected after '\"'): a quote that is never "
+            "closed, or text after a closing quote; fix the quoting, or remove the line if the "
+            "file was cut short",
+        ),
+        (
+            "answers.csv",
+            "id;model_answer\n0;42\n1;ten; or 10\n",
+            "answers.csv line 3: the header has 2 fields, this line 3; quote a value that holds "
+            "';', and complete or remove a line cut short",
+        ),
+        (
+            "predictions.csv",
+            "sample_id,prediction\n0,42\n1\n",
+            "predictions.csv line 3: the header has 2 fields, this line 1; quote a value that "
+            "holds ',', and complete or remove a line cut short",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_file_is_refused_not_read_in_part(
     model_cache, tmp_path, name, text, message
 ) -> None:
     root = write_dataset(tmp_path / "data", [{}, {}, {}], images=True)
     (tmp_path / name).write_text(text, encoding="utf-8")
-    cfg = make_config(model_cache, f"+predictions={tmp_path / name}", "dataset=vlmhyperbench",
-                      f"dataset.root={root}", config_name="evaluate")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        f"+predictions={tmp_path / name}",
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        config_name="evaluate",
+    )
     with pytest.raises(RunnerError) as refused:
         evaluate(cfg, tmp_path / "scored")
     assert str(refused.value) == message
@@ -306,11 +371,19 @@ def test_an_answer_longer_than_the_csv_modules_field_limit_is_read_whole(
     long = "x" * 200_000  # Python's csv refuses fields over 131,072 characters by default
     separator = "," if name == "predictions.csv" else ";"
     header = "sample_id,prediction" if name == "predictions.csv" else "id;model_answer"
-    (tmp_path / name).write_text(f"{header}\n0{separator}42\n1{separator}{long}\n",
-                                 encoding="utf-8")  # fmt: skip
-    result = run_cli(f"predictions={tmp_path / name}", "dataset=vlmhyperbench",
-                     f"dataset.root={root}", "run_name=long", module="runners.evaluate",
-                     cwd=tmp_path, cache_dir=model_cache, timeout=60)  # fmt: skip
+    (tmp_path / name).write_text(
+        f"{header}\n0{separator}42\n1{separator}{long}\n", encoding="utf-8"
+    )
+    result = run_cli(
+        f"predictions={tmp_path / name}",
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        "run_name=long",
+        module="runners.evaluate",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     scored = read_predictions(tmp_path / "outputs" / "evaluate" / "long")
     assert scored["prediction"].tolist() == ["42", long]

@@ -23,8 +23,9 @@ from tests.helpers import (
 def test_another_model_into_the_same_run_name_is_refused_before_it_loads(
     model_cache: Path, tmp_path: Path
 ) -> None:
-    first = run_cli("run_name=x", "model=dummy", "runner.limit=4", cwd=tmp_path,
-                    cache_dir=model_cache)  # fmt: skip
+    first = run_cli(
+        "run_name=x", "model=dummy", "runner.limit=4", cwd=tmp_path, cache_dir=model_cache
+    )
     assert first.returncode == 0, first.stdout
     second = run_cli("run_name=x", "model=tiny_llava", cwd=tmp_path, cache_dir=model_cache)
     assert second.returncode == 2
@@ -47,8 +48,9 @@ def test_another_dataset_into_the_same_run_name_is_refused(model_cache, tmp_path
     base = ["run_name=x", "model=dummy", "runner.limit=4"]
     assert run_cli(*base, cwd=tmp_path, cache_dir=model_cache).returncode == 0
     other = write_dataset(tmp_path / "other", [{}, {}], images=True)
-    result = run_cli(*base, "dataset=vlmhyperbench", f"dataset.root={other}", cwd=tmp_path,
-                     cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        *base, "dataset=vlmhyperbench", f"dataset.root={other}", cwd=tmp_path, cache_dir=model_cache
+    )
     assert result.returncode == 2
     (line,) = error_lines(result.stdout)
     assert "holds answers from a different configuration (dataset.annotation_sha256: '" in line
@@ -75,10 +77,15 @@ def test_settings_that_do_not_change_answers_may_change_on_resume(model_cache, t
     base = ["model=dummy", "runner.limit=4"]
     run_experiment(make_config(model_cache, *base), tmp_path / "run")
     row = run_experiment(
-        make_config(model_cache, "model=dummy", "runner.limit=8", "runner.batch_size=2",
-                    f"model.init_params.cache_dir={tmp_path / 'elsewhere'}"),
+        make_config(
+            model_cache,
+            "model=dummy",
+            "runner.limit=8",
+            "runner.batch_size=2",
+            f"model.init_params.cache_dir={tmp_path / 'elsewhere'}",
+        ),
         tmp_path / "run",
-    )  # fmt: skip
+    )
     assert (row["n_samples"], row["answered_now"]) == (8, 4)
 
 
@@ -104,8 +111,9 @@ def test_a_metric_added_on_resume_is_computed_over_every_row(model_cache, tmp_pa
     first = make_config(
         model_cache, "model=dummy", "runner.limit=4", "runner.metrics=[exact_match]"
     )
-    more = make_config(model_cache, "model=dummy", "runner.limit=8",
-                       "runner.metrics=[exact_match,cer]")  # fmt: skip
+    more = make_config(
+        model_cache, "model=dummy", "runner.limit=8", "runner.metrics=[exact_match,cer]"
+    )
     run_experiment(first, run_dir)
     row = run_experiment(more, run_dir)
     whole = run_experiment(more, tmp_path / "whole")
@@ -120,9 +128,22 @@ def test_a_resume_with_nothing_left_to_do_writes_the_same_figures(model_cache, t
     first = run_experiment(make_config(model_cache, "model=dummy"), run_dir)
     again = run_experiment(make_config(model_cache, "model=dummy"), run_dir)
     assert again["answered_now"] == 0 and first["answered_now"] == 48
-    same = ["n_samples", "n_errors", "model_s", "s_per_sample", "samples_per_s", "call_p50_s",
-            "call_p95_s", "prompt_tokens", "completion_tokens", "tokens_per_s", "exact_match",
-            "anls", "cer", "wer"]  # fmt: skip
+    same = [
+        "n_samples",
+        "n_errors",
+        "model_s",
+        "s_per_sample",
+        "samples_per_s",
+        "call_p50_s",
+        "call_p95_s",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_per_s",
+        "exact_match",
+        "anls",
+        "cer",
+        "wer",
+    ]
     assert {key: again[key] for key in same} == {key: first[key] for key in same}
     assert read_metrics(run_dir)["samples_per_s"] == pytest.approx(first["samples_per_s"])
 

@@ -122,8 +122,9 @@ def follows_fields_schema(text: str) -> bool:
     except ValueError:
         return False
     properties = FIELDS_SCHEMA["properties"]
-    return set(value) == set(properties) and all(isinstance(value[name], str)
-                                                 for name in properties)  # fmt: skip
+    return set(value) == set(properties) and all(
+        isinstance(value[name], str) for name in properties
+    )
 
 
 def test_a_json_schema_makes_every_answer_follow_it(model: HFModel) -> None:
@@ -131,10 +132,14 @@ def test_a_json_schema_makes_every_answer_follow_it(model: HFModel) -> None:
     # schema, every time. Enough new tokens for the longest valid answer: 30 characters of up
     # to 4 bytes, the keys and punctuation.
     requests = [
-        PredictionRequest([image], f"Extract the fields ({index}).", response_format=FIELDS_SCHEMA,
-                          generation={"max_new_tokens": 200})
+        PredictionRequest(
+            [image],
+            f"Extract the fields ({index}).",
+            response_format=FIELDS_SCHEMA,
+            generation={"max_new_tokens": 200},
+        )
         for index, image in enumerate([NOISE, WHITE, BLACK, NOISE, WHITE, BLACK])
-    ]  # fmt: skip
+    ]
     answers = model.predict_batch(requests)
     assert all(follows_fields_schema(answer.text) for answer in answers), [a.text for a in answers]
     unconstrained = model.predict_batch([PredictionRequest([NOISE], "Extract the fields (0).")])

@@ -62,10 +62,16 @@ def test_key_paths_of_nested_values() -> None:
 def test_a_perfect_answer() -> None:
     scores = kie().score(PERFECT, REFERENCE)
     assert {key: value for key, value in scores.items() if key != "details"} == {
-        "json_valid": 1.0, "schema_valid": 1.0, "field_exact_match": 1.0, "field_anls": 1.0,
-        "field_cer": 0.0, "field_precision": 1.0, "field_recall": 1.0, "field_f1": 1.0,
+        "json_valid": 1.0,
+        "schema_valid": 1.0,
+        "field_exact_match": 1.0,
+        "field_anls": 1.0,
+        "field_cer": 0.0,
+        "field_precision": 1.0,
+        "field_recall": 1.0,
+        "field_f1": 1.0,
         "all_fields_correct": 1.0,
-    }  # fmt: skip
+    }
 
 
 def test_normalisation_forgives_case_and_edge_punctuation() -> None:
@@ -117,10 +123,16 @@ def test_an_extra_field() -> None:
 def test_an_answer_that_is_not_json() -> None:
     scores = kie().score("Фамилия: ОСИПОВ, Номер: 353-721-310 54", REFERENCE)
     assert {key: value for key, value in scores.items() if key != "details"} == {
-        "json_valid": 0.0, "schema_valid": 0.0, "field_exact_match": 0.0, "field_anls": 0.0,
-        "field_cer": 1.0, "field_precision": 0.0, "field_recall": 0.0, "field_f1": 0.0,
+        "json_valid": 0.0,
+        "schema_valid": 0.0,
+        "field_exact_match": 0.0,
+        "field_anls": 0.0,
+        "field_cer": 1.0,
+        "field_precision": 0.0,
+        "field_recall": 0.0,
+        "field_f1": 0.0,
         "all_fields_correct": 0.0,
-    }  # fmt: skip
+    }
 
 
 def test_a_fenced_answer_counts_as_valid() -> None:
@@ -140,12 +152,18 @@ def test_the_schema_derived_from_the_ground_truth_and_its_limits() -> None:
     assert schema == {
         "type": "object",
         "properties": {
-            "a": {"type": "string"}, "n": {"type": "number"},
-            "nested": {"type": "object", "properties": {"b": {"type": "string"}},
-                       "required": ["b"], "additionalProperties": False},
+            "a": {"type": "string"},
+            "n": {"type": "number"},
+            "nested": {
+                "type": "object",
+                "properties": {"b": {"type": "string"}},
+                "required": ["b"],
+                "additionalProperties": False,
+            },
         },
-        "required": ["a", "n", "nested"], "additionalProperties": False,
-    }  # fmt: skip
+        "required": ["a", "n", "nested"],
+        "additionalProperties": False,
+    }
     limited = with_string_limit(schema, 5)
     assert limited["properties"]["a"]["maxLength"] == 5
     assert limited["properties"]["nested"]["properties"]["b"]["maxLength"] == 5
@@ -211,12 +229,16 @@ def test_flat_and_nested_ground_truth_beside_the_images(tmp_path: Path) -> None:
 
 
 def test_jsonl_object_answers_run_as_field_extraction(model_cache, tmp_path) -> None:
-    root = write_jsonl(tmp_path / "data", [
-        {"id": "d1", "image": "d1.png", "prompt": "", "answer": {"Итого": "1 250,00"}},
-        {"id": "d2", "image": "d2.png", "prompt": "", "answer": {"Итого": "99,90", "НДС": "0"}},
-    ])  # fmt: skip
-    cfg = make_config(model_cache, "model=dummy", "task=kie", "dataset=jsonl",
-                      f"dataset.root={root}")  # fmt: skip
+    root = write_jsonl(
+        tmp_path / "data",
+        [
+            {"id": "d1", "image": "d1.png", "prompt": "", "answer": {"Итого": "1 250,00"}},
+            {"id": "d2", "image": "d2.png", "prompt": "", "answer": {"Итого": "99,90", "НДС": "0"}},
+        ],
+    )
+    cfg = make_config(
+        model_cache, "model=dummy", "task=kie", "dataset=jsonl", f"dataset.root={root}"
+    )
     row = run_experiment(cfg, tmp_path / "run")
     assert row["json_valid"] == 1.0 and row["schema_valid"] == 1.0  # the dummy follows schemas
     fields = pd.read_csv(tmp_path / "run" / "fields.csv", keep_default_na=False)
@@ -237,16 +259,34 @@ def test_text_answers_under_task_kie_are_refused(model_cache, tmp_path) -> None:
 def test_run_figures_are_micro_averages_over_fields(model_cache, tmp_path) -> None:
     from tests.wrappers import PromptEcho  # noqa: F401 (the model the config names)
 
-    root = write_jsonl(tmp_path / "data", [
-        {"id": "d1", "image": "d1.png", "prompt": json.dumps({"A": "x", "B": "y"}),
-         "answer": {"A": "x", "B": "y"}},
-        {"id": "d2", "image": "d2.png", "prompt": json.dumps({"A": "x", "B": "z", "C": "q"}),
-         "answer": {"A": "x", "B": "y", "C": "w", "D": "v"}},
-    ])  # fmt: skip
-    cfg = make_config(model_cache, "model=custom", "model.class_path=tests.wrappers:PromptEcho",
-                      "model.init_params.model_name=echo", "task=kie", "dataset=jsonl",
-                      f"dataset.root={root}", "task.constrained=false",
-                      '+task.prompt_template="{prompt}"')  # fmt: skip
+    root = write_jsonl(
+        tmp_path / "data",
+        [
+            {
+                "id": "d1",
+                "image": "d1.png",
+                "prompt": json.dumps({"A": "x", "B": "y"}),
+                "answer": {"A": "x", "B": "y"},
+            },
+            {
+                "id": "d2",
+                "image": "d2.png",
+                "prompt": json.dumps({"A": "x", "B": "z", "C": "q"}),
+                "answer": {"A": "x", "B": "y", "C": "w", "D": "v"},
+            },
+        ],
+    )
+    cfg = make_config(
+        model_cache,
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "model.init_params.model_name=echo",
+        "task=kie",
+        "dataset=jsonl",
+        f"dataset.root={root}",
+        "task.constrained=false",
+        '+task.prompt_template="{prompt}"',
+    )
     row = run_experiment(cfg, tmp_path / "run")
     # d1: 2 of 2 right. d2: A right, B and C wrong, D missing: 1 of 4 right, 3 given.
     assert row["field_exact_match"] == pytest.approx(3 / 6)
@@ -261,13 +301,21 @@ def test_run_figures_are_micro_averages_over_fields(model_cache, tmp_path) -> No
 
 @pytest.mark.slow
 def test_a_constrained_tiny_model_answers_only_schema_valid_json(model_cache, tmp_path) -> None:
-    constrained = run_experiment(make_config(model_cache, "task=kie", "dataset=sample_docs_kie"),
-                                 tmp_path / "constrained")  # fmt: skip
+    constrained = run_experiment(
+        make_config(model_cache, "task=kie", "dataset=sample_docs_kie"), tmp_path / "constrained"
+    )
     assert constrained["n_samples"] == 24 and constrained["n_errors"] == 0
     assert constrained["json_valid"] == constrained["schema_valid"] == 1.0
-    free = run_experiment(make_config(model_cache, "task=kie", "dataset=sample_docs_kie",
-                                      "task.constrained=false", "runner.limit=8"),
-                          tmp_path / "free")  # fmt: skip
+    free = run_experiment(
+        make_config(
+            model_cache,
+            "task=kie",
+            "dataset=sample_docs_kie",
+            "task.constrained=false",
+            "runner.limit=8",
+        ),
+        tmp_path / "free",
+    )
     assert free["schema_valid"] < 1.0  # without the constraint, a random model's JSON is rare
     assert (
         read_predictions(tmp_path / "free")["schema_valid"].astype(float).mean()

@@ -70,7 +70,9 @@ def test_upstream_snippet_runs_unchanged(wrapper_package, tmp_path: Path) -> Non
     Image.new("RGB", (32, 24)).save(image_path)
     img1 = img2 = Image.new("RGB", (4, 4))
 
-    ModelFactory.register_model(model_name="Qwen2-VL", model_path="my_ml_models.models:Qwen2VLModel")  # noqa: E501  # fmt: skip
+    ModelFactory.register_model(
+        model_name="Qwen2-VL", model_path="my_ml_models.models:Qwen2VLModel"
+    )
     model = ModelFactory.get_model(
         "Qwen2-VL",
         model_init_params={

@@ -68,8 +68,12 @@ def test_gpu_memory_counts_only_the_given_processes() -> None:
     # The records NVML's nvmlDeviceGetComputeRunningProcesses returns: pid and usedGpuMemory
     # (None where the driver can't tell).
     Process = namedtuple("Process", "pid usedGpuMemory")
-    processes = [Process(10, 3 * 2**30), Process(11, 2**30), Process(99, 40 * 2**30),
-                 Process(12, None)]  # fmt: skip
+    processes = [
+        Process(10, 3 * 2**30),
+        Process(11, 2**30),
+        Process(99, 40 * 2**30),
+        Process(12, None),
+    ]
     assert memory_of_processes(processes, {10, 11, 12}) == 4 * 2**30
     assert memory_of_processes(processes, {7}) == 0
 
@@ -97,8 +101,9 @@ def test_measure_counts_the_memory_of_the_processes_it_started() -> None:
     with measure() as alone:
         pass
     with measure(sample_rss_every_s=0.05) as measurement:
-        child = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+        child = subprocess.Popen(
+            [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert child.stdout.readline() == "ready\n"  # its memory is resident now
         time.sleep(0.5)  # several samples while it holds it
         child.communicate("\n", timeout=30)

@@ -138,9 +138,12 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                     server.in_flight -= 1
 
         def _json(
-            self, status: int, payload: Any, headers: dict[str, str] | None = None,
+            self,
+            status: int,
+            payload: Any,
+            headers: dict[str, str] | None = None,
             drip_s: float = 0.0,
-        ) -> None:  # fmt: skip
+        ) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -256,13 +259,17 @@ def test_max_tokens_is_sent_only_when_asked_for(fake_server, init, generation, s
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (PredictionRequest([], "total: \ud800?"),
-         "the prompt is not valid Unicode (lone surrogate \\ud800 at character 7)"),
-        (PredictionRequest([], "Q", system_prompt="\udfff"),
-         "the system prompt is not valid Unicode (lone surrogate \\udfff at character 0)"),
+        (
+            PredictionRequest([], "total: \ud800?"),
+            "the prompt is not valid Unicode (lone surrogate \\ud800 at character 7)",
+        ),
+        (
+            PredictionRequest([], "Q", system_prompt="\udfff"),
+            "the system prompt is not valid Unicode (lone surrogate \\udfff at character 0)",
+        ),
     ],
     ids=["prompt", "system prompt"],
-)  # fmt: skip
+)
 def test_text_that_is_not_unicode_fails_its_request_alone_and_is_not_sent(
     fake_server, client_log, request_, message
 ) -> None:
@@ -287,8 +294,9 @@ def test_a_response_format_is_sent_as_openais_json_schema(fake_server) -> None:
     model.predict_batch([PredictionRequest([small_image()], "Q", response_format=schema)])
     model.close()
     assert fake_server.requests[0]["body"]["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True},
-    }  # fmt: skip
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
 
 
 def test_a_request_system_prompt_overrides_the_clients(fake_server) -> None:
@@ -340,8 +348,9 @@ def test_a_server_that_drips_its_answer_is_cut_off_at_the_timeout(fake_server) -
     model = client_for(fake_server, model_name="m", timeout=0.5, max_retries=0)
     (prediction,) = model.predict_batch(requests_for(["Q"]))
     assert fake_server.sent_in_full == []  # the client gave up before the answer was all sent
-    assert prediction.error.endswith("failed after 1 attempt(s); last: no answer within "
-                                     "timeout=0.5 s")  # fmt: skip
+    assert prediction.error.endswith(
+        "failed after 1 attempt(s); last: no answer within timeout=0.5 s"
+    )
 
 
 def test_a_request_and_all_its_retries_stop_at_the_deadline(fake_server) -> None:
@@ -403,8 +412,14 @@ def test_when_retries_run_out_only_that_request_fails(fake_server) -> None:
 def test_a_dead_server_stops_the_batch_instead_of_trying_every_request(client_log) -> None:
     port = free_port()  # nothing listens there
     base_url = f"http://127.0.0.1:{port}/v1"
-    model = OpenAIModel("m", base_url=base_url, max_retries=2, retry_backoff_s=0.01,
-                        concurrency=2, max_connection_failures=2)  # fmt: skip
+    model = OpenAIModel(
+        "m",
+        base_url=base_url,
+        max_retries=2,
+        retry_backoff_s=0.01,
+        concurrency=2,
+        max_connection_failures=2,
+    )
     with pytest.raises(ModelUnavailable) as caught:
         model.predict_batch(requests_for([f"Q{i}" for i in range(48)]))
     assert str(caught.value) == (
@@ -574,9 +589,12 @@ def served_tiny_model(hf_model, model_cache: Path, tmp_path_factory) -> Iterator
         [sys.executable, "-m", "runners.serve", "model=tiny_qwen2_vl", "serve.port={port}"],
         log=workdir / "serve.out",
         cwd=workdir,
-        env={"MODEL_INTERFACE_CACHE": str(model_cache), "HF_HUB_OFFLINE": "1",
-             "PYTHONPATH": str(PROJECT_ROOT)},
-    )  # fmt: skip
+        env={
+            "MODEL_INTERFACE_CACHE": str(model_cache),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        },
+    )
     try:
         server.start()
         assert f"serving tiny-qwen2-vl on http://127.0.0.1:{server.port}" in server.log.read_text()
@@ -647,18 +665,31 @@ def test_the_runner_benchmarks_a_served_model_end_to_end(served_tiny_model, tmp_
 def test_a_server_killed_mid_run_ends_it_in_one_line_and_the_run_resumes(tmp_path) -> None:
     """A real server (runners.serve, a dummy model taking 30 ms a request) killed with SIGKILL
     while the runner asks it one request at a time."""
-    serve_command = [sys.executable, "-m", "runners.serve", "model=custom",
-                     "model.class_path=tests.wrappers:SlowDummy",
-                     "+model.init_params.delay_s=0.03", "serve.port={port}"]  # fmt: skip
+    serve_command = [
+        sys.executable,
+        "-m",
+        "runners.serve",
+        "model=custom",
+        "model.class_path=tests.wrappers:SlowDummy",
+        "+model.init_params.delay_s=0.03",
+        "serve.port={port}",
+    ]
     env = {"MODEL_INTERFACE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(PROJECT_ROOT)}
     server = ServerProcess(serve_command, log=tmp_path / "serve.log", cwd=tmp_path, env=env)
-    arguments = ["model=openai_compatible", f"model.init_params.base_url={server.base_url}",
-                 "model.init_params.concurrency=1", "+model.init_params.retry_backoff_s=0.01",
-                 "runner.batch_size=2", "runner.progress=false", "hydra.run.dir=run"]  # fmt: skip
+    arguments = [
+        "model=openai_compatible",
+        f"model.init_params.base_url={server.base_url}",
+        "model.init_params.concurrency=1",
+        "+model.init_params.retry_backoff_s=0.01",
+        "runner.batch_size=2",
+        "runner.progress=false",
+        "hydra.run.dir=run",
+    ]
     try:
         server.start()
-        killed = run_and_kill_the_server(arguments, server=server, run_dir=tmp_path / "run",
-                                         after_rows=6, cwd=tmp_path, env=env)  # fmt: skip
+        killed = run_and_kill_the_server(
+            arguments, server=server, run_dir=tmp_path / "run", after_rows=6, cwd=tmp_path, env=env
+        )
         assert killed.returncode == 1, killed.stdout[-3000:]
         rows = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False)
         answered = int((rows["error"] == "").sum())
@@ -701,8 +732,10 @@ def test_a_text_only_request_to_the_served_model(hf_model, served_tiny_model) ->
     finally:
         client.close()
     assert (got.text, got.prompt_tokens, got.completion_tokens) == (
-        expected.text, expected.prompt_tokens, expected.completion_tokens,
-    )  # fmt: skip
+        expected.text,
+        expected.prompt_tokens,
+        expected.completion_tokens,
+    )
 
 
 @pytest.mark.slow
@@ -711,8 +744,9 @@ def test_a_requests_max_tokens_and_streaming_against_the_served_model(
 ) -> None:
     hf_model.system_prompt = ""
     question = PredictionRequest([SAMPLE_IMAGES[0]], "What is the total?")
-    short = PredictionRequest([SAMPLE_IMAGES[0]], "What is the total?",
-                              generation={"max_new_tokens": 3})  # fmt: skip
+    short = PredictionRequest(
+        [SAMPLE_IMAGES[0]], "What is the total?", generation={"max_new_tokens": 3}
+    )
     client = OpenAIModel(base_url=served_tiny_model, concurrency=2, max_new_tokens=16)
     try:
         full_answer, short_answer = client.predict_batch([question, short])
@@ -721,10 +755,14 @@ def test_a_requests_max_tokens_and_streaming_against_the_served_model(
     assert (full_answer.completion_tokens, short_answer.completion_tokens) == (16, 3)
     assert short_answer.text == hf_model.predict_batch([short])[0].text
 
-    body = {"messages": [{"role": "user", "content": "What is two plus two?"}],
-            "max_tokens": 5, "stream": True}  # fmt: skip
-    with httpx.stream("POST", f"{served_tiny_model}/chat/completions", json=body,
-                      timeout=60) as response:  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "content": "What is two plus two?"}],
+        "max_tokens": 5,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{served_tiny_model}/chat/completions", json=body, timeout=60
+    ) as response:
         assert response.status_code == 200
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
     assert events[-1] == "[DONE]"
@@ -761,9 +799,13 @@ class RecordingProxy:
                 self._pass_on(body)
 
             def _pass_on(self, body: bytes) -> None:
-                answer = httpx.request(self.command, f"{proxy.upstream}{self.path}", content=body,
-                                       headers={"content-type": "application/json"},
-                                       timeout=300)  # fmt: skip
+                answer = httpx.request(
+                    self.command,
+                    f"{proxy.upstream}{self.path}",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=300,
+                )
                 self.send_response(answer.status_code)
                 self.send_header("Content-Type", answer.headers.get("content-type", "text/plain"))
                 self.send_header("Content-Length", str(len(answer.content)))

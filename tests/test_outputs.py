@@ -86,8 +86,12 @@ def test_rows_are_rewritten_in_dataset_order_with_new_columns(tmp_path: Path) ->
     path = tmp_path / "predictions.csv"
     predictions = PredictionsFile(path, ["sample_id", "sample_index", "prediction"])
     predictions.open(resume=False)
-    predictions.append([{"sample_id": "c", "sample_index": 2, "prediction": "two\nlines"},
-                        {"sample_id": "a", "sample_index": 0, "prediction": "zero"}])  # fmt: skip
+    predictions.append(
+        [
+            {"sample_id": "c", "sample_index": 2, "prediction": "two\nlines"},
+            {"sample_id": "a", "sample_index": 0, "prediction": "zero"},
+        ]
+    )
     predictions.append([{"sample_id": "b", "sample_index": 1, "prediction": "ü, one"}])
     predictions.rewrite_in_order(
         lambda row: {**row, "length": len(row["prediction"])},
@@ -123,10 +127,13 @@ def test_rows_longer_than_the_csv_limit_are_rewritten_in_order(tmp_path: Path) -
     """A fresh run scores a long answer too, not only a resumed one (the limit is raised when
     the runner is imported, not when a file is first read back)."""
     long = "x" * 300_000
-    predictions = written(tmp_path / "predictions.csv", [
-        {"sample_id": "b", "sample_index": 1, "prediction": long, "error": ""},
-        {"sample_id": "a", "sample_index": 0, "prediction": "short", "error": ""},
-    ])  # fmt: skip
+    predictions = written(
+        tmp_path / "predictions.csv",
+        [
+            {"sample_id": "b", "sample_index": 1, "prediction": long, "error": ""},
+            {"sample_id": "a", "sample_index": 0, "prediction": "short", "error": ""},
+        ],
+    )
     predictions.rewrite_in_order(dict, COLUMNS)
     rows = read_complete_rows(tmp_path / "predictions.csv")
     assert [(row["sample_id"], len(row["prediction"])) for row in rows] == [
@@ -161,8 +168,12 @@ def test_a_waiting_process_takes_the_lock_its_holder_removed(tmp_path: Path) -> 
         "    input()\n"  # held until the test says so
     )
     with exclusive(lock, "the merge"):
-        waiter = subprocess.Popen([sys.executable, "-c", script, str(lock)], text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", script, str(lock)],
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         # the waiter blocks on the file this block holds; wait until it has opened it
         for _ in range(500):
             if str(lock) in _open_files(waiter.pid):
@@ -190,8 +201,12 @@ def _open_files(pid: int) -> list[str]:
 
 
 def test_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path: Path) -> None:
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)  # fmt: skip
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead = temporary_path(tmp_path / "predictions.csv", pid=int(finished.stdout))
     dead.write_text("half a merge")
     alive = temporary_path(tmp_path / "fingerprint.json")  # this process's own

@@ -87,8 +87,9 @@ def single_jobs(arguments: list[str]) -> list[list[str]]:
         job = []
         for argument, values in zip(arguments, lists, strict=True):
             key = argument.partition("=")[0]
-            job.append(f"{key}={values[min(index, len(values) - 1)]}" if "=" in argument
-                       else argument)  # fmt: skip
+            job.append(
+                f"{key}={values[min(index, len(values) - 1)]}" if "=" in argument else argument
+            )
         jobs.append(job)
     return jobs
 
@@ -111,8 +112,9 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
     (tmp_path / "examples").symlink_to(PROJECT_ROOT / "examples")
     for command in readme_commands(IMPORT_COMMAND):  # into ./conf-vlmhyperbench, its default
         arguments = shlex.split(command, comments=True)[3:]
-        result = run_cli(*arguments, module="runners.import_vlmhyperbench", cwd=tmp_path,
-                         cache_dir=model_cache)  # fmt: skip
+        result = run_cli(
+            *arguments, module="runners.import_vlmhyperbench", cwd=tmp_path, cache_dir=model_cache
+        )
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
     assert not list(CONFIG_DIR.glob("experiment/vlmhyperbench*"))  # not the project's conf/
     # Every command may name an imported experiment, as the README's own do.
@@ -147,8 +149,7 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
     # Scoring without a model reads what the runs above wrote.
     for command in readme_commands(EVALUATE_COMMAND):
         arguments = with_searchpath(shlex.split(command, comments=True)[3:])
-        result = run_cli(*arguments, module="runners.evaluate", cwd=tmp_path,
-                         cache_dir=model_cache)  # fmt: skip
+        result = run_cli(*arguments, module="runners.evaluate", cwd=tmp_path, cache_dir=model_cache)
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
         ran.append(command)
     # A run split into shards above is merged again by hand.
@@ -164,8 +165,7 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
     assert len(reports) >= 2
     for command in reports:
         arguments = shlex.split(command, comments=True)[3:]
-        result = run_cli(*arguments, module="runners.report", cwd=tmp_path,
-                         cache_dir=model_cache)  # fmt: skip
+        result = run_cli(*arguments, module="runners.report", cwd=tmp_path, cache_dir=model_cache)
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
     pair = (tmp_path / "outputs/reports/plain_vs_brief/report.md").read_text(encoding="utf-8")
     assert "- **samples in both**: 2" in pair
@@ -180,10 +180,16 @@ def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp
     for command in commands:
         result = subprocess.run(
             ["bash", "-c", f"{command} --cfg job"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60,
-            env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-                 "PYTHONPATH": str(PROJECT_ROOT), "MODEL_INTERFACE_CACHE": str(model_cache)},
-        )  # fmt: skip
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                "PYTHONPATH": str(PROJECT_ROOT),
+                "MODEL_INTERFACE_CACHE": str(model_cache),
+            },
+        )
         assert result.returncode == 0, result.stderr
         assert "prompt_template: Answer briefly. {prompt}" in result.stdout
 
@@ -194,7 +200,14 @@ def test_every_serve_command_in_the_readme_composes(model_cache, tmp_path) -> No
     assert len(commands) >= 2
     for command in commands:
         arguments = shlex.split(command, comments=True)[3:]
-        result = run_cli(*arguments, "--cfg", "job", module="runners.serve", cwd=tmp_path,
-                         cache_dir=model_cache, timeout=60)  # fmt: skip
+        result = run_cli(
+            *arguments,
+            "--cfg",
+            "job",
+            module="runners.serve",
+            cwd=tmp_path,
+            cache_dir=model_cache,
+            timeout=60,
+        )
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
         assert "serve:" in result.stdout and "limits:" in result.stdout

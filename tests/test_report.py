@@ -60,21 +60,24 @@ def known_flips(tmp_path: Path) -> Path:
         image, question = root / f"images/{index}.png", f"what is {index}?"
         prompt = "alpha" if index < 3 else "beta" if index < 7 else "gamma"
         answers.append(dummy_answer(image, question, prompt) if index < 7 else "no")
-    write_dataset(root, [{"question": f"what is {i}?", "answer": answer}
-                         for i, answer in enumerate(answers)])  # fmt: skip
+    write_dataset(
+        root, [{"question": f"what is {i}?", "answer": answer} for i, answer in enumerate(answers)]
+    )
     return root
 
 
 def run_dummy(cache: Path, out: Path, dataset: Path, *overrides: str) -> Path:
-    cfg = make_config(cache, "model=dummy", "dataset=vlmhyperbench", f"dataset.root={dataset}",
-                      *overrides)  # fmt: skip
+    cfg = make_config(
+        cache, "model=dummy", "dataset=vlmhyperbench", f"dataset.root={dataset}", *overrides
+    )
     run_experiment(cfg, out)
     return out
 
 
 def test_a_run_writes_its_report_with_its_numbers(model_cache, known_flips, tmp_path) -> None:
-    run_dir = run_dummy(model_cache, tmp_path / "alpha", known_flips,
-                        "model.init_params.system_prompt=alpha")  # fmt: skip
+    run_dir = run_dummy(
+        model_cache, tmp_path / "alpha", known_flips, "model.init_params.system_prompt=alpha"
+    )
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     markdown = (run_dir / "report.md").read_text(encoding="utf-8")
     metrics = pd.read_csv(run_dir / "metrics.csv").iloc[0]
@@ -93,10 +96,12 @@ def test_a_run_writes_its_report_with_its_numbers(model_cache, known_flips, tmp_
 
 
 def test_two_runs_flip_exactly_the_samples_they_differ_on(model_cache, known_flips, tmp_path):
-    alpha = run_dummy(model_cache, tmp_path / "alpha", known_flips,
-                      "model.init_params.system_prompt=alpha")  # fmt: skip
-    beta = run_dummy(model_cache, tmp_path / "beta", known_flips,
-                     "model.init_params.system_prompt=beta")  # fmt: skip
+    alpha = run_dummy(
+        model_cache, tmp_path / "alpha", known_flips, "model.init_params.system_prompt=alpha"
+    )
+    beta = run_dummy(
+        model_cache, tmp_path / "beta", known_flips, "model.init_params.system_prompt=beta"
+    )
     pair = compare(read_run(alpha), read_run(beta))
     assert pair.correctness == "exact_match" and pair.n_paired == QUESTIONS
     assert [row["sample_index"] for row, _ in pair.right_only_a] == ["0", "1", "2"]
@@ -181,8 +186,14 @@ def test_a_directory_without_a_finished_run_is_refused(tmp_path, capsys) -> None
 
 
 def test_a_sweep_reports_its_jobs_side_by_side(model_cache, tmp_path) -> None:
-    result = run_cli("--multirun", "model=dummy", "runner.limit=3,5", "run_name=s",
-                     cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "--multirun",
+        "model=dummy",
+        "runner.limit=3,5",
+        "run_name=s",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     sweep = tmp_path / "outputs" / "multirun" / "s"
     markdown = (sweep / "report.md").read_text(encoding="utf-8")
@@ -203,10 +214,12 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 @pytest.mark.skipif(chromium() is None, reason="needs chromium (CI installs it)")
 def test_the_report_loads_in_a_real_browser(model_cache, known_flips, tmp_path) -> None:
-    alpha = run_dummy(model_cache, tmp_path / "alpha", known_flips,
-                      "model.init_params.system_prompt=alpha")  # fmt: skip
-    beta = run_dummy(model_cache, tmp_path / "beta", known_flips,
-                     "model.init_params.system_prompt=beta")  # fmt: skip
+    alpha = run_dummy(
+        model_cache, tmp_path / "alpha", known_flips, "model.init_params.system_prompt=alpha"
+    )
+    beta = run_dummy(
+        model_cache, tmp_path / "beta", known_flips, "model.init_params.system_prompt=beta"
+    )
     page = open_page(alpha / "report.html")
     assert page.errors == []
     assert "exact_match\t0.3" in page.text and "samples\t10" in page.text
@@ -235,8 +248,11 @@ OUTSIDE = "(image outside the dataset root)"
 
 def shown_images(report: str) -> dict[str, str]:
     """Each sample of report.html, and what stands for its image: "img" or the note shown."""
-    found = re.findall(r'<div class="sample"><div>(.*?)</div><div class="text">'
-                       r"<b>sample ([^<]*)</b>", report)  # fmt: skip
+    found = re.findall(
+        r'<div class="sample"><div>(.*?)</div><div class="text">'
+        r"<b>sample ([^<]*)</b>",
+        report,
+    )
     return {sample: "img" if shown.startswith("<img ") else shown for shown, sample in found}
 
 
@@ -295,8 +311,9 @@ def test_a_thumbnail_is_made_only_inside_the_dataset_root(model_cache, secrets, 
     report = (run_dir / "report.html").read_text(encoding="utf-8")
     # Only a sample's first image is shown: sample 7's is inside.
     inside = {"0", "7", "8", "9"}
-    assert shown_images(report) == {str(i): "img" if str(i) in inside else OUTSIDE
-                                    for i in range(len(entries))}  # fmt: skip
+    assert shown_images(report) == {
+        str(i): "img" if str(i) in inside else OUTSIDE for i in range(len(entries))
+    }
     colours = thumbnail_colours(report)
     assert len(colours) == 4 and all(map(is_white, colours)), colours
 
@@ -317,8 +334,11 @@ def test_a_hand_made_predictions_file_shows_no_image_from_elsewhere(
 
     assert main([str(run_dir), "--out", str(tmp_path / "edited")]) == 0
     report = (tmp_path / "edited" / "report.html").read_text(encoding="utf-8")
-    assert shown_images(report) == {"0": OUTSIDE, "1": OUTSIDE,
-                                    **{str(i): "img" for i in range(2, QUESTIONS)}}  # fmt: skip
+    assert shown_images(report) == {
+        "0": OUTSIDE,
+        "1": OUTSIDE,
+        **{str(i): "img" for i in range(2, QUESTIONS)},
+    }
     assert all(map(is_white, thumbnail_colours(report)))
 
     # A run that recorded no dataset root (no fingerprint.json): no image can be vouched for.
@@ -331,12 +351,20 @@ def test_a_hand_made_predictions_file_shows_no_image_from_elsewhere(
 
 # --- Values from data, a model or a config are shown, never rendered ---------------------------
 
-ATTACKS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<svg onload=alert(1)>",
-           "[x](javascript:alert(1))"]  # fmt: skip
+ATTACKS = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "<svg onload=alert(1)>",
+    "[x](javascript:alert(1))",
+]
 # Each attack as report.md writes it outside a code span: HTML's characters as entities,
 # Markdown's link syntax backslash-escaped.
-ESCAPED = ["&lt;script&gt;alert(1)&lt;/script&gt;", "&lt;img src=x onerror=alert(1)&gt;",
-           "&lt;svg onload=alert(1)&gt;", r"\[x\](javascript:alert(1))"]  # fmt: skip
+ESCAPED = [
+    "&lt;script&gt;alert(1)&lt;/script&gt;",
+    "&lt;img src=x onerror=alert(1)&gt;",
+    "&lt;svg onload=alert(1)&gt;",
+    r"\[x\](javascript:alert(1))",
+]
 MODEL_NAME = f"{ATTACKS[0]} {ATTACKS[1]}"
 DATASET_NAME = f"{ATTACKS[2]} {ATTACKS[3]} *em*"
 HOSTILE_MODEL = ("model=custom", "model.class_path=tests.test_report:HostileEcho")
@@ -354,14 +382,16 @@ def hostile_dataset(root: Path) -> Path:
     rows = []
     for index, attack in enumerate(ATTACKS):
         prompt = f"{attack} `p` *p* a|b\n<b>line</b>"
-        rows.append({
-            "id": f"{index} {attack} `id` a|b\nnext",
-            "image": f"{index}.png",
-            "prompt": prompt,
-            "answer": prompt if index % 2 == 0 else f"{attack} `r` a|b\r\nline",
-            "doc_class": f"{attack} `c` a|b\nline",
-            "question_type": f"{ATTACKS[(index + 1) % 4]} | ```",
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": f"{index} {attack} `id` a|b\nnext",
+                "image": f"{index}.png",
+                "prompt": prompt,
+                "answer": prompt if index % 2 == 0 else f"{attack} `r` a|b\r\nline",
+                "doc_class": f"{attack} `c` a|b\nline",
+                "question_type": f"{ATTACKS[(index + 1) % 4]} | ```",
+            }
+        )
     return write_jsonl(root, rows)
 
 
@@ -398,8 +428,26 @@ class Rendered(HTMLParser):
         self.text += data
 
 
-PLAIN_MARKUP = {"h1", "h2", "h3", "p", "em", "strong", "ul", "li", "code", "pre", "table",
-                "thead", "tbody", "tr", "th", "td", "details", "summary"}  # fmt: skip
+PLAIN_MARKUP = {
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "em",
+    "strong",
+    "ul",
+    "li",
+    "code",
+    "pre",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "details",
+    "summary",
+}
 
 
 def check_markdown(markdown: str) -> None:
@@ -428,10 +476,35 @@ def check_html(report: str) -> None:
     for attack in ATTACKS[:3]:
         assert attack not in report and html.escape(attack) in report
     assert set(re.findall(r"<(\w+)", report)) <= {
-        "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "div", "table",
-        "thead", "tbody", "tr", "th", "td", "b", "del", "ins", "img", "svg", "rect", "text",
-        "details", "summary", "pre", "script",
-    }  # fmt: skip
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "h3",
+        "p",
+        "div",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "b",
+        "del",
+        "ins",
+        "img",
+        "svg",
+        "rect",
+        "text",
+        "details",
+        "summary",
+        "pre",
+        "script",
+    }
     assert all(src.startswith("data:image/") for src in re.findall(r'src="([^"]*)"', report))
     values = re.findall(r'data-v="([^"]*)"', report)
     number = r"-?(\d+(\.\d*)?(e[-+]\d+)?|inf|nan)"  # a float's repr
@@ -441,10 +514,17 @@ def check_html(report: str) -> None:
 def test_report_md_renders_nothing_from_data_models_or_config(model_cache, tmp_path) -> None:
     root = hostile_dataset(tmp_path / "data")
     # The system prompt (which the echo ignores) puts four backticks in a row in the config.
-    result = run_cli(*HOSTILE_MODEL, f"model.init_params.model_name='{MODEL_NAME}'",
-                     "model.init_params.system_prompt='```` x'", "dataset=jsonl",
-                     f"dataset.root={root}", f"dataset.name='{DATASET_NAME}'",
-                     "run_name=hostile", cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        *HOSTILE_MODEL,
+        f"model.init_params.model_name='{MODEL_NAME}'",
+        "model.init_params.system_prompt='```` x'",
+        "dataset=jsonl",
+        f"dataset.root={root}",
+        f"dataset.name='{DATASET_NAME}'",
+        "run_name=hostile",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     run_dir = tmp_path / "outputs" / "hostile"
     markdown = (run_dir / "report.md").read_text(encoding="utf-8")
@@ -466,9 +546,15 @@ def test_report_md_renders_nothing_from_data_models_or_config(model_cache, tmp_p
     check_html((run_dir / "report.html").read_text(encoding="utf-8"))
 
     # Two runs of it: the samples that flipped, side by side, a section per run.
-    cfg = make_config(model_cache, *HOSTILE_MODEL, "model.init_params.model_name=echo",
-                      "dataset=jsonl", f"dataset.root={root}", f"dataset.name='{DATASET_NAME}'",
-                      "dataset.prompt_template='B {prompt}'")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        *HOSTILE_MODEL,
+        "model.init_params.model_name=echo",
+        "dataset=jsonl",
+        f"dataset.root={root}",
+        f"dataset.name='{DATASET_NAME}'",
+        "dataset.prompt_template='B {prompt}'",
+    )
     run_experiment(cfg, tmp_path / "other")
     assert main([str(run_dir), str(tmp_path / "other"), "--out", str(tmp_path / "pair")]) == 0
     markdown = (tmp_path / "pair" / "report.md").read_text(encoding="utf-8")
@@ -498,8 +584,13 @@ def test_a_preformatted_block_cannot_be_closed_by_its_text() -> None:
 @pytest.mark.skipif(chromium() is None, reason="needs chromium (CI installs it)")
 def test_a_hostile_report_runs_nothing_in_a_real_browser(model_cache, tmp_path) -> None:
     root = hostile_dataset(tmp_path / "data")
-    cfg = make_config(model_cache, *HOSTILE_MODEL, f"model.init_params.model_name='{MODEL_NAME}'",
-                      "dataset=jsonl", f"dataset.root={root}")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        *HOSTILE_MODEL,
+        f"model.init_params.model_name='{MODEL_NAME}'",
+        "dataset=jsonl",
+        f"dataset.root={root}",
+    )
     run_experiment(cfg, tmp_path / "run")
     page = open_page(tmp_path / "run" / "report.html")
     assert page.errors == []  # an <img src=x> on the page would fail to load, and say so
@@ -520,9 +611,14 @@ def test_a_hostile_report_runs_nothing_in_a_real_browser(model_cache, tmp_path) 
 
 def report_command(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m runners.report ARGS``, its stdout and stderr apart."""
-    return subprocess.run([sys.executable, "-m", "runners.report", *args], cwd=PROJECT_ROOT,
-                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "runners.report", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_an_unwritable_out_is_one_line_and_exit_1(model_cache, known_flips, tmp_path) -> None:
@@ -573,5 +669,6 @@ def test_the_report_shows_the_call_percentiles_of_metrics_csv(model_cache, tmp_p
     run_dir = run_dummy(model_cache, tmp_path / "run", root, "runner.batch_size=1")
     metrics = read_metrics(run_dir)
     markdown = (run_dir / "report.md").read_text(encoding="utf-8")
-    assert (f"6 samples, median {metrics['call_p50_s']:.4g} s, "
-            f"p95 {metrics['call_p95_s']:.4g} s") in markdown  # fmt: skip
+    assert (
+        f"6 samples, median {metrics['call_p50_s']:.4g} s, p95 {metrics['call_p95_s']:.4g} s"
+    ) in markdown

@@ -18,17 +18,60 @@ from runners.run import PROJECT_ROOT, RunnerError, run_experiment
 from tests.helpers import make_config, read_predictions, run_cli, run_until_killed, write_dataset
 
 PREDICTION_COLUMNS = {
-    "sample_id", "sample_index", "dataset", "model", "framework", "image_paths", "prompt",
-    "prediction", "reference", "call_s", "batch_size", "prompt_tokens", "completion_tokens",
-    "error", "exact_match", "anls", "cer", "wer",
-}  # fmt: skip
+    "sample_id",
+    "sample_index",
+    "dataset",
+    "model",
+    "framework",
+    "image_paths",
+    "prompt",
+    "prediction",
+    "reference",
+    "call_s",
+    "batch_size",
+    "prompt_tokens",
+    "completion_tokens",
+    "error",
+    "exact_match",
+    "anls",
+    "cer",
+    "wer",
+}
 METRICS_COLUMNS = {
-    "model", "framework", "dataset", "task", "n_samples", "n_errors", "n_input_errors",
-    "n_model_errors", "error_rate", "model_s", "s_per_sample", "samples_per_s", "call_p50_s",
-    "call_p95_s", "prompt_tokens", "completion_tokens", "tokens_per_s", "answered_now",
-    "batch_size", "import_s", "load_s", "model_reused", "cache_hit", "wall_s", "peak_rss_mb",
-    "peak_gpu_mb", "exact_match", "anls", "cer", "wer", "cer_corpus", "wer_corpus", "status",
-}  # fmt: skip
+    "model",
+    "framework",
+    "dataset",
+    "task",
+    "n_samples",
+    "n_errors",
+    "n_input_errors",
+    "n_model_errors",
+    "error_rate",
+    "model_s",
+    "s_per_sample",
+    "samples_per_s",
+    "call_p50_s",
+    "call_p95_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_per_s",
+    "answered_now",
+    "batch_size",
+    "import_s",
+    "load_s",
+    "model_reused",
+    "cache_hit",
+    "wall_s",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "exact_match",
+    "anls",
+    "cer",
+    "wer",
+    "cer_corpus",
+    "wer_corpus",
+    "status",
+}
 
 
 @pytest.fixture
@@ -110,8 +153,15 @@ def test_sigkill_mid_run_then_rerun_gives_each_sample_exactly_once(cache_dir, tm
         "runner.batch_size=2",
     ]
     killed_dir = tmp_path / "outputs" / "killed"
-    run_until_killed(*args, "run_name=killed", cwd=tmp_path, cache_dir=cache_dir,
-                     answers=killed_dir / "predictions.csv", lines=10, timeout=60)  # fmt: skip
+    run_until_killed(
+        *args,
+        "run_name=killed",
+        cwd=tmp_path,
+        cache_dir=cache_dir,
+        answers=killed_dir / "predictions.csv",
+        lines=10,
+        timeout=60,
+    )
     partial = read_predictions(killed_dir)
     assert 0 < len(partial) < 48
 
@@ -191,9 +241,13 @@ def test_each_broken_image_fails_only_its_own_sample(cache_dir, tmp_path, broken
 
 def test_too_many_errors_exits_non_zero(cache_dir, tmp_path, broken_dataset) -> None:
     result = run_cli(
-        "model=dummy", "dataset=vlmhyperbench", f"dataset.root={broken_dataset}",
-        "runner.max_error_rate=0.5", cwd=tmp_path, cache_dir=cache_dir,
-    )  # fmt: skip
+        "model=dummy",
+        "dataset=vlmhyperbench",
+        f"dataset.root={broken_dataset}",
+        "runner.max_error_rate=0.5",
+        cwd=tmp_path,
+        cache_dir=cache_dir,
+    )
     assert result.returncode == 1
     assert "over runner.max_error_rate=0.5" in result.stdout
     (run_dir,) = (tmp_path / "outputs").iterdir()
@@ -203,9 +257,12 @@ def test_too_many_errors_exits_non_zero(cache_dir, tmp_path, broken_dataset) -> 
 def test_a_failing_batch_is_retried_one_sample_at_a_time(cache_dir, tmp_path) -> None:
     root = write_dataset(
         tmp_path / "data",
-        [{"image_path": "a.png", "question": "fine"}, {"image_path": "a.png", "question": "boom"},
-         {"image_path": "a.png", "question": "also fine"}],
-    )  # fmt: skip
+        [
+            {"image_path": "a.png", "question": "fine"},
+            {"image_path": "a.png", "question": "boom"},
+            {"image_path": "a.png", "question": "also fine"},
+        ],
+    )
     Image.new("RGB", (8, 8)).save(root / "a.png")
     cfg = make_config(
         cache_dir,
@@ -231,16 +288,24 @@ def test_a_failing_batch_is_retried_one_sample_at_a_time(cache_dir, tmp_path) ->
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model=custom", "model.class_path=no_such_pkg.models:Model",
-          "model.init_params.model_name=x"], "module 'no_such_pkg.models' cannot be imported"),
-        (["model=custom", "model.init_params.model_name=x"],
-         "model=custom needs the wrapper to run"),
+        (
+            [
+                "model=custom",
+                "model.class_path=no_such_pkg.models:Model",
+                "model.init_params.model_name=x",
+            ],
+            "module 'no_such_pkg.models' cannot be imported",
+        ),
+        (
+            ["model=custom", "model.init_params.model_name=x"],
+            "model=custom needs the wrapper to run",
+        ),
         (["dataset=vlmhyperbench"], "dataset.root has no value"),
         (["dataset.root=/no/such/dir"], "is not a directory; fix dataset.root"),
         (["model=dummy", "runner.metrics=[anl]"], "Did you mean 'anls'?"),
         (["model=no_such_model"], "Could not find 'model/no_such_model'"),
     ],
-)  # fmt: skip
+)
 def test_config_mistakes_end_with_one_clear_line(cache_dir, tmp_path, args, message) -> None:
     result = run_cli(*args, cwd=tmp_path, cache_dir=cache_dir, timeout=120)
     assert result.returncode != 0
@@ -332,14 +397,20 @@ def test_multirun_of_two_models_and_two_datasets(cache_dir, tmp_path) -> None:
 
 
 def test_a_run_is_reproducible_from_its_saved_config(cache_dir, tmp_path) -> None:
-    first = run_cli("model=dummy", "runner.limit=4", "run_name=first", cwd=tmp_path,
-                    cache_dir=cache_dir)  # fmt: skip
+    first = run_cli(
+        "model=dummy", "runner.limit=4", "run_name=first", cwd=tmp_path, cache_dir=cache_dir
+    )
     assert first.returncode == 0, first.stdout[-2000:]
     saved = tmp_path / "outputs" / "first" / ".hydra"
     again = run_cli(
-        "--config-path", str(saved), "--config-name", "config", "hydra.run.dir=outputs/again",
-        cwd=tmp_path, cache_dir=cache_dir,
-    )  # fmt: skip
+        "--config-path",
+        str(saved),
+        "--config-name",
+        "config",
+        "hydra.run.dir=outputs/again",
+        cwd=tmp_path,
+        cache_dir=cache_dir,
+    )
     assert again.returncode == 0, again.stdout[-2000:]
     columns = ["sample_id", "prompt", "prediction"]
     pd.testing.assert_frame_equal(
@@ -355,9 +426,15 @@ def test_a_run_is_reproducible_from_its_saved_config(cache_dir, tmp_path) -> Non
 )
 def test_sweeps_run_through_the_process_launchers(cache_dir, tmp_path, launcher) -> None:
     result = run_cli(
-        "--multirun", *launcher, "model=dummy", "dataset=sample_docs,sample_docs_invoices",
-        "runner.limit=3", "run_name=launched", cwd=tmp_path, cache_dir=cache_dir,
-    )  # fmt: skip
+        "--multirun",
+        *launcher,
+        "model=dummy",
+        "dataset=sample_docs,sample_docs_invoices",
+        "runner.limit=3",
+        "run_name=launched",
+        cwd=tmp_path,
+        cache_dir=cache_dir,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     summary = pd.read_csv(tmp_path / "outputs" / "multirun" / "launched" / "summary.csv")
     assert sorted(summary["dataset"]) == ["sample_docs", "sample_docs_invoices"]
@@ -370,14 +447,23 @@ def test_sweeps_run_through_the_process_launchers(cache_dir, tmp_path, launcher)
 def test_any_of_references_score_the_best_match_and_stay_json(model_cache, tmp_path) -> None:
     from tests.helpers import write_jsonl
 
-    root = write_jsonl(tmp_path / "data", [
-        {"id": "a", "image": "a.png", "prompt": "ten", "answer": ["10", "ten"]},
-        {"id": "b", "image": "b.png", "prompt": "11", "answer": ["10", "ten"]},
-        {"id": "c", "image": "c.png", "prompt": "1999", "answer": 1999},
-    ])  # fmt: skip
-    cfg = make_config(model_cache, "model=custom", "model.class_path=tests.wrappers:PromptEcho",
-                      "model.init_params.model_name=echo", "dataset=jsonl",
-                      f"dataset.root={root}", "runner.metrics=[exact_match,cer]")  # fmt: skip
+    root = write_jsonl(
+        tmp_path / "data",
+        [
+            {"id": "a", "image": "a.png", "prompt": "ten", "answer": ["10", "ten"]},
+            {"id": "b", "image": "b.png", "prompt": "11", "answer": ["10", "ten"]},
+            {"id": "c", "image": "c.png", "prompt": "1999", "answer": 1999},
+        ],
+    )
+    cfg = make_config(
+        model_cache,
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "model.init_params.model_name=echo",
+        "dataset=jsonl",
+        f"dataset.root={root}",
+        "runner.metrics=[exact_match,cer]",
+    )
     row = run_experiment(cfg, tmp_path / "out")
     predictions = read_predictions(tmp_path / "out").set_index("sample_id")
     assert predictions.loc["a", "reference"] == '["10", "ten"]'
@@ -388,11 +474,17 @@ def test_any_of_references_score_the_best_match_and_stay_json(model_cache, tmp_p
 
 def test_timing_columns_say_what_they_measure(model_cache, tmp_path, broken_dataset) -> None:
     cfg = make_config(
-        model_cache, "model=custom", "model.class_path=tests.wrappers:SlowDummy",
-        "model.init_params.model_name=slow", "+model.init_params.delay_s=0.02",
-        "dataset=vlmhyperbench", f"dataset.root={broken_dataset}", "runner.batch_size=8",
-        "runner.max_error_rate=1.0", "runner.max_image_pixels=1000000",
-    )  # fmt: skip
+        model_cache,
+        "model=custom",
+        "model.class_path=tests.wrappers:SlowDummy",
+        "model.init_params.model_name=slow",
+        "+model.init_params.delay_s=0.02",
+        "dataset=vlmhyperbench",
+        f"dataset.root={broken_dataset}",
+        "runner.batch_size=8",
+        "runner.max_error_rate=1.0",
+        "runner.max_image_pixels=1000000",
+    )
     row = run_experiment(cfg, tmp_path / "out")
     predictions = read_predictions(tmp_path / "out")
     reached = predictions[predictions["batch_size"] > 0]
@@ -418,10 +510,15 @@ def test_model_time_per_sample_does_not_grow_with_the_batch(model_cache, tmp_pat
     rows = {}
     for batch_size in (1, 8):
         cfg = make_config(
-            model_cache, "model=custom", "model.class_path=tests.wrappers:SlowDummy",
-            "model.init_params.model_name=slow", "+model.init_params.delay_s=0.05",
-            "model=custom", "runner.limit=16", f"runner.batch_size={batch_size}",
-        )  # fmt: skip
+            model_cache,
+            "model=custom",
+            "model.class_path=tests.wrappers:SlowDummy",
+            "model.init_params.model_name=slow",
+            "+model.init_params.delay_s=0.05",
+            "model=custom",
+            "runner.limit=16",
+            f"runner.batch_size={batch_size}",
+        )
         rows[batch_size] = run_experiment(cfg, tmp_path / str(batch_size))
     assert rows[8]["s_per_sample"] < rows[1]["s_per_sample"] / 3
     assert rows[8]["call_p50_s"] >= 0.05 and rows[1]["call_p50_s"] >= 0.05
@@ -430,11 +527,19 @@ def test_model_time_per_sample_does_not_grow_with_the_batch(model_cache, tmp_pat
 def test_a_fifo_in_the_dataset_fails_its_sample_without_blocking(model_cache, tmp_path) -> None:
     (tmp_path / "data" / "images").mkdir(parents=True)
     os.mkfifo(tmp_path / "data" / "images" / "pipe.png")
-    root = write_dataset(tmp_path / "data", [{}, {"image_path": "images/pipe.png"}, {}],
-                         images=True)  # fmt: skip
-    result = run_cli("model=dummy", "dataset=vlmhyperbench", f"dataset.root={root}",
-                     "runner.max_error_rate=1", "run_name=fifo", cwd=tmp_path,
-                     cache_dir=model_cache, timeout=60)  # fmt: skip
+    root = write_dataset(
+        tmp_path / "data", [{}, {"image_path": "images/pipe.png"}, {}], images=True
+    )
+    result = run_cli(
+        "model=dummy",
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        "runner.max_error_rate=1",
+        "run_name=fifo",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     errors = read_predictions(tmp_path / "outputs" / "fifo")["error"].tolist()
     assert errors[0] == errors[2] == ""
@@ -446,10 +551,15 @@ def test_a_fifo_in_the_dataset_fails_its_sample_without_blocking(model_cache, tm
 
 def test_a_wrapper_that_skips_super_init_runs_from_the_command_line(model_cache, tmp_path):
     result = run_cli(
-        "model=custom", "model.class_path=tests.upstream_wrappers:Qwen2_5_VLStyleModel",
-        "model.init_params.model_name=Qwen2.5-VL-3B-Instruct", "+model.init_params.device_map=auto",
-        "runner.limit=3", "run_name=upstream", cwd=tmp_path, cache_dir=model_cache,
-    )  # fmt: skip
+        "model=custom",
+        "model.class_path=tests.upstream_wrappers:Qwen2_5_VLStyleModel",
+        "model.init_params.model_name=Qwen2.5-VL-3B-Instruct",
+        "+model.init_params.device_map=auto",
+        "runner.limit=3",
+        "run_name=upstream",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     predictions = read_predictions(tmp_path / "outputs" / "upstream")
     assert predictions["prediction"].tolist()[0] == "420x594 | What is the subtotal?"
@@ -480,21 +590,45 @@ def _can_mount_a_private_tmpfs() -> bool:
 @pytest.mark.skipif(not _can_mount_a_private_tmpfs(), reason="needs unshare and a tmpfs mount")
 def test_a_full_disk_ends_the_run_with_one_line_and_resume_finishes_it(model_cache, tmp_path):
     # Long prompts echoed back make rows of ~2 kB: 200 of them overflow a 160 kB disk mid-run.
-    root = write_dataset(tmp_path / "data", [{"question": f"{i} " + "word " * 400}
-                                             for i in range(200)], images=True)  # fmt: skip
+    root = write_dataset(
+        tmp_path / "data", [{"question": f"{i} " + "word " * 400} for i in range(200)], images=True
+    )
     disk, out = tmp_path / "disk", tmp_path / "out"
     disk.mkdir()
     out.mkdir()
-    args = ["model=custom", "model.class_path=tests.wrappers:PromptEcho",
-            "model.init_params.model_name=echo", "dataset=vlmhyperbench", f"dataset.root={root}",
-            "runner.batch_size=4", "runner.progress=false"]  # fmt: skip
-    env = {**os.environ, "DISK": str(disk), "OUT": str(out), "PYTHONPATH": str(PROJECT_ROOT),
-           "MODEL_INTERFACE_CACHE": str(model_cache)}  # fmt: skip
+    args = [
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "model.init_params.model_name=echo",
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        "runner.batch_size=4",
+        "runner.progress=false",
+    ]
+    env = {
+        **os.environ,
+        "DISK": str(disk),
+        "OUT": str(out),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "MODEL_INTERFACE_CACHE": str(model_cache),
+    }
     subprocess.run(
-        ["unshare", "--mount", "--map-root-user", "bash", "-c", FULL_DISK_SCRIPT, "script",
-         *args, f"hydra.run.dir={disk / 'run'}"],
-        env=env, cwd=tmp_path, timeout=300, check=True,
-    )  # fmt: skip
+        [
+            "unshare",
+            "--mount",
+            "--map-root-user",
+            "bash",
+            "-c",
+            FULL_DISK_SCRIPT,
+            "script",
+            *args,
+            f"hydra.run.dir={disk / 'run'}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=True,
+    )
     first_log = (out / "first.log").read_text()
     assert (out / "first.rc").read_text().strip() == "1", first_log
     (line,) = [line for line in first_log.splitlines() if "[ERROR]" in line]
@@ -525,13 +659,22 @@ def test_ctrl_c_keeps_the_answers_says_so_in_one_line_and_the_run_resumes(
     cache_dir, tmp_path
 ) -> None:
     run_dir = tmp_path / "run"
-    args = ("model=custom", "model.class_path=tests.wrappers:SlowDummy",
-            "+model.init_params.delay_s=0.05", "runner.batch_size=1",
-            f"hydra.run.dir={run_dir}")  # fmt: skip
+    args = (
+        "model=custom",
+        "model.class_path=tests.wrappers:SlowDummy",
+        "+model.init_params.delay_s=0.05",
+        "runner.batch_size=1",
+        f"hydra.run.dir={run_dir}",
+    )
     env = {**os.environ, "MODEL_INTERFACE_CACHE": str(cache_dir), "PYTHONPATH": str(PROJECT_ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "runners.run", *args], cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runners.run", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     answers = run_dir / "predictions.csv"
     for _ in range(3000):  # until a few answers are in, or the run ended (bounded)
         if process.poll() is not None or (answers.exists() and answers.read_text().count("\n") > 3):
@@ -583,9 +726,13 @@ def test_a_run_with_nothing_left_to_answer_loads_no_model_and_leaves_no_lock(
     cache_dir, tmp_path
 ) -> None:
     loads = tmp_path / "loads.txt"
-    args = ("model=custom", "model.class_path=tests.wrappers:CountsLoads",
-            f"+model.init_params.loads_file={loads}", "runner.limit=4",
-            "run_name=again")  # fmt: skip
+    args = (
+        "model=custom",
+        "model.class_path=tests.wrappers:CountsLoads",
+        f"+model.init_params.loads_file={loads}",
+        "runner.limit=4",
+        "run_name=again",
+    )
     for _ in range(2):
         result = run_cli(*args, cwd=tmp_path, cache_dir=cache_dir)
         assert result.returncode == 0, result.stdout[-2000:]
@@ -597,8 +744,9 @@ def test_a_run_with_nothing_left_to_answer_loads_no_model_and_leaves_no_lock(
     assert metrics.loc[0, "n_samples"] == 4 and metrics.loc[0, "answered_now"] == 0
     assert metrics.loc[0, "model"] == "custom" and metrics.loc[0, "status"] == "ok"
     # a larger limit loads it again, for the new samples only
-    more = run_cli(*args[:-2], "runner.limit=6", "run_name=again", cwd=tmp_path,
-                   cache_dir=cache_dir)  # fmt: skip
+    more = run_cli(
+        *args[:-2], "runner.limit=6", "run_name=again", cwd=tmp_path, cache_dir=cache_dir
+    )
     assert more.returncode == 0 and loads.read_text() == "loaded\n" * 2
     assert pd.read_csv(run_dir / "metrics.csv").loc[0, "answered_now"] == 2
 
@@ -608,8 +756,12 @@ def test_what_a_killed_process_was_writing_is_removed_by_the_next_run(cache_dir,
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)  # fmt: skip
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stale = temporary_path(run_dir / "predictions.csv", pid=int(finished.stdout))
     stale.write_text("half of a merged predictions.csv")
     run_experiment(make_config(cache_dir, "model=dummy", "runner.limit=2"), run_dir)
@@ -630,17 +782,27 @@ def test_a_wrapper_registered_by_an_entry_point_runs_by_its_name(cache_dir, tmp_
     (dist_info / "entry_points.txt").write_text(
         "[model_interface.models]\nmy-vlm = acme_vlm.models:AcmeVLM\n"
     )
-    result = run_cli("model=custom", "model.name=my-vlm", "runner.limit=2", "run_name=acme",
-                     cwd=tmp_path, cache_dir=cache_dir,
-                     env={"PYTHONPATH": f"{site}:{PROJECT_ROOT}"})  # fmt: skip
+    result = run_cli(
+        "model=custom",
+        "model.name=my-vlm",
+        "runner.limit=2",
+        "run_name=acme",
+        cwd=tmp_path,
+        cache_dir=cache_dir,
+        env={"PYTHONPATH": f"{site}:{PROJECT_ROOT}"},
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     predictions = read_predictions(tmp_path / "outputs" / "acme")
     assert set(predictions["framework"]) == {"acme"} and set(predictions["model"]) == {"my-vlm"}
 
 
 def test_filters_that_match_nothing_list_the_values_there_are(cache_dir, tmp_path) -> None:
-    cfg = make_config(cache_dir, "model=dummy", "dataset.doc_class=passport",
-                      "dataset.question_type=[amount,nope]")  # fmt: skip
+    cfg = make_config(
+        cache_dir,
+        "model=dummy",
+        "dataset.doc_class=passport",
+        "dataset.question_type=[amount,nope]",
+    )
     with pytest.raises(RunnerError) as refused:
         run_experiment(cfg, tmp_path / "run")
     assert str(refused.value) == (
@@ -652,8 +814,13 @@ def test_filters_that_match_nothing_list_the_values_there_are(cache_dir, tmp_pat
 
 
 def test_a_limit_that_keeps_one_class_of_several_is_warned_about(cache_dir, tmp_path, caplog):
-    args = ("model=custom", "model.class_path=tests.wrappers:PromptEcho",
-            "task=classification", "dataset=sample_docs_classes", "runner.limit=6")  # fmt: skip
+    args = (
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "task=classification",
+        "dataset=sample_docs_classes",
+        "runner.limit=6",
+    )
     run_experiment(make_config(cache_dir, *args), tmp_path / "first")
     assert (
         "runner.limit=6 keeps 6 of 24 samples, all of class 'invoice' (the dataset has 5: "
@@ -676,8 +843,7 @@ def test_a_long_prompt_and_a_document_of_many_fields_are_scored_whole(cache_dir,
     Image.new("RGB", (32, 32), "white").save(image)
     long_prompt = "word " * 60_000
     (tmp_path / "data" / "data.jsonl").write_text(
-        json.dumps({"id": "long", "image": "page.png", "prompt": long_prompt, "answer": "x"})
-        + "\n"
+        json.dumps({"id": "long", "image": "page.png", "prompt": long_prompt, "answer": "x"}) + "\n"
     )
     data = tmp_path / "data"
     cfg = make_config(cache_dir, "model=dummy", "dataset=jsonl", f"dataset.root={data}")
@@ -691,8 +857,12 @@ def test_a_long_prompt_and_a_document_of_many_fields_are_scored_whole(cache_dir,
     Image.new("RGB", (32, 32), "white").save(kie / "images" / "p1.png")
     fields = {f"field_{index}": f"value {index}" for index in range(20_000)}
     (kie / "jsons" / "p1.json").write_text(json.dumps(fields))
-    row = run_experiment(make_config(cache_dir, "model=dummy", "task=kie", "dataset=kie_json",
-                                     f"dataset.root={kie}"), tmp_path / "fields")  # fmt: skip
+    row = run_experiment(
+        make_config(
+            cache_dir, "model=dummy", "task=kie", "dataset=kie_json", f"dataset.root={kie}"
+        ),
+        tmp_path / "fields",
+    )
     assert row["status"] == "ok" and row["n_samples"] == 1
     assert len(pd.read_csv(tmp_path / "fields" / "fields.csv")) == 20_000
     assert not list((tmp_path / "fields").glob("*.tmp"))

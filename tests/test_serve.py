@@ -251,9 +251,13 @@ def test_a_prediction_error_is_a_500_with_the_models_message(client) -> None:
     response = chat(client, [{"role": "user", "content": "please fail"}])
     assert response.status_code == 500
     assert response.json() == {
-        "error": {"message": "cannot read this one", "type": "server_error", "param": None,
-                  "code": None}
-    }  # fmt: skip
+        "error": {
+            "message": "cannot read this one",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
     assert chat(client, [USER]).status_code == 200  # the server carries on
 
 
@@ -314,9 +318,12 @@ def test_a_published_wrapper_that_skips_super_init_is_served(clean_registry) -> 
     from tests.upstream_wrappers import Qwen2_5_VLStyleModel
 
     model = clean_registry.from_config(
-        {"name": "Qwen2.5-VL-style", "class_path": "tests.upstream_wrappers:Qwen2_5_VLStyleModel",
-         "init_params": {"model_name": "Qwen2.5-VL-3B-Instruct", "device_map": "auto"}}
-    )  # fmt: skip
+        {
+            "name": "Qwen2.5-VL-style",
+            "class_path": "tests.upstream_wrappers:Qwen2_5_VLStyleModel",
+            "init_params": {"model_name": "Qwen2.5-VL-3B-Instruct", "device_map": "auto"},
+        }
+    )
     assert isinstance(model, Qwen2_5_VLStyleModel)
     request = PredictionRequest([red_square(12)], "What is this?")
     with TestClient(create_app(model, "qwen")) as client:
@@ -355,9 +362,16 @@ def test_a_requests_max_tokens_and_stop_apply_to_it_alone(client) -> None:
 
 def test_streaming_answers_in_openais_chunk_format(client) -> None:
     plain = chat(client, [USER], max_tokens=3).json()
-    with client.stream("POST", "/v1/chat/completions",
-                       json={"messages": [USER], "max_tokens": 3, "stream": True,
-                             "stream_options": {"include_usage": True}}) as response:  # fmt: skip
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "messages": [USER],
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
@@ -375,17 +389,20 @@ def test_streaming_answers_in_openais_chunk_format(client) -> None:
 
 
 def test_a_streamed_request_that_fails_is_an_ordinary_error(client) -> None:
-    response = client.post("/v1/chat/completions",
-                           json={"messages": [{"role": "user", "content": "please fail"}],
-                                 "stream": True})  # fmt: skip
+    response = client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "please fail"}], "stream": True},
+    )
     assert response.status_code == 500 and response.json()["error"]["message"] == (
         "cannot read this one"
     )
 
 
 def test_a_response_format_constrains_the_answer(client) -> None:
-    schema = {"type": "object", "properties": {"Фамилия": {"type": "string", "maxLength": 6},
-                                               "pages": {"type": "integer"}}}  # fmt: skip
+    schema = {
+        "type": "object",
+        "properties": {"Фамилия": {"type": "string", "maxLength": 6}, "pages": {"type": "integer"}},
+    }
     response_format = {"type": "json_schema", "json_schema": {"name": "f", "schema": schema}}
     response = chat(client, [USER], response_format=response_format)
     answer = json.loads(response.json()["choices"][0]["message"]["content"])

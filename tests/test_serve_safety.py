@@ -77,8 +77,12 @@ def test_a_poisoned_batch_answers_the_good_requests() -> None:
     for prompt, response in zip(prompts[:7], responses, strict=False):
         assert response.json()["choices"][0]["message"]["content"].endswith(prompt)
     poisoned = responses[7].json()["error"]
-    assert poisoned == {"message": "RuntimeError: CUDA error: an input the model chokes on",
-                        "type": "server_error", "param": None, "code": None}  # fmt: skip
+    assert poisoned == {
+        "message": "RuntimeError: CUDA error: an input the model chokes on",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
     assert max(len(batch) for batch in model.batches) > 1  # they really were batched together
 
 
@@ -98,9 +102,10 @@ def test_a_client_that_leaves_while_waiting_costs_no_model_time() -> None:
     with serve_in_thread(model, "picky", max_batch_size=1) as base_url:
         url = f"{base_url}/chat/completions"
         first = threading.Thread(
-            target=httpx.post, args=(url,), kwargs={"json": {"messages": [user("first", SQUARE)]},
-                                                    "timeout": 10},
-        )  # fmt: skip
+            target=httpx.post,
+            args=(url,),
+            kwargs={"json": {"messages": [user("first", SQUARE)]}, "timeout": 10},
+        )
         first.start()
         for _ in range(1000):  # until the first request is in the model; the next one waits
             if model.batches:
@@ -143,20 +148,30 @@ def png_bytes(picture: Image.Image) -> bytes:
 @pytest.mark.parametrize(
     ("messages", "message"),
     [
-        ([user("x" * 101, SQUARE)],
-         "the request's text is 101 characters, over this server's limit of 100"),
-        ([{"role": "system", "content": "s" * 60}, user("x" * 50, SQUARE)],
-         "the request's text is 110 characters"),
-        ([user("three", SQUARE, SQUARE, SQUARE)],
-         "the request has 3 images, over this server's limit of 2"),
-        ([user("big", Image.new("1", (101, 100)))],
-         "content part 0: the image is 101x100 = 10,100 pixels, over this server's limit of "
-         "10,000 per image"),
-        ([user("two", Image.new("1", (100, 80)), Image.new("1", (100, 80)))],
-         "the request's images hold 16,000 pixels together, over this server's limit of "
-         "15,000 per request"),
+        (
+            [user("x" * 101, SQUARE)],
+            "the request's text is 101 characters, over this server's limit of 100",
+        ),
+        (
+            [{"role": "system", "content": "s" * 60}, user("x" * 50, SQUARE)],
+            "the request's text is 110 characters",
+        ),
+        (
+            [user("three", SQUARE, SQUARE, SQUARE)],
+            "the request has 3 images, over this server's limit of 2",
+        ),
+        (
+            [user("big", Image.new("1", (101, 100)))],
+            "content part 0: the image is 101x100 = 10,100 pixels, over this server's limit of "
+            "10,000 per image",
+        ),
+        (
+            [user("two", Image.new("1", (100, 80)), Image.new("1", (100, 80)))],
+            "the request's images hold 16,000 pixels together, over this server's limit of "
+            "15,000 per request",
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_limit_is_a_400_saying_which_and_no_model_work(limited, messages, message) -> None:
     client, model = limited
     response = post(client, *messages)
@@ -216,8 +231,9 @@ def test_a_body_over_the_limit_is_a_413(limited) -> None:
 def test_deeply_nested_json_is_a_400_in_openai_format(limited, depth: int) -> None:
     client, model = limited
     nested = b'{"messages": ' + b"[" * depth + b"]" * depth + b"}"
-    response = client.post("/v1/chat/completions", content=nested,
-                           headers={"content-type": "application/json"})  # fmt: skip
+    response = client.post(
+        "/v1/chat/completions", content=nested, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert "nested" in response.json()["error"]["message"]
     assert "over this server's limit of 8" in response.json()["error"]["message"]
@@ -240,15 +256,17 @@ def test_a_key_is_required_on_every_endpoint_but_health() -> None:
         assert client.get("/health").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
             assert client.get("/v1/models", headers=headers).status_code == 401
-            refused = client.post("/v1/chat/completions", headers=headers,
-                                  json={"messages": [user("q", SQUARE)]})  # fmt: skip
+            refused = client.post(
+                "/v1/chat/completions", headers=headers, json={"messages": [user("q", SQUARE)]}
+            )
             assert refused.status_code == 401
             assert refused.json()["error"]["code"] == "invalid_api_key"
             assert "s3cret" not in refused.text
         good = {"Authorization": "Bearer s3cret-key"}
         assert client.get("/v1/models", headers=good).status_code == 200
-        answered = client.post("/v1/chat/completions", headers=good,
-                               json={"messages": [user("q", SQUARE)]})  # fmt: skip
+        answered = client.post(
+            "/v1/chat/completions", headers=good, json={"messages": [user("q", SQUARE)]}
+        )
         assert answered.status_code == 200
 
 
@@ -264,8 +282,14 @@ def test_the_api_documentation_is_off_unless_asked_for() -> None:
 def test_serving_beyond_loopback_without_a_key_warns_and_a_missing_key_refuses(
     model_cache, tmp_path
 ) -> None:
-    missing = run_cli("model=dummy", "serve.api_key_env=NO_SUCH_VARIABLE", module="runners.serve",
-                      cwd=tmp_path, cache_dir=model_cache, timeout=60)  # fmt: skip
+    missing = run_cli(
+        "model=dummy",
+        "serve.api_key_env=NO_SUCH_VARIABLE",
+        module="runners.serve",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert missing.returncode == 2
     (line,) = error_lines(missing.stdout)
     assert "serve.api_key_env=NO_SUCH_VARIABLE, but the environment variable" in line
@@ -275,9 +299,15 @@ def test_serving_beyond_loopback_without_a_key_warns_and_a_missing_key_refuses(
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        warned = run_cli("model=dummy", "serve.host=0.0.0.0", f"serve.port={port}",
-                         module="runners.serve", cwd=tmp_path, cache_dir=model_cache,
-                         timeout=60)  # fmt: skip
+        warned = run_cli(
+            "model=dummy",
+            "serve.host=0.0.0.0",
+            f"serve.port={port}",
+            module="runners.serve",
+            cwd=tmp_path,
+            cache_dir=model_cache,
+            timeout=60,
+        )
     assert "serving on 0.0.0.0 without an API key: anyone who can reach this address" in (
         warned.stdout
     )
@@ -301,8 +331,9 @@ def test_batches_fill_up_to_what_clients_keep_in_flight() -> None:
     from model_interface.backends.openai_api import OpenAIModel
 
     model = Counting("counting")
-    with serve_in_thread(model, "m", max_batch_size=8, batch_wait_s=0.0,
-                         batch_fill_s=0.5) as base_url:  # fmt: skip
+    with serve_in_thread(
+        model, "m", max_batch_size=8, batch_wait_s=0.0, batch_fill_s=0.5
+    ) as base_url:
         requests = [PredictionRequest([SQUARE], f"q{index}") for index in range(32)]
         with OpenAIModel(base_url=base_url, concurrency=4) as client:
             assert all(p.error is None for p in client.predict_batch(requests))
@@ -335,8 +366,9 @@ def running(app: Any, max_connections: int = 64) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                            **uvicorn_limits(max_connections))  # fmt: skip
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, **uvicorn_limits(max_connections)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -421,9 +453,13 @@ def test_clients_that_drip_their_bodies_are_cut_off_with_a_408_and_the_server_go
                 connection.close()
         health = httpx.get(f"{root}/health", timeout=30)
     assert all(count < 400 for count in sent.values()), sent  # cut off before their bodies ended
-    error = {"message": "the request body did not all arrive within 0.5 s, this server's limit; "
-                        "send it without pauses",
-             "type": "invalid_request_error", "param": None, "code": None}  # fmt: skip
+    error = {
+        "message": "the request body did not all arrive within 0.5 s, this server's limit; "
+        "send it without pauses",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     for status, headers, body in answers:
         assert (status, headers["connection"]) == (408, "close")  # read_answer saw it closed
         assert json.loads(body) == {"error": error}
@@ -562,8 +598,7 @@ def test_health_and_a_small_request_are_answered_while_a_huge_body_is_parsed() -
 
 
 def post_to(root: str, *messages: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{root}/v1/chat/completions", json={"messages": list(messages)},
-                      timeout=300)  # fmt: skip
+    return httpx.post(f"{root}/v1/chat/completions", json={"messages": list(messages)}, timeout=300)
 
 
 # --- text that is not Unicode ----------------------------------------------------------------
@@ -574,27 +609,40 @@ SURROGATE_MESSAGE = "a \\ud800-\\udfff escape must be one half of a surrogate pa
 @pytest.mark.parametrize(
     ("body", "where"),
     [
-        (b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}',
-         "the request's messages[0].content is not valid Unicode (lone surrogate \\ud800 at "
-         "character 3)"),
-        (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, '
-         b'{"type": "text", "text": "\\uDC00 low"}]}]}',
-         "the request's messages[0].content[1].text is not valid Unicode (lone surrogate \\udc00 "
-         "at character 0)"),
-        (b'{"model": "pi\\ud83ccky", "messages": [{"role": "user", "content": "hi"}]}',
-         "the request's model is not valid Unicode (lone surrogate \\ud83c at character 2)"),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"]}',
-         "the request's stop[0] is not valid Unicode (lone surrogate \\udfff at character 0)"),
-        (b'{"messages": [{"role": "user", "content": "hi", "\\ud800": 1}]}',
-         "a key in the request's messages[0] is not valid Unicode (lone surrogate \\ud800 at "
-         "character 0)"),
-        ('{"messages": [{"role": "user", "content": "utf-8 \ud800"}]}'.encode(
-            "utf-8", "surrogatepass"),
-         "the request's messages[0].content is not valid Unicode (lone surrogate \\ud800 at "
-         "character 6)"),
+        (
+            b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}',
+            "the request's messages[0].content is not valid Unicode (lone surrogate \\ud800 at "
+            "character 3)",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, '
+            b'{"type": "text", "text": "\\uDC00 low"}]}]}',
+            "the request's messages[0].content[1].text is not valid Unicode (lone surrogate "
+            "\\udc00 at character 0)",
+        ),
+        (
+            b'{"model": "pi\\ud83ccky", "messages": [{"role": "user", "content": "hi"}]}',
+            "the request's model is not valid Unicode (lone surrogate \\ud83c at character 2)",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"]}',
+            "the request's stop[0] is not valid Unicode (lone surrogate \\udfff at character 0)",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "hi", "\\ud800": 1}]}',
+            "a key in the request's messages[0] is not valid Unicode (lone surrogate \\ud800 at "
+            "character 0)",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "utf-8 \ud800"}]}'.encode(
+                "utf-8", "surrogatepass"
+            ),
+            "the request's messages[0].content is not valid Unicode (lone surrogate \\ud800 at "
+            "character 6)",
+        ),
     ],
     ids=["prompt", "text part", "model", "stop", "key", "utf-8 encoded surrogate"],
-)  # fmt: skip
+)
 def test_a_lone_surrogate_is_a_400_saying_where_before_the_model(body: bytes, where: str) -> None:
     model = Counting("dummy")  # answers text alone, echoing the prompt
     # TestClient raises whatever the app fails with: a traceback would fail the test.

@@ -19,10 +19,26 @@ from tests.helpers import error_lines, make_config, read_metrics, run_cli, run_u
 
 TIMING = {"call_s", "batch_size"}  # a row's timing: which call answered it, with how many others
 # metrics.csv columns that describe how fast and where, not what was answered
-COST = {"model_s", "s_per_sample", "samples_per_s", "call_p50_s", "call_p95_s", "tokens_per_s",
-        "import_s", "load_s", "wall_s", "peak_rss_mb", "peak_gpu_mb", "model_reused"}  # fmt: skip
-SAME_FILES = ["answers.csv", "metrics_by_group.csv", "metrics_by_doc_class.csv",
-              "metrics_by_document.csv"]  # fmt: skip
+COST = {
+    "model_s",
+    "s_per_sample",
+    "samples_per_s",
+    "call_p50_s",
+    "call_p95_s",
+    "tokens_per_s",
+    "import_s",
+    "load_s",
+    "wall_s",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "model_reused",
+}
+SAME_FILES = [
+    "answers.csv",
+    "metrics_by_group.csv",
+    "metrics_by_doc_class.csv",
+    "metrics_by_document.csv",
+]
 
 
 def without_timing(path: Path) -> str:
@@ -48,8 +64,9 @@ def assert_same_run(merged: Path, single: Path, *, resumed: bool = False) -> Non
 def run_shards(cache: Path, run_dir: Path, count: int, *overrides: str) -> list[dict]:
     rows = []
     for index in range(count):
-        cfg = make_config(cache, *overrides, f"runner.num_shards={count}",
-                          f"runner.shard_index={index}")  # fmt: skip
+        cfg = make_config(
+            cache, *overrides, f"runner.num_shards={count}", f"runner.shard_index={index}"
+        )
         rows.append(run_experiment(cfg, run_dir))
     return rows
 
@@ -79,8 +96,10 @@ def test_merged_shards_equal_a_single_run(model_cache, tmp_path, overrides) -> N
 
 def test_every_shard_answers_its_own_consecutive_slice(model_cache, tmp_path) -> None:
     run_shards(model_cache, tmp_path, 4, "model=dummy", "runner.limit=10")
-    slices = [pd.read_csv(tmp_path / "shards" / f"{i}-of-4" / "predictions.csv")["sample_index"]
-              for i in range(4)]  # fmt: skip
+    slices = [
+        pd.read_csv(tmp_path / "shards" / f"{i}-of-4" / "predictions.csv")["sample_index"]
+        for i in range(4)
+    ]
     assert [sorted(s.tolist()) for s in slices] == [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9]]
 
 
@@ -95,10 +114,14 @@ def test_a_shard_with_another_configuration_is_refused_before_its_model_loads(
     model_cache, tmp_path
 ) -> None:
     run_experiment(make_config(model_cache, "model=dummy", "runner.num_shards=2"), tmp_path)
-    other = make_config(model_cache, "model=tiny_llava", "runner.num_shards=2",
-                        "runner.shard_index=1")  # fmt: skip
-    with pytest.raises(RunnerError, match=r"holds answers from a different configuration "
-                                          r"\(model\.class: "):  # fmt: skip
+    other = make_config(
+        model_cache, "model=tiny_llava", "runner.num_shards=2", "runner.shard_index=1"
+    )
+    with pytest.raises(
+        RunnerError,
+        match=r"holds answers from a different configuration "
+        r"\(model\.class: ",
+    ):
         run_experiment(other, tmp_path)
     assert not (tmp_path / "shards" / "1-of-2" / "predictions.csv").exists()
     # The number of shards and the selection are the run's too.
@@ -125,9 +148,11 @@ def test_a_second_process_answering_the_same_shard_is_refused(model_cache, tmp_p
 def test_shard_settings_are_checked(model_cache, tmp_path) -> None:
     for overrides, message in [
         (["runner.num_shards=0"], r"runner.num_shards must be >= 1, got 0"),
-        (["runner.num_shards=4", "runner.shard_index=4"],
-         r"runner.shard_index must be from 0 to runner.num_shards - 1 \(3\), got 4"),
-    ]:  # fmt: skip
+        (
+            ["runner.num_shards=4", "runner.shard_index=4"],
+            r"runner.shard_index must be from 0 to runner.num_shards - 1 \(3\), got 4",
+        ),
+    ]:
         with pytest.raises(RunnerError, match=message):
             run_experiment(make_config(model_cache, "model=dummy", *overrides), tmp_path)
 
@@ -185,14 +210,17 @@ def test_merge_refuses_a_shard_copied_from_another_run(model_cache, tmp_path) ->
     assert other.returncode == 0, other.stdout[-3000:]
     run_dir = tmp_path / "outputs" / "big"
     shutil.rmtree(run_dir / "shards" / "1-of-2")
-    shutil.copytree(tmp_path / "outputs" / "other" / "shards" / "1-of-2",
-                    run_dir / "shards" / "1-of-2")  # fmt: skip
+    shutil.copytree(
+        tmp_path / "outputs" / "other" / "shards" / "1-of-2", run_dir / "shards" / "1-of-2"
+    )
     refused = merge_cli(run_dir, model_cache)
     assert refused.returncode == 2
     (line,) = error_lines(refused.stdout)
-    assert line.startswith(f"error: shard 1 of 2 in {run_dir}/shards/1-of-2 ran with a "
-                           "different configuration (dataset.prompt_template: 'Q: {prompt}' -> "
-                           "'{prompt}')")  # the shard's, then the run's  # fmt: skip
+    assert line.startswith(
+        f"error: shard 1 of 2 in {run_dir}/shards/1-of-2 ran with a "
+        "different configuration (dataset.prompt_template: 'Q: {prompt}' -> "
+        "'{prompt}')"
+    )  # the shard's, then the run's
 
 
 def test_merge_refuses_a_directory_without_shards(model_cache, tmp_path) -> None:
@@ -209,18 +237,24 @@ def test_merge_refuses_a_directory_without_shards(model_cache, tmp_path) -> None
 
 @pytest.mark.slow
 def test_a_killed_shard_resumes_and_the_merge_equals_a_single_run(model_cache, tmp_path) -> None:
-    args = ["model=custom", "model.class_path=tests.wrappers:SlowDummy",
-            "model.init_params.model_name=slow", "+model.init_params.delay_s=0.1",
-            "runner.batch_size=2", "runner.num_shards=2", "run_name=big"]  # fmt: skip
+    args = [
+        "model=custom",
+        "model.class_path=tests.wrappers:SlowDummy",
+        "model.init_params.model_name=slow",
+        "+model.init_params.delay_s=0.1",
+        "runner.batch_size=2",
+        "runner.num_shards=2",
+        "run_name=big",
+    ]
     answers = tmp_path / "outputs" / "big" / "shards" / "1-of-2" / "predictions.csv"
-    run_until_killed(*args, "runner.shard_index=1", cwd=tmp_path, cache_dir=model_cache,
-                     answers=answers, lines=6)  # fmt: skip
+    run_until_killed(
+        *args, "runner.shard_index=1", cwd=tmp_path, cache_dir=model_cache, answers=answers, lines=6
+    )
     kept = answers.read_text().count("\n") - 1
     assert 0 < kept < 24
 
     for index in (1, 0):  # the killed one resumes; the other one ends last and merges
-        result = run_cli(*args, f"runner.shard_index={index}", cwd=tmp_path,
-                         cache_dir=model_cache)  # fmt: skip
+        result = run_cli(*args, f"runner.shard_index={index}", cwd=tmp_path, cache_dir=model_cache)
         assert result.returncode == 0, result.stdout[-3000:]
     shards = pd.read_csv(tmp_path / "outputs" / "big" / "shards.csv")
     assert shards["answered_now"].tolist()[1] <= 24 - kept + 2  # a torn batch at most again
@@ -232,10 +266,17 @@ def test_a_killed_shard_resumes_and_the_merge_equals_a_single_run(model_cache, t
 @pytest.mark.slow
 def test_a_sweep_of_shards_through_joblib_is_one_run_per_model(model_cache, tmp_path) -> None:
     result = run_cli(
-        "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=dummy,tiny_llava",
-        "runner.shard_index=range(0,3)", "runner.num_shards=3", "runner.limit=12", "run_name=s",
-        cwd=tmp_path, cache_dir=model_cache,
-    )  # fmt: skip
+        "--multirun",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=dummy,tiny_llava",
+        "runner.shard_index=range(0,3)",
+        "runner.num_shards=3",
+        "runner.limit=12",
+        "run_name=s",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     sweep = tmp_path / "outputs" / "multirun" / "s"
     summary = pd.read_csv(sweep / "summary.csv")
@@ -248,19 +289,28 @@ def test_a_sweep_of_shards_through_joblib_is_one_run_per_model(model_cache, tmp_
     for run in runs:
         jobs = sorted((sweep / run / "shards").glob("*/job.json"))
         assert [job.parent.name for job in jobs] == ["0-of-3", "1-of-3", "2-of-3"]
-    single = run_cli("model=dummy", "runner.limit=12", "run_name=single", cwd=tmp_path,
-                     cache_dir=model_cache)  # fmt: skip
+    single = run_cli(
+        "model=dummy", "runner.limit=12", "run_name=single", cwd=tmp_path, cache_dir=model_cache
+    )
     assert single.returncode == 0, single.stdout[-3000:]
     assert_same_run(sweep / runs[0], tmp_path / "outputs" / "single")
     assert "dummy_sample_docs_3shards" in (sweep / "report.md").read_text(encoding="utf-8")
 
 
 def test_a_sweep_with_a_shard_missing_reports_the_run_incomplete(model_cache, tmp_path) -> None:
-    result = run_cli("--multirun", "model=dummy", "runner.shard_index=0,2",
-                     "runner.num_shards=3", "runner.limit=6", "run_name=s",
-                     cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "--multirun",
+        "model=dummy",
+        "runner.shard_index=0,2",
+        "runner.num_shards=3",
+        "runner.limit=6",
+        "run_name=s",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 1, result.stdout[-3000:]
-    summary = pd.read_csv(tmp_path / "outputs" / "multirun" / "s" / "summary.csv",
-                          keep_default_na=False)  # fmt: skip
+    summary = pd.read_csv(
+        tmp_path / "outputs" / "multirun" / "s" / "summary.csv", keep_default_na=False
+    )
     assert summary["status"].tolist() == ["incomplete"]
     assert summary["error"].tolist() == ["shard 1 of 3 has not finished (run runner.shard_index=1)"]

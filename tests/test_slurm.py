@@ -17,8 +17,9 @@ from tests.test_shards import assert_same_run
 
 @pytest.fixture
 def slurm_cluster() -> None:
-    state = subprocess.run(["sinfo", "--noheader", "--format=%t"], capture_output=True,
-                           text=True, timeout=30)  # fmt: skip
+    state = subprocess.run(
+        ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=30
+    )
     states = state.stdout.split()
     assert state.returncode == 0 and {"idle", "mix", "alloc"} & set(states), (
         f"no SLURM node is up ({state.stdout.strip() or state.stderr.strip()}); "
@@ -36,9 +37,16 @@ def submitted_jobs(sweep: Path) -> list[Path]:
 def test_a_two_model_sweep_and_a_four_shard_run_on_slurm(
     slurm_cluster, model_cache, tmp_path
 ) -> None:
-    models = run_cli("--multirun", "hydra/launcher=slurm_cpu", "model=dummy,tiny_qwen2_vl",
-                     "runner.limit=6", "run_name=models", cwd=tmp_path, cache_dir=model_cache,
-                     timeout=600)  # fmt: skip
+    models = run_cli(
+        "--multirun",
+        "hydra/launcher=slurm_cpu",
+        "model=dummy,tiny_qwen2_vl",
+        "runner.limit=6",
+        "run_name=models",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=600,
+    )
     assert models.returncode == 0, models.stdout[-3000:]
     sweep = tmp_path / "outputs" / "multirun" / "models"
     assert len(submitted_jobs(sweep)) == 2
@@ -51,9 +59,17 @@ def test_a_two_model_sweep_and_a_four_shard_run_on_slurm(
     assert summary["model"].tolist() == ["dummy", "tiny-qwen2-vl"]
     assert (sweep / "report.html").is_file() and (sweep / "summary.png").is_file()
 
-    shards = run_cli("--multirun", "hydra/launcher=slurm_cpu", "model=dummy",
-                     "runner.shard_index=range(0,4)", "runner.num_shards=4", "run_name=shards",
-                     cwd=tmp_path, cache_dir=model_cache, timeout=600)  # fmt: skip
+    shards = run_cli(
+        "--multirun",
+        "hydra/launcher=slurm_cpu",
+        "model=dummy",
+        "runner.shard_index=range(0,4)",
+        "runner.num_shards=4",
+        "run_name=shards",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=600,
+    )
     assert shards.returncode == 0, shards.stdout[-3000:]
     sweep = tmp_path / "outputs" / "multirun" / "shards"
     assert len(submitted_jobs(sweep)) == 4
@@ -70,8 +86,16 @@ def test_a_slurm_launcher_without_slurm_is_one_line(model_cache, tmp_path) -> No
     # Only the virtual environment on PATH: no sbatch, whatever this machine has installed.
     environment = {"PATH": str(Path(sys.executable).parent)}
     for launcher in ["hydra/launcher=slurm_gpu", "hydra/launcher=submitit_slurm"]:
-        result = run_cli("--multirun", launcher, "model=dummy", "runner.limit=2", cwd=tmp_path,
-                         cache_dir=model_cache, env=environment, timeout=120)  # fmt: skip
+        result = run_cli(
+            "--multirun",
+            launcher,
+            "model=dummy",
+            "runner.limit=2",
+            cwd=tmp_path,
+            cache_dir=model_cache,
+            env=environment,
+            timeout=120,
+        )
         assert result.returncode == 2, result.stdout[-3000:]
         assert error_lines(result.stdout) == [
             "error: the launcher submits the jobs to SLURM, which is not installed here (no "
@@ -90,9 +114,16 @@ def test_a_slurm_cluster_that_does_not_answer_is_one_line(model_cache, tmp_path)
         "CredType=cred/none\nNodeName=localhost CPUs=1 State=UNKNOWN\n"
         "PartitionName=debug Nodes=localhost Default=YES State=UP\n"
     )
-    result = run_cli("--multirun", "hydra/launcher=slurm_cpu", "model=dummy", "runner.limit=2",
-                     cwd=tmp_path, cache_dir=model_cache, env={"SLURM_CONF": str(conf)},
-                     timeout=300)  # fmt: skip
+    result = run_cli(
+        "--multirun",
+        "hydra/launcher=slurm_cpu",
+        "model=dummy",
+        "runner.limit=2",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        env={"SLURM_CONF": str(conf)},
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout[-3000:]
     assert error_lines(result.stdout) == [
         "error: SLURM did not take the jobs (sbatch: error: Batch job submission failed: Unable "

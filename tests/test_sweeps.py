@@ -15,9 +15,13 @@ from tests.helpers import run_cli
 @pytest.mark.slow
 def test_a_job_whose_model_cannot_load_fails_alone(model_cache: Path, tmp_path: Path) -> None:
     result = run_cli(
-        "--multirun", "model=qwen2_vl_2b,dummy", "runner.limit=2", "run_name=s",
-        cwd=tmp_path, cache_dir=tmp_path / "empty_cache",
-    )  # fmt: skip
+        "--multirun",
+        "model=qwen2_vl_2b,dummy",
+        "runner.limit=2",
+        "run_name=s",
+        cwd=tmp_path,
+        cache_dir=tmp_path / "empty_cache",
+    )
     assert result.returncode == 1, result.stdout[-3000:]
     assert "1 of 2 runs did not end ok: 0_qwen2_vl_2b_sample_docs: failed" in result.stdout
     sweep = tmp_path / "outputs" / "multirun" / "s"
@@ -34,16 +38,28 @@ def test_a_job_whose_model_cannot_load_fails_alone(model_cache: Path, tmp_path: 
 
 
 def test_jobs_are_ordered_by_number_and_earlier_sweeps_are_left_out(model_cache, tmp_path):
-    first = run_cli("--multirun", "model=dummy", "runner.limit=range(1,12)", "run_name=s",
-                    cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    first = run_cli(
+        "--multirun",
+        "model=dummy",
+        "runner.limit=range(1,12)",
+        "run_name=s",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert first.returncode == 0, first.stdout[-3000:]
     sweep = tmp_path / "outputs" / "multirun" / "s"
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary["num"].tolist() == list(range(11))  # 10 after 9, not after 1
     assert summary["n_samples"].tolist() == list(range(1, 12))
 
-    again = run_cli("--multirun", "model=dummy", "runner.limit=3,2", "run_name=s",
-                    cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    again = run_cli(
+        "--multirun",
+        "model=dummy",
+        "runner.limit=3,2",
+        "run_name=s",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert again.returncode == 0, again.stdout[-3000:]
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary["num"].tolist() == [0, 1]  # the 9 folders left by the first sweep are not
@@ -52,11 +68,17 @@ def test_jobs_are_ordered_by_number_and_earlier_sweeps_are_left_out(model_cache,
 
 
 def test_the_summary_plot_says_what_its_axes_show() -> None:
-    summary = pd.DataFrame({
-        "num": [0, 1, 2], "job": ["0_a", "1_b", "2_c"], "model": ["a", "b", "c"],
-        "status": ["ok", "ok", "failed"], "s_per_sample": [0.5, 0.25, None],
-        "anls": [0.4, 0.6, None], "cer": [0.7, 0.3, None],
-    })  # fmt: skip
+    summary = pd.DataFrame(
+        {
+            "num": [0, 1, 2],
+            "job": ["0_a", "1_b", "2_c"],
+            "model": ["a", "b", "c"],
+            "status": ["ok", "ok", "failed"],
+            "s_per_sample": [0.5, 0.25, None],
+            "anls": [0.4, 0.6, None],
+            "cer": [0.7, 0.3, None],
+        }
+    )
     (axes,) = summary_figure(summary).axes
     assert axes.get_xlabel() == (
         "model seconds per sample (model time / samples that reached the model)"

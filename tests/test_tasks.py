@@ -89,9 +89,15 @@ def test_a_users_task_registered_by_path_runs_with_its_own_columns(
     user_task_package, model_cache, tmp_path
 ) -> None:
     TASKS.register("prompt_length", "acme_tasks.tasks:PromptLength")
-    cfg = make_config(model_cache, "model=custom", "model.class_path=tests.wrappers:PromptEcho",
-                      "model.init_params.model_name=echo", "task.name=prompt_length",
-                      "+task.unit=words", "runner.limit=4")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "model.init_params.model_name=echo",
+        "task.name=prompt_length",
+        "+task.unit=words",
+        "runner.limit=4",
+    )
     row = run_experiment(cfg, tmp_path / "run")
     predictions = read_predictions(tmp_path / "run")
     assert predictions["prompt"].str.startswith("How many words in: ").all()
@@ -109,10 +115,17 @@ def test_a_users_task_found_through_its_entry_point(user_task_package, model_cac
         "[model_interface.tasks]\nprompt_length = acme_tasks.tasks:PromptLength\n"
     )
     path = f"{user_task_package}:{Path(__file__).parents[1]}"
-    result = run_cli("model=custom", "model.class_path=tests.wrappers:PromptEcho",
-                     "model.init_params.model_name=echo", "task.name=prompt_length",
-                     "runner.limit=2", "run_name=by_entry_point", cwd=tmp_path,
-                     cache_dir=model_cache, env={"PYTHONPATH": path})  # fmt: skip
+    result = run_cli(
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "model.init_params.model_name=echo",
+        "task.name=prompt_length",
+        "runner.limit=2",
+        "run_name=by_entry_point",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        env={"PYTHONPATH": path},
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     predictions = read_predictions(tmp_path / "outputs" / "by_entry_point")
     assert predictions["prompt"].str.startswith("How many characters in: ").all()
@@ -121,36 +134,53 @@ def test_a_users_task_found_through_its_entry_point(user_task_package, model_cac
 def test_an_object_answer_under_task_vqa_is_refused_before_the_model_loads(
     model_cache, tmp_path
 ) -> None:
-    root = write_jsonl(tmp_path / "data", [
-        {"id": "a", "image": "a.png", "prompt": "q", "answer": "text"},
-        {"id": "b", "image": "b.png", "prompt": "q", "answer": {"Фамилия": "ОСИПОВ"}},
-    ])  # fmt: skip
-    result = run_cli("dataset=jsonl", f"dataset.root={root}", cwd=tmp_path,
-                     cache_dir=model_cache, timeout=60)  # fmt: skip
+    root = write_jsonl(
+        tmp_path / "data",
+        [
+            {"id": "a", "image": "a.png", "prompt": "q", "answer": "text"},
+            {"id": "b", "image": "b.png", "prompt": "q", "answer": {"Фамилия": "ОСИПОВ"}},
+        ],
+    )
+    result = run_cli(
+        "dataset=jsonl", f"dataset.root={root}", cwd=tmp_path, cache_dir=model_cache, timeout=60
+    )
     assert result.returncode == 2
     (line,) = error_lines(result.stdout)
-    assert line.endswith("sample 'b' has an object for its answer; task=vqa compares text "
-                         "answers (use task=kie for fields)")  # fmt: skip
+    assert line.endswith(
+        "sample 'b' has an object for its answer; task=vqa compares text "
+        "answers (use task=kie for fields)"
+    )
     with pytest.raises(RunnerError, match="has an object for its answer"):
-        run_experiment(make_config(model_cache, "dataset=jsonl", f"dataset.root={root}"),
-                       tmp_path / "run")  # fmt: skip
+        run_experiment(
+            make_config(model_cache, "dataset=jsonl", f"dataset.root={root}"), tmp_path / "run"
+        )
 
 
 def test_the_task_is_part_of_the_fingerprint(user_task_package, model_cache, tmp_path) -> None:
     TASKS.register("prompt_length", "acme_tasks.tasks:PromptLength")
-    base = ["model=custom", "model.class_path=tests.wrappers:PromptEcho",
-            "model.init_params.model_name=echo", "runner.limit=2"]  # fmt: skip
+    base = [
+        "model=custom",
+        "model.class_path=tests.wrappers:PromptEcho",
+        "model.init_params.model_name=echo",
+        "runner.limit=2",
+    ]
     run_experiment(make_config(model_cache, *base), tmp_path / "run")
-    with pytest.raises(RunnerError, match=r"task.class: 'runners.tasks.vqa:VQATask' -> "
-                                          r"'acme_tasks.tasks:PromptLength'"):  # fmt: skip
-        run_experiment(make_config(model_cache, *base, "task.name=prompt_length"),
-                       tmp_path / "run")  # fmt: skip
+    with pytest.raises(
+        RunnerError,
+        match=r"task.class: 'runners.tasks.vqa:VQATask' -> "
+        r"'acme_tasks.tasks:PromptLength'",
+    ):
+        run_experiment(make_config(model_cache, *base, "task.name=prompt_length"), tmp_path / "run")
 
 
 def test_the_builtin_tasks_are_listed() -> None:
     assert "vqa" in TASKS.names()
     script = "import sys, runners.tasks; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)],
-                            capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).parents[1])  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
     assert result.stdout.strip() == "False"

@@ -28,8 +28,14 @@ def artifacts(store: Path, run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_a_run_is_logged_with_its_config_metrics_and_files(model_cache, tmp_path) -> None:
-    result = run_cli("model=dummy", "runner.limit=4", "run_name=one", "tracking=mlflow",
-                     cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "model=dummy",
+        "runner.limit=4",
+        "run_name=one",
+        "tracking=mlflow",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     store = tmp_path / "outputs" / "mlflow.db"
     (run,) = runs_in(store).values()
@@ -42,8 +48,14 @@ def test_a_run_is_logged_with_its_config_metrics_and_files(model_cache, tmp_path
     assert run.data.metrics["anls"] == pytest.approx(metrics["anls"])
     assert run.data.tags["status"] == "ok" and run.data.tags["model"] == "dummy"
     logged = artifacts(store, run.info.run_id)
-    assert {"predictions.csv", "metrics.csv", "metrics_by_group.csv", "report.html",
-            "fingerprint.json", "hydra"} <= logged  # fmt: skip
+    assert {
+        "predictions.csv",
+        "metrics.csv",
+        "metrics_by_group.csv",
+        "report.html",
+        "fingerprint.json",
+        "hydra",
+    } <= logged
     assert "hydra/config.yaml" in artifacts(store, run.info.run_id, "hydra")
     # Artifacts stay beside the store, under outputs/, not in the working directory.
     assert (tmp_path / "outputs" / "mlartifacts").is_dir()
@@ -51,8 +63,15 @@ def test_a_run_is_logged_with_its_config_metrics_and_files(model_cache, tmp_path
 
 
 def test_a_sweep_is_a_parent_run_with_a_child_per_job(model_cache, tmp_path) -> None:
-    result = run_cli("--multirun", "model=dummy", "runner.limit=2,3", "run_name=s",
-                     "tracking=mlflow", cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "--multirun",
+        "model=dummy",
+        "runner.limit=2,3",
+        "run_name=s",
+        "tracking=mlflow",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     store = tmp_path / "outputs" / "mlflow.db"
     runs = runs_in(store)
@@ -72,9 +91,17 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job(model_cache, tmp_path) -> 
 def test_the_shards_of_a_run_are_children_and_the_last_logs_the_merged_run(
     model_cache, tmp_path
 ) -> None:
-    result = run_cli("--multirun", "model=dummy", "runner.shard_index=0,1",
-                     "runner.num_shards=2", "runner.limit=6", "run_name=s", "tracking=mlflow",
-                     cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "--multirun",
+        "model=dummy",
+        "runner.shard_index=0,1",
+        "runner.num_shards=2",
+        "runner.limit=6",
+        "run_name=s",
+        "tracking=mlflow",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     store = tmp_path / "outputs" / "mlflow.db"
     runs = runs_in(store)
@@ -96,9 +123,16 @@ def test_the_shards_of_a_run_are_children_and_the_last_logs_the_merged_run(
 
 def test_a_failed_run_is_logged_as_failed_at_the_uri_given(model_cache, tmp_path) -> None:
     team_store = tmp_path / "team" / "store.db"
-    result = run_cli("model=dummy", "dataset=vlmhyperbench", f"dataset.root={tmp_path}/none",
-                     "run_name=broken", "tracking=mlflow", f"tracking.uri=sqlite:///{team_store}",
-                     cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "model=dummy",
+        "dataset=vlmhyperbench",
+        f"dataset.root={tmp_path}/none",
+        "run_name=broken",
+        "tracking=mlflow",
+        f"tracking.uri=sqlite:///{team_store}",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 2, result.stdout[-3000:]  # the run's own exit status is kept
     (run,) = runs_in(team_store).values()
     assert run.info.run_name == "broken" and run.info.status == "FAILED"
@@ -118,17 +152,27 @@ def test_the_readme_mlflow_ui_command_serves_the_store(model_cache, tmp_path) ->
     from runners.config import PROJECT_ROOT
     from tests.helpers import free_port
 
-    result = run_cli("model=dummy", "runner.limit=1", "run_name=seen", "tracking=mlflow",
-                     cwd=tmp_path, cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "model=dummy",
+        "runner.limit=1",
+        "run_name=seen",
+        "tracking=mlflow",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     (command,) = re.findall(r"^mlflow ui .*$", readme, flags=re.MULTILINE)
     port = free_port()
-    arguments = [*shlex.split(command.replace("--port 5000", f"--port {port}")),
-                 "--host", "127.0.0.1"]  # fmt: skip
+    arguments = [
+        *shlex.split(command.replace("--port 5000", f"--port {port}")),
+        "--host",
+        "127.0.0.1",
+    ]
     arguments[0] = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen(arguments, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        arguments, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         api, experiment = f"http://127.0.0.1:{port}/api/2.0/mlflow", None
         deadline = time.monotonic() + 90
@@ -141,8 +185,9 @@ def test_the_readme_mlflow_ui_command_serves_the_store(model_cache, tmp_path) ->
                 time.sleep(0.5)
         assert experiment is not None, "mlflow ui did not answer within 90 s"
         experiment_id = experiment["experiment"]["experiment_id"]
-        found = httpx.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]},
-                           timeout=10).json()  # fmt: skip
+        found = httpx.post(
+            f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, timeout=10
+        ).json()
         assert [run["info"]["run_name"] for run in found["runs"]] == ["seen"]
     finally:
         server.terminate()

@@ -50,9 +50,13 @@ def test_registered_on_import_and_created_the_upstream_way(page: str) -> None:
     ModelFactory.register_model("Qwen2.5-VL-style", "tests.upstream_wrappers:Qwen2_5_VLStyleModel")
     model = ModelFactory.get_model(
         "Qwen2.5-VL-style",
-        {"model_name": "Qwen2.5-VL-3B-Instruct", "system_prompt": "", "cache_dir": "c",
-         "device_map": "auto"},
-    )  # fmt: skip
+        {
+            "model_name": "Qwen2.5-VL-3B-Instruct",
+            "system_prompt": "",
+            "cache_dir": "c",
+            "device_map": "auto",
+        },
+    )
     assert isinstance(model, Qwen2_5_VLStyleModel)
     assert model.predict_on_image(page, "q") == "30x20 | q"
     (prediction,) = model.predict_batch([PredictionRequest([page, page], "q")])

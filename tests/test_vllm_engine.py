@@ -61,10 +61,12 @@ def test_a_batch_is_answered_as_each_request_alone(qwen) -> None:
 
 def test_a_requests_own_settings_apply_to_it_alone(qwen) -> None:
     image = [picture(RED)]
-    short, default = qwen.predict_batch([
-        PredictionRequest(image, "Describe the image.", generation={"max_new_tokens": 2}),
-        PredictionRequest(image, "Describe the image."),
-    ])  # fmt: skip
+    short, default = qwen.predict_batch(
+        [
+            PredictionRequest(image, "Describe the image.", generation={"max_new_tokens": 2}),
+            PredictionRequest(image, "Describe the image."),
+        ]
+    )
     assert short.completion_tokens == 2 and default.completion_tokens == 8
     assert default.text.startswith(short.text)  # greedy: the same first tokens
     stop = default.text[len(default.text) // 2 :][:2]
@@ -93,10 +95,14 @@ def test_a_json_schema_makes_every_answer_valid(qwen) -> None:
         "additionalProperties": False,
     }
     requests = [
-        PredictionRequest([picture(colour)], f"Extract the fields as JSON ({index}).",
-                          response_format=schema, generation={"max_new_tokens": 64})
+        PredictionRequest(
+            [picture(colour)],
+            f"Extract the fields as JSON ({index}).",
+            response_format=schema,
+            generation={"max_new_tokens": 64},
+        )
         for index, colour in enumerate([RED, GREEN, BLUE] * 3)
-    ]  # fmt: skip
+    ]
     for prediction in qwen.predict_batch(requests):
         jsonschema.validate(json.loads(prediction.text), schema)  # raises if not
 
@@ -134,8 +140,9 @@ def test_a_closed_engine_refuses_and_the_next_one_starts(model_cache) -> None:
 
 def test_an_engine_that_cannot_start_says_what_to_set(model_cache) -> None:
     with pytest.raises(RuntimeError) as refused:
-        VLLMModel("tiny-qwen2-vl", cache_dir=str(model_cache), **{**ENGINE,
-                  "kv_cache_memory_bytes": 4096})  # fmt: skip
+        VLLMModel(
+            "tiny-qwen2-vl", cache_dir=str(model_cache), **{**ENGINE, "kv_cache_memory_bytes": 4096}
+        )
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("vLLM could not start tiny-qwen2-vl on the cpu (")
@@ -181,8 +188,12 @@ def test_the_memory_of_the_engines_processes_counts_in_the_peak(model_cache) -> 
     from model_interface.model_utils import _peak_rss_mb, _rss_bytes, measure, process_tree
 
     with measure() as measured:
-        model = VLLMModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=4,
-                          **{**ENGINE, "multiprocessing": True})  # fmt: skip
+        model = VLLMModel(
+            "tiny-qwen2-vl",
+            cache_dir=str(model_cache),
+            max_new_tokens=4,
+            **{**ENGINE, "multiprocessing": True},
+        )
         with model:
             model.predict_batch([PredictionRequest([picture(RED)], "What is it?")])
             engine = process_tree(os.getpid()) - {os.getpid()}
@@ -203,8 +214,13 @@ def test_the_readmes_vllm_commands_run(model_cache, tmp_path) -> None:
     assert commands
     for number, command in enumerate(commands):
         arguments = shlex.split(command, comments=True)[3:]
-        result = run_cli(*arguments, "runner.limit=2", f"run_name=readme_{number}", cwd=tmp_path,
-                         cache_dir=model_cache)  # fmt: skip
+        result = run_cli(
+            *arguments,
+            "runner.limit=2",
+            f"run_name=readme_{number}",
+            cwd=tmp_path,
+            cache_dir=model_cache,
+        )
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
         predictions = read_predictions(tmp_path / "outputs" / f"readme_{number}")
         assert set(predictions["framework"]) == {"vLLM"} and (predictions["error"] == "").all()

@@ -141,14 +141,23 @@ def test_vllm_engine_options_leave_unset_options_to_vllm():
     [
         ("gpu", {}, {"gpu_memory_utilization": 0.9, "kv_cache_memory_bytes": None}),
         ("cpu", {}, {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 512 * 2**20}),
-        ("cpu", {"kv_cache_memory_bytes": 2**30},
-         {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 2**30}),
-        ("gpu", {"gpu_memory_utilization": 0.5},
-         {"gpu_memory_utilization": 0.5, "kv_cache_memory_bytes": None}),
-        ("gpu", {"kv_cache_memory_bytes": 2**32},
-         {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 2**32}),
+        (
+            "cpu",
+            {"kv_cache_memory_bytes": 2**30},
+            {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 2**30},
+        ),
+        (
+            "gpu",
+            {"gpu_memory_utilization": 0.5},
+            {"gpu_memory_utilization": 0.5, "kv_cache_memory_bytes": None},
+        ),
+        (
+            "gpu",
+            {"kv_cache_memory_bytes": 2**32},
+            {"gpu_memory_utilization": None, "kv_cache_memory_bytes": 2**32},
+        ),
     ],
-)  # fmt: skip
+)
 def test_vllm_memory_fits_the_device(device, given, memory):
     """A share of GPU memory on a GPU; on the CPU a share would be of the host's RAM (90% of it
     fails to start), so the KV cache gets a size."""
@@ -278,8 +287,10 @@ def test_sglang_takes_a_requests_own_settings_but_not_its_own_seed():
         {"max_new_tokens": 4, "stop": ["."]}
     )
     assert sglang_backend.sampling_params(settings) == {
-        "max_new_tokens": 4, "temperature": 0.0, "stop": ["."],
-    }  # fmt: skip
+        "max_new_tokens": 4,
+        "temperature": 0.0,
+        "stop": ["."],
+    }
     with pytest.raises(UnsupportedRequest, match="seed=3 differs from the model's seed=None"):
         sglang_backend.sampling_params(settings.with_overrides({"seed": 3}))
 
@@ -493,7 +504,8 @@ def test_a_json_schema_goes_to_each_engines_structured_outputs():
     }
     older = SimpleNamespace(GuidedDecodingParams=Params)
     assert vllm_backend.options_for(settings, older)["guided_decoding"].kwargs == {
-        "json": grammar_schema(SCHEMA), "disable_any_whitespace": True
+        "json": grammar_schema(SCHEMA),
+        "disable_any_whitespace": True,
     }
     assert vllm_backend.structured_outputs_config(older) == {}
     assert "structured_outputs" not in vllm_backend.options_for(GenerationSettings(), newer)

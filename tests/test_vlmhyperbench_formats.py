@@ -15,8 +15,11 @@ from runners.metrics import CorpusErrorRates, bleu
 from runners.run import PROJECT_ROOT, RunnerError, run_experiment
 from tests.helpers import error_lines, make_config, read_predictions, run_cli, write_dataset
 
-ECHO = ["model=custom", "model.class_path=tests.wrappers:PromptEcho",
-        "model.init_params.model_name=echo"]  # fmt: skip
+ECHO = [
+    "model=custom",
+    "model.class_path=tests.wrappers:PromptEcho",
+    "model.init_params.model_name=echo",
+]
 
 
 def write_collection(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -29,25 +32,39 @@ def write_collection(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 @pytest.fixture
 def passports(tmp_path: Path) -> Path:
-    return write_dataset(tmp_path / "data", [
-        {"doc_class": "passport", "question_type": "Номер паспорта", "question": "Номер?"},
-        {"doc_class": "passport", "question_type": "Полное имя", "question": "Имя?"},
-        {"doc_class": "snils", "question_type": "Номер", "question": "СНИЛС?"},
-    ], images=True)  # fmt: skip
+    return write_dataset(
+        tmp_path / "data",
+        [
+            {"doc_class": "passport", "question_type": "Номер паспорта", "question": "Номер?"},
+            {"doc_class": "passport", "question_type": "Полное имя", "question": "Имя?"},
+            {"doc_class": "snils", "question_type": "Номер", "question": "СНИЛС?"},
+        ],
+        images=True,
+    )
 
 
 def test_a_prompt_collection_replaces_each_question_by_its_key(model_cache, tmp_path, passports):
-    collection = write_collection(tmp_path / "tuned.csv", [
-        ("Напиши номер паспорта.", "passport Номер паспорта"),
-        ("Напиши полное имя владельца.", "passport Полное имя"),
-        ("Напиши номер СНИЛС.", "snils Номер"),
-    ])  # fmt: skip
-    cfg = make_config(model_cache, *ECHO, "dataset=vlmhyperbench", f"dataset.root={passports}",
-                      f"dataset.prompt_collection={collection}")  # fmt: skip
+    collection = write_collection(
+        tmp_path / "tuned.csv",
+        [
+            ("Напиши номер паспорта.", "passport Номер паспорта"),
+            ("Напиши полное имя владельца.", "passport Полное имя"),
+            ("Напиши номер СНИЛС.", "snils Номер"),
+        ],
+    )
+    cfg = make_config(
+        model_cache,
+        *ECHO,
+        "dataset=vlmhyperbench",
+        f"dataset.root={passports}",
+        f"dataset.prompt_collection={collection}",
+    )
     run_experiment(cfg, tmp_path / "run")
     assert read_predictions(tmp_path / "run")["prompt"].tolist() == [
-        "Напиши номер паспорта.", "Напиши полное имя владельца.", "Напиши номер СНИЛС.",
-    ]  # fmt: skip
+        "Напиши номер паспорта.",
+        "Напиши полное имя владельца.",
+        "Напиши номер СНИЛС.",
+    ]
 
 
 def test_a_sample_without_a_prompt_in_the_collection_is_refused_before_the_model_loads(
@@ -55,38 +72,63 @@ def test_a_sample_without_a_prompt_in_the_collection_is_refused_before_the_model
 ) -> None:
     only = [("Напиши номер паспорта.", "passport Номер паспорта")]
     collection = write_collection(tmp_path / "partial.csv", only)
-    result = run_cli("dataset=vlmhyperbench", f"dataset.root={passports}",
-                     f"dataset.prompt_collection={collection}", cwd=tmp_path,
-                     cache_dir=model_cache, timeout=60)  # fmt: skip
+    result = run_cli(
+        "dataset=vlmhyperbench",
+        f"dataset.root={passports}",
+        f"dataset.prompt_collection={collection}",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=60,
+    )
     assert result.returncode == 2
     (line,) = error_lines(result.stdout)
-    assert line.endswith("prompt collection partial.csv has no prompt for 'passport Полное имя' "
-                         "(annotation.csv line 3); it has 'passport Номер паспорта'")  # fmt: skip
+    assert line.endswith(
+        "prompt collection partial.csv has no prompt for 'passport Полное имя' "
+        "(annotation.csv line 3); it has 'passport Номер паспорта'"
+    )
     # Samples filtered out need no prompt.
-    cfg = make_config(model_cache, *ECHO, "dataset=vlmhyperbench", f"dataset.root={passports}",
-                      f"dataset.prompt_collection={collection}",
-                      'dataset.question_type="Номер паспорта"')  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        *ECHO,
+        "dataset=vlmhyperbench",
+        f"dataset.root={passports}",
+        f"dataset.prompt_collection={collection}",
+        'dataset.question_type="Номер паспорта"',
+    )
     assert run_experiment(cfg, tmp_path / "filtered")["n_samples"] == 1
 
 
 def test_a_collection_with_two_prompts_for_one_key_is_refused(model_cache, tmp_path, passports):
-    collection = write_collection(tmp_path / "twice.csv",
-                                  [("A", "snils Номер"), ("B", "snils Номер")])  # fmt: skip
-    cfg = make_config(model_cache, *ECHO, "dataset=vlmhyperbench", f"dataset.root={passports}",
-                      f"dataset.prompt_collection={collection}")  # fmt: skip
+    collection = write_collection(
+        tmp_path / "twice.csv", [("A", "snils Номер"), ("B", "snils Номер")]
+    )
+    cfg = make_config(
+        model_cache,
+        *ECHO,
+        "dataset=vlmhyperbench",
+        f"dataset.root={passports}",
+        f"dataset.prompt_collection={collection}",
+    )
     with pytest.raises(RunnerError, match=r"twice\.csv line 3: a second prompt for 'snils Номер'"):
         run_experiment(cfg, tmp_path / "run")
 
 
 def test_the_shipped_collections_run_as_a_sweep_axis(model_cache, tmp_path) -> None:
-    result = run_cli("--multirun", *ECHO, "dataset.prompt_collection=prompts/brief.csv,"
-                     "prompts/detailed.csv", 'dataset.prompt_template="{prompt} {question}"',
-                     "runner.limit=2", "run_name=prompts", cwd=tmp_path,
-                     cache_dir=model_cache)  # fmt: skip
+    result = run_cli(
+        "--multirun",
+        *ECHO,
+        "dataset.prompt_collection=prompts/brief.csv,prompts/detailed.csv",
+        'dataset.prompt_template="{prompt} {question}"',
+        "runner.limit=2",
+        "run_name=prompts",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     sweep = tmp_path / "outputs" / "multirun" / "prompts"
-    first, second = (read_predictions(sweep / job) for job in
-                     ("0_custom_sample_docs", "1_custom_sample_docs"))  # fmt: skip
+    first, second = (
+        read_predictions(sweep / job) for job in ("0_custom_sample_docs", "1_custom_sample_docs")
+    )
     assert first.loc[0, "prompt"] == "Answer with the amount only. What is the subtotal?"
     assert second.loc[0, "prompt"].startswith("You are reading a scanned invoice.")
 
@@ -94,8 +136,13 @@ def test_the_shipped_collections_run_as_a_sweep_axis(model_cache, tmp_path) -> N
 def test_a_system_prompt_from_a_text_file(model_cache, tmp_path) -> None:
     system = tmp_path / "system.txt"
     system.write_text("Отвечай кратко.\n", encoding="utf-8")
-    cfg = make_config(model_cache, "model=dummy", f"+model.init_params.system_prompt_file={system}",
-                      "model.init_params.system_prompt=", "runner.limit=1")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        "model=dummy",
+        f"+model.init_params.system_prompt_file={system}",
+        "model.init_params.system_prompt=",
+        "runner.limit=1",
+    )
     run_experiment(cfg, tmp_path / "run")
     assert (
         "| Отвечай кратко. What is the subtotal?"
@@ -105,8 +152,9 @@ def test_a_system_prompt_from_a_text_file(model_cache, tmp_path) -> None:
     both = make_config(model_cache, "model=dummy", from_file, "model.init_params.system_prompt=x")
     with pytest.raises(RunnerError, match="both system_prompt and system_prompt_file"):
         run_experiment(both, tmp_path / "both")
-    missing = make_config(model_cache, "model=dummy",
-                          "+model.init_params.system_prompt_file=/no/such/file.txt")  # fmt: skip
+    missing = make_config(
+        model_cache, "model=dummy", "+model.init_params.system_prompt_file=/no/such/file.txt"
+    )
     with pytest.raises(RunnerError, match=r"cannot read model\.init_params\.system_prompt_file"):
         run_experiment(missing, tmp_path / "missing")
 
@@ -115,8 +163,12 @@ def test_a_relative_system_prompt_file_is_also_looked_for_in_the_dataset_root(
     model_cache, tmp_path
 ) -> None:
     """The README's example: the sample documents ship prompts/system.txt."""
-    cfg = make_config(model_cache, "model=dummy", "runner.limit=1",
-                      "+model.init_params.system_prompt_file=prompts/system.txt")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        "model=dummy",
+        "runner.limit=1",
+        "+model.init_params.system_prompt_file=prompts/system.txt",
+    )
     run_experiment(cfg, tmp_path / "run")
     shipped = (PROJECT_ROOT / "data/sample_docs/prompts/system.txt").read_text().strip()
     answer = read_predictions(tmp_path / "run").loc[0, "prediction"]
@@ -126,8 +178,7 @@ def test_a_relative_system_prompt_file_is_also_looked_for_in_the_dataset_root(
 def test_a_system_prompt_file_that_is_not_utf8_is_one_line(model_cache, tmp_path) -> None:
     system = tmp_path / "system.txt"
     system.write_bytes("Réponds brièvement.\n".encode("latin-1"))
-    cfg = make_config(model_cache, "model=dummy",
-                      f"+model.init_params.system_prompt_file={system}")  # fmt: skip
+    cfg = make_config(model_cache, "model=dummy", f"+model.init_params.system_prompt_file={system}")
     with pytest.raises(RunnerError) as refused:
         run_experiment(cfg, tmp_path / "run")
     assert str(refused.value) == (
@@ -137,9 +188,11 @@ def test_a_system_prompt_file_that_is_not_utf8_is_one_line(model_cache, tmp_path
 
 
 def test_every_run_writes_answers_in_their_format(model_cache, tmp_path) -> None:
-    root = write_dataset(tmp_path / "data", [{"question": "line one\nline two; and more"},
-                                             {"question": "Имя?"}, {"question": "q"}],
-                         images=True)  # fmt: skip
+    root = write_dataset(
+        tmp_path / "data",
+        [{"question": "line one\nline two; and more"}, {"question": "Имя?"}, {"question": "q"}],
+        images=True,
+    )
     cfg = make_config(model_cache, *ECHO, "dataset=vlmhyperbench", f"dataset.root={root}")
     run_experiment(cfg, tmp_path / "run")
     raw = (tmp_path / "run" / "answers.csv").read_bytes()
@@ -195,8 +248,13 @@ def test_metrics_by_group_add_the_corpus_rates_and_bleu(model_cache, tmp_path) -
         {"question": "12.03.1958", "answer": "12.03.1985", "doc_class": "snils"},
     ]
     root = write_dataset(tmp_path / "data", rows, images=True)
-    cfg = make_config(model_cache, *ECHO, "dataset=vlmhyperbench", f"dataset.root={root}",
-                      "runner.metrics=[cer,bleu]")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        *ECHO,
+        "dataset=vlmhyperbench",
+        f"dataset.root={root}",
+        "runner.metrics=[cer,bleu]",
+    )
     row = run_experiment(cfg, tmp_path / "run")
     groups = pd.read_csv(tmp_path / "run" / "metrics_by_group.csv").set_index("doc_class")
     snils = [("353-721-310 54", "353-721-31054"), ("12.03.1985", "12.03.1958")]

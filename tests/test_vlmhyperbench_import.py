@@ -36,8 +36,11 @@ from tests.helpers import (
     write_demo_dataset,
 )
 
-ECHO = ["model=custom", "model.class_path=tests.wrappers:PromptEcho",
-        "model.init_params.model_name=echo"]  # fmt: skip
+ECHO = [
+    "model=custom",
+    "model.class_path=tests.wrappers:PromptEcho",
+    "model.init_params.model_name=echo",
+]
 N_QUESTIONS = 22  # 7 + 7 + 4 + 4
 
 
@@ -63,8 +66,9 @@ def test_the_demo_shaped_dataset_is_what_their_demo_is(demo: Path) -> None:
 def test_every_question_is_answered_once_by_its_row_and_grouped_by_document(
     model_cache, tmp_path, demo
 ) -> None:
-    cfg = make_config(model_cache, *ECHO, "dataset=vlmhyperbench", f"dataset.root={demo}",
-                      "runner.batch_size=4")  # fmt: skip
+    cfg = make_config(
+        model_cache, *ECHO, "dataset=vlmhyperbench", f"dataset.root={demo}", "runner.batch_size=4"
+    )
     metrics = run_experiment(cfg, tmp_path / "run")
     assert metrics["n_samples"] == N_QUESTIONS and metrics["n_errors"] == 0
 
@@ -82,7 +86,9 @@ def test_every_question_is_answered_once_by_its_row_and_grouped_by_document(
     assert by_document["n"].tolist() == [7, 7, 4, 4]
     by_class = pd.read_csv(tmp_path / "run" / "metrics_by_doc_class.csv")
     assert dict(zip(by_class["doc_class"], by_class["n"], strict=True)) == {
-        "invoice": 8, "passport": 14}  # fmt: skip
+        "invoice": 8,
+        "passport": 14,
+    }
     assert {"cer", "cer_corpus", "wer_corpus"} <= set(by_class.columns)
 
 
@@ -90,12 +96,24 @@ def test_every_question_is_answered_once_by_its_row_and_grouped_by_document(
 def test_kill_9_then_resume_gives_the_file_an_uninterrupted_run_writes(
     model_cache, tmp_path, demo
 ) -> None:
-    args = ["model=custom", "model.class_path=tests.wrappers:SlowDummy",
-            "model.init_params.model_name=slow", "+model.init_params.delay_s=0.3",
-            "runner.batch_size=2", "dataset=vlmhyperbench", f"dataset.root={demo}"]  # fmt: skip
+    args = [
+        "model=custom",
+        "model.class_path=tests.wrappers:SlowDummy",
+        "model.init_params.model_name=slow",
+        "+model.init_params.delay_s=0.3",
+        "runner.batch_size=2",
+        "dataset=vlmhyperbench",
+        f"dataset.root={demo}",
+    ]
     killed_dir = tmp_path / "outputs" / "killed"
-    run_until_killed(*args, "run_name=killed", cwd=tmp_path, cache_dir=model_cache,
-                     answers=killed_dir / "predictions.csv", lines=6)  # fmt: skip
+    run_until_killed(
+        *args,
+        "run_name=killed",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        answers=killed_dir / "predictions.csv",
+        lines=6,
+    )
     assert 0 < len(read_predictions(killed_dir)) < N_QUESTIONS
 
     resumed = run_cli(*args, "run_name=killed", cwd=tmp_path, cache_dir=model_cache)
@@ -132,19 +150,36 @@ def write_semicolon_csv(
 
 def write_collection(path: Path, style: str) -> Path:
     """A prompt collection with a prompt for every (doc_class, question_type) of the demo."""
-    rows = [[f"{style}: {question_type}", f"{doc_class} {question_type}", "0.1"]
-            for doc_class, types in DEMO_QUESTIONS.items() for question_type in types]  # fmt: skip
+    rows = [
+        [f"{style}: {question_type}", f"{doc_class} {question_type}", "0.1"]
+        for doc_class, types in DEMO_QUESTIONS.items()
+        for question_type in types
+    ]
     return write_semicolon_csv(path, ["prompt", "doc_class_question_type", "cer"], rows)
 
 
 VLM_BASE_ROWS = [
-    ["Hugging Face", "Qwen2.5-VL", "Qwen2.5-VL-3B-Instruct", "ghcr.io/x/qwen25:0.1",
-     "git+https://example.org/model_qwen2.5-vl.git@0.1.1", "tests", "upstream_wrappers",
-     "Qwen2_5_VLStyleModel"],
-    ["Hugging Face", "Qwen2-VL", "Qwen2-VL-2B-Instruct", "ghcr.io/x/qwen2:0.1",
-     "git+https://example.org/model_qwen2-vl.git@0.1.1", "tests", "upstream_wrappers",
-     "Qwen2VLStyleModel"],
-]  # fmt: skip
+    [
+        "Hugging Face",
+        "Qwen2.5-VL",
+        "Qwen2.5-VL-3B-Instruct",
+        "ghcr.io/x/qwen25:0.1",
+        "git+https://example.org/model_qwen2.5-vl.git@0.1.1",
+        "tests",
+        "upstream_wrappers",
+        "Qwen2_5_VLStyleModel",
+    ],
+    [
+        "Hugging Face",
+        "Qwen2-VL",
+        "Qwen2-VL-2B-Instruct",
+        "ghcr.io/x/qwen2:0.1",
+        "git+https://example.org/model_qwen2-vl.git@0.1.1",
+        "tests",
+        "upstream_wrappers",
+        "Qwen2VLStyleModel",
+    ],
+]
 AGGREGATORS = "['by_id', 'by_doc_question', 'by_doc_type', 'general']"
 
 
@@ -156,8 +191,19 @@ def user_config_row(
     only_evaluate: str = "False",
     system_prompt: str = "",
 ) -> list[str]:
-    return ["demo_mini", "VQA", "Hugging Face", model, system_prompt, collection, metrics,
-            only_evaluate, AGGREGATORS, "", ""]  # fmt: skip
+    return [
+        "demo_mini",
+        "VQA",
+        "Hugging Face",
+        model,
+        system_prompt,
+        collection,
+        metrics,
+        only_evaluate,
+        AGGREGATORS,
+        "",
+        "",
+    ]
 
 
 @pytest.fixture
@@ -187,16 +233,28 @@ def import_cli(
     default folder)."""
     write_semicolon_csv(benchmark / "user_config.csv", columns, rows, encoding=encoding)
     out_args = [] if out is None else ["--out", str(benchmark / out)]
-    return run_cli(str(benchmark / "user_config.csv"), str(benchmark / "vlm_base.csv"),
-                   "--data-dir", str(benchmark / "data_dirs"), *out_args, *extra, cwd=benchmark,
-                   cache_dir=cache, timeout=60, module="runners.import_vlmhyperbench",
-                   env=env or {})  # fmt: skip
+    return run_cli(
+        str(benchmark / "user_config.csv"),
+        str(benchmark / "vlm_base.csv"),
+        "--data-dir",
+        str(benchmark / "data_dirs"),
+        *out_args,
+        *extra,
+        cwd=benchmark,
+        cache_dir=cache,
+        timeout=60,
+        module="runners.import_vlmhyperbench",
+        env=env or {},
+    )
 
 
 def printed_commands(output: str) -> list[str]:
     """The commands the importer prints to run the import ("run it: ...", "then: ...")."""
-    return [line.partition(": ")[2] for line in output.splitlines()
-            if line.startswith(("run it: ", "then: "))]  # fmt: skip
+    return [
+        line.partition(": ")[2]
+        for line in output.splitlines()
+        if line.startswith(("run it: ", "then: "))
+    ]
 
 
 def run_printed(command: str, *extra: str, cwd: Path, cache: Path, **kwargs) -> str:
@@ -213,15 +271,21 @@ def test_two_models_by_two_prompt_collections_run_as_four_jobs_with_their_prompt
     model_cache, benchmark
 ) -> None:
     rows = [
-        user_config_row("Qwen2.5-VL-3B-Instruct", "demo_mini/brief.csv",
-                        system_prompt="strict.txt"),
+        user_config_row(
+            "Qwen2.5-VL-3B-Instruct", "demo_mini/brief.csv", system_prompt="strict.txt"
+        ),
         user_config_row("Qwen2.5-VL-3B-Instruct", "demo_mini/detailed.csv"),
         user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv"),
         user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/detailed.csv"),
         # Re-score the first row's answers with other metrics, without running the model again.
-        user_config_row("Qwen2.5-VL-3B-Instruct", "demo_mini/brief.csv", system_prompt="strict.txt",
-                        metrics="['CER', 'WER', 'BLEU']", only_evaluate="True"),
-    ]  # fmt: skip
+        user_config_row(
+            "Qwen2.5-VL-3B-Instruct",
+            "demo_mini/brief.csv",
+            system_prompt="strict.txt",
+            metrics="['CER', 'WER', 'BLEU']",
+            only_evaluate="True",
+        ),
+    ]
     imported = import_cli(benchmark, rows, cache=model_cache)
     assert imported.returncode == 0, imported.stdout
     searchpath = f"hydra.searchpath=[file://{benchmark / 'conf'}]"
@@ -229,18 +293,25 @@ def test_two_models_by_two_prompt_collections_run_as_four_jobs_with_their_prompt
         f"python -m runners.run --multirun experiment=user_config '{searchpath}'" in imported.stdout
     )
 
-    run = run_cli("--multirun", "experiment=user_config", searchpath, cwd=benchmark,
-                  cache_dir=model_cache)  # fmt: skip
+    run = run_cli(
+        "--multirun", "experiment=user_config", searchpath, cwd=benchmark, cache_dir=model_cache
+    )
     assert run.returncode == 0, run.stdout[-3000:]
     sweep = benchmark / "outputs" / "multirun" / "user_config"
     jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
     assert jobs == [f"{index}_custom_vlmhyperbench" for index in range(4)]
 
-    annotation = pd.read_csv(benchmark / "data_dirs" / "Datasets" / "VQA" / "demo_mini" /
-                             "annotation.csv", sep=";", encoding="utf-8-sig")  # fmt: skip
-    sizes = {path: "{}x{}".format(*Image.open(benchmark / "data_dirs" / "Datasets" / "VQA" /
-                                              "demo_mini" / path).size)
-             for path in annotation["image_path"].unique()}  # fmt: skip
+    annotation = pd.read_csv(
+        benchmark / "data_dirs" / "Datasets" / "VQA" / "demo_mini" / "annotation.csv",
+        sep=";",
+        encoding="utf-8-sig",
+    )
+    sizes = {
+        path: "{}x{}".format(
+            *Image.open(benchmark / "data_dirs" / "Datasets" / "VQA" / "demo_mini" / path).size
+        )
+        for path in annotation["image_path"].unique()
+    }
     qwen25, qwen2 = "Qwen2.5-VL-3B-Instruct", "Qwen2-VL-2B-Instruct"
     expected = [(qwen25, "Кратко"), (qwen25, "Подробно"), (qwen2, "Кратко"), (qwen2, "Подробно")]
     for index, (model, style) in enumerate(expected):
@@ -251,8 +322,9 @@ def test_two_models_by_two_prompt_collections_run_as_four_jobs_with_their_prompt
         assert predictions["prompt"].tolist() == prompts
         # The wrapper answers with the size of the image and the prompt it was given.
         assert predictions["prediction"].tolist() == [
-            f"{sizes[path]} | {prompt}" for path, prompt in zip(annotation["image_path"], prompts,
-                                                               strict=True)]  # fmt: skip
+            f"{sizes[path]} | {prompt}"
+            for path, prompt in zip(annotation["image_path"], prompts, strict=True)
+        ]
         metrics = pd.read_csv(sweep / f"{index}_custom_vlmhyperbench" / "metrics.csv")
         assert "cer" in metrics.columns and "wer" not in metrics.columns
     configs = [(sweep / job / ".hydra" / "config.yaml").read_text() for job in jobs]
@@ -263,9 +335,14 @@ def test_two_models_by_two_prompt_collections_run_as_four_jobs_with_their_prompt
         False,
     ]
 
-    evaluation = run_cli("--multirun", "experiment=user_config_evaluate", searchpath,
-                         cwd=benchmark, cache_dir=model_cache,
-                         module="runners.evaluate")  # fmt: skip
+    evaluation = run_cli(
+        "--multirun",
+        "experiment=user_config_evaluate",
+        searchpath,
+        cwd=benchmark,
+        cache_dir=model_cache,
+        module="runners.evaluate",
+    )
     assert evaluation.returncode == 0, evaluation.stdout[-3000:]
     scored = benchmark / "outputs" / "evaluate" / "multirun" / "user_config_evaluate" / "0"
     rescored = read_predictions(scored)
@@ -273,17 +350,20 @@ def test_two_models_by_two_prompt_collections_run_as_four_jobs_with_their_prompt
     assert rescored["prediction"].tolist() == first["prediction"].tolist()
     metrics = pd.read_csv(scored / "metrics.csv").iloc[0]
     assert {"cer", "wer", "bleu"} <= set(metrics.index)
-    assert metrics["cer"] == pytest.approx(pd.read_csv(sweep / "0_custom_vlmhyperbench" /
-                                                       "metrics.csv").iloc[0]["cer"])  # fmt: skip
+    assert metrics["cer"] == pytest.approx(
+        pd.read_csv(sweep / "0_custom_vlmhyperbench" / "metrics.csv").iloc[0]["cer"]
+    )
 
 
 def test_the_system_prompt_file_and_filters_reach_the_job_config(model_cache, benchmark) -> None:
-    row = user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv",
-                          system_prompt="strict.txt")  # fmt: skip
+    row = user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv", system_prompt="strict.txt")
     row[-2:] = ["['passport']", "['Имя', 'Фамилия']"]
     assert import_cli(benchmark, [row], "--name", "filtered", cache=model_cache).returncode == 0
-    cfg = make_config(model_cache, "+vlmhyperbench/filtered=job_0",
-                      f"hydra.searchpath=[file://{benchmark / 'conf'}]")  # fmt: skip
+    cfg = make_config(
+        model_cache,
+        "+vlmhyperbench/filtered=job_0",
+        f"hydra.searchpath=[file://{benchmark / 'conf'}]",
+    )
     assert cfg.model.class_path == "tests.upstream_wrappers:Qwen2VLStyleModel"
     assert cfg.model.init_params.system_prompt_file.endswith("SystemPrompts/strict.txt")
     assert list(cfg.dataset.doc_class) == ["passport"]
@@ -297,11 +377,27 @@ def test_the_system_prompt_file_and_filters_reach_the_job_config(model_cache, be
 def test_with_hf_the_rows_run_on_the_built_in_backend(model_cache, benchmark) -> None:
     """A model the project has a config for gets it (dtype, image bounds); another gets a new
     model config with the settings of their wrappers."""
-    write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [*VLM_BASE_ROWS, [
-        "Hugging Face", "Qwen2.5-VL", "Qwen2.5-VL-32B-Instruct", "", "", "model_qwen2_5_vl",
-        "models", "Qwen2_5_VLModel"]])  # fmt: skip
-    rows = [user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv"),
-            user_config_row("Qwen2.5-VL-32B-Instruct", "demo_mini/brief.csv")]  # fmt: skip
+    write_semicolon_csv(
+        benchmark / "vlm_base.csv",
+        VLM_BASE_COLUMNS,
+        [
+            *VLM_BASE_ROWS,
+            [
+                "Hugging Face",
+                "Qwen2.5-VL",
+                "Qwen2.5-VL-32B-Instruct",
+                "",
+                "",
+                "model_qwen2_5_vl",
+                "models",
+                "Qwen2_5_VLModel",
+            ],
+        ],
+    )
+    rows = [
+        user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv"),
+        user_config_row("Qwen2.5-VL-32B-Instruct", "demo_mini/brief.csv"),
+    ]
     assert import_cli(benchmark, rows, "--hf", "--name", "on_hf", cache=model_cache).returncode == 0
     searchpath = f"hydra.searchpath=[file://{benchmark / 'conf'}]"
 
@@ -317,51 +413,94 @@ def test_with_hf_the_rows_run_on_the_built_in_backend(model_cache, benchmark) ->
     assert new.model.name == "hf"
     assert new.model.init_params.model_name == "Qwen/Qwen2.5-VL-32B-Instruct"
     assert (new.model.init_params.dtype, new.model.init_params.max_new_tokens) == (
-        "bfloat16", DEFAULT_MAX_NEW_TOKENS)  # fmt: skip
+        "bfloat16",
+        DEFAULT_MAX_NEW_TOKENS,
+    )
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("column", f"user_config.csv: unknown column(s) ['temperature'], missing []; expected "
-                   f"{USER_CONFIG_COLUMNS}"),
-        ("metric", "user_config.csv line 2: metric 'ROUGE' has no counterpart here; importable: "
-                   "['BLEU', 'CER', 'WER']"),
-        ("model", "user_config.csv line 2: no vlm_base.csv row for framework 'Hugging Face' and "
-                  "model 'Pixtral-12B'"),
+        (
+            "column",
+            f"user_config.csv: unknown column(s) ['temperature'], missing []; expected "
+            f"{USER_CONFIG_COLUMNS}",
+        ),
+        (
+            "metric",
+            "user_config.csv line 2: metric 'ROUGE' has no counterpart here; importable: "
+            "['BLEU', 'CER', 'WER']",
+        ),
+        (
+            "model",
+            "user_config.csv line 2: no vlm_base.csv row for framework 'Hugging Face' and "
+            "model 'Pixtral-12B'",
+        ),
         ("task", "user_config.csv line 2: task 'KIE' has no counterpart here; importable: ['VQA']"),
-        ("collection", "user_config.csv line 2: {data}/PromptCollections/VQA/demo_mini/gone.csv "
-                       "does not exist; check --data-dir and the prompt_collection column"),
-        ("name", "the experiment name 'my bench' may hold only letters, digits, '_', '.' and '-'; "
-                 "pass --name"),
-        ("evaluate_only", "user_config.csv line 2 only evaluates, but no row runs its model on its "
-                          "questions; add that row, or score its answers file with python -m "
-                          "runners.evaluate predictions=..."),
+        (
+            "collection",
+            "user_config.csv line 2: {data}/PromptCollections/VQA/demo_mini/gone.csv "
+            "does not exist; check --data-dir and the prompt_collection column",
+        ),
+        (
+            "name",
+            "the experiment name 'my bench' may hold only letters, digits, '_', '.' and '-'; "
+            "pass --name",
+        ),
+        (
+            "evaluate_only",
+            "user_config.csv line 2 only evaluates, but no row runs its model on its "
+            "questions; add that row, or score its answers file with python -m "
+            "runners.evaluate predictions=...",
+        ),
         # A header alone used to write nothing and print a command that ran nothing, exit 0.
         ("no_rows", "user_config.csv has no rows: add one evaluation per line below its header"),
-        ("empty_file", f"user_config.csv is empty; its first line must be the header "
-                       f"{';'.join(USER_CONFIG_COLUMNS)}"),
-        ("no_models", "user_config.csv line 2: no vlm_base.csv row for framework 'Hugging Face' "
-                      "and model 'Qwen2-VL-2B-Instruct'"),
+        (
+            "empty_file",
+            f"user_config.csv is empty; its first line must be the header "
+            f"{';'.join(USER_CONFIG_COLUMNS)}",
+        ),
+        (
+            "no_models",
+            "user_config.csv line 2: no vlm_base.csv row for framework 'Hugging Face' "
+            "and model 'Qwen2-VL-2B-Instruct'",
+        ),
         # Saved from Excel as plain "CSV" (a legacy code page), not "CSV UTF-8": a traceback.
-        ("latin1", "user_config.csv line 2 is not UTF-8 (byte 0xe9); re-save the file as UTF-8 "
-                   "(Excel: 'CSV UTF-8')"),
-        ("latin1_vlm_base", "vlm_base.csv line 4 is not UTF-8 (byte 0xe9); re-save the file as "
-                            "UTF-8 (Excel: 'CSV UTF-8')"),
+        (
+            "latin1",
+            "user_config.csv line 2 is not UTF-8 (byte 0xe9); re-save the file as UTF-8 "
+            "(Excel: 'CSV UTF-8')",
+        ),
+        (
+            "latin1_vlm_base",
+            "vlm_base.csv line 4 is not UTF-8 (byte 0xe9); re-save the file as "
+            "UTF-8 (Excel: 'CSV UTF-8')",
+        ),
         # An unquoted ';' in a prompt: the row has a value beyond the header. A traceback.
-        ("extra_value", "user_config.csv line 2: 12 values for 11 columns; quote a value that "
-                        "holds ';'"),
+        (
+            "extra_value",
+            "user_config.csv line 2: 12 values for 11 columns; quote a value that holds ';'",
+        ),
         # A shared user_config.csv must not send a file from elsewhere on this machine to the
         # model (as its system prompt or its prompts) or make a dataset of another folder.
-        ("dataset_outside", "user_config.csv line 2: dataset '../../../..' leads out of "
-                            "{data}/Datasets/VQA; name a path inside it"),
-        ("system_prompt_outside", "user_config.csv line 2: system_prompt '../../notes.txt' leads "
-                                  "out of {data}/SystemPrompts; name a path inside it"),
-        ("collection_outside", "user_config.csv line 2: prompt_collection '{notes}' leads out of "
-                               "{data}/PromptCollections/VQA; name a path inside it"),
+        (
+            "dataset_outside",
+            "user_config.csv line 2: dataset '../../../..' leads out of "
+            "{data}/Datasets/VQA; name a path inside it",
+        ),
+        (
+            "system_prompt_outside",
+            "user_config.csv line 2: system_prompt '../../notes.txt' leads "
+            "out of {data}/SystemPrompts; name a path inside it",
+        ),
+        (
+            "collection_outside",
+            "user_config.csv line 2: prompt_collection '{notes}' leads out of "
+            "{data}/PromptCollections/VQA; name a path inside it",
+        ),
         ("max_new_tokens", "--max-new-tokens must be >= 1, got 0"),
     ],
-)  # fmt: skip
+)
 def test_what_cannot_be_imported_is_refused_in_one_line_and_nothing_is_written(
     model_cache, benchmark, change, message
 ) -> None:
@@ -391,8 +530,10 @@ def test_what_cannot_be_imported_is_refused_in_one_line_and_nothing_is_written(
     elif change == "latin1":
         row[4], encoding = "Réponds brièvement.", "latin-1"
     elif change == "latin1_vlm_base":
-        models = [*VLM_BASE_ROWS, ["Hugging Face", "Qwen2-VL", "Qwen2-VL-7B", "", "", "café",
-                                   "models", "Model"]]  # fmt: skip
+        models = [
+            *VLM_BASE_ROWS,
+            ["Hugging Face", "Qwen2-VL", "Qwen2-VL-7B", "", "", "café", "models", "Model"],
+        ]
         write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, models, "latin-1")
     elif change == "extra_value":
         row[4:5] = ["Answer briefly", " in English."]
@@ -406,8 +547,9 @@ def test_what_cannot_be_imported_is_refused_in_one_line_and_nothing_is_written(
         extra = ["--max-new-tokens", "0"]
     elif change == "empty_file":
         columns, rows = [], []  # not even a header: a file of 0 bytes
-    result = import_cli(benchmark, rows, *extra, cache=model_cache, columns=columns,
-                        encoding=encoding)  # fmt: skip
+    result = import_cli(
+        benchmark, rows, *extra, cache=model_cache, columns=columns, encoding=encoding
+    )
     expected = message.format(data=benchmark / "data_dirs", notes=notes)
     assert (result.returncode, result.stdout.splitlines()) == (2, [f"error: {expected}"])
     assert not (benchmark / "conf").exists()
@@ -455,8 +597,22 @@ def test_no_cell_is_interpreted_each_reaches_the_composed_job_as_its_text(
     model = [odd_name, "Dummy", odd_name, "", "", "model_interface", "backends.dummy", "DummyModel"]
     write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [model])
     # Each form as the system prompt and the filters; the other cells name the odd folder.
-    rows = [[odd_name, "VQA", odd_name, odd_name, text, f"{odd_name}.csv", "['CER']", "False",
-             AGGREGATORS, repr([text, "passport"]), text] for text in INTERPRETED]  # fmt: skip
+    rows = [
+        [
+            odd_name,
+            "VQA",
+            odd_name,
+            odd_name,
+            text,
+            f"{odd_name}.csv",
+            "['CER']",
+            "False",
+            AGGREGATORS,
+            repr([text, "passport"]),
+            text,
+        ]
+        for text in INTERPRETED
+    ]
     result = import_cli(benchmark, rows, "--name", "odd", cache=model_cache)
     assert result.returncode == 0, result.stdout
     assert SECRET not in result.stdout
@@ -480,7 +636,9 @@ def test_no_cell_is_interpreted_each_reaches_the_composed_job_as_its_text(
             data / "PromptCollections" / "VQA" / f"{odd_name}.csv"
         )
         assert (settings.dataset.doc_class, settings.dataset.question_type) == (
-            [text, "passport"], [text])  # fmt: skip
+            [text, "passport"],
+            [text],
+        )
         assert SECRET not in repr(settings)
 
 
@@ -497,8 +655,19 @@ def test_a_secret_named_in_a_cell_reaches_no_file_of_the_printed_commands(
     key = "${oc.env:OPENAI_API_KEY}"
     model = ["Dummy", "Dummy", key, "", "", "model_interface", "backends.dummy", "DummyModel"]
     write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [model])
-    row = ["demo_mini", "VQA", "Dummy", key, key, "demo_mini/brief.csv", "['CER']", "False",
-           AGGREGATORS, "", ""]  # fmt: skip
+    row = [
+        "demo_mini",
+        "VQA",
+        "Dummy",
+        key,
+        key,
+        "demo_mini/brief.csv",
+        "['CER']",
+        "False",
+        AGGREGATORS,
+        "",
+        "",
+    ]
     evaluate_row = [*row[:6], "['CER', 'WER']", "True", *row[8:]]
     secret = {"OPENAI_API_KEY": SECRET}
     imported = import_cli(benchmark, [row, evaluate_row], cache=model_cache, out=None, env=secret)
@@ -507,10 +676,17 @@ def test_a_secret_named_in_a_cell_reaches_no_file_of_the_printed_commands(
     searchpath = f"'hydra.searchpath=[\"file://{benchmark}/conf-vlmhyperbench\"]'"
     run, evaluate = printed_commands(imported.stdout)
     assert run == f"python -m runners.run --multirun experiment=user_config {searchpath}"
-    assert evaluate == (f"python -m runners.evaluate --multirun experiment=user_config_evaluate "
-                        f"{searchpath}")  # fmt: skip
-    output = run_printed(run, "runner.limit=2", "model.init_params.max_new_tokens=8",
-                         cwd=benchmark, cache=model_cache, env=secret)  # fmt: skip
+    assert evaluate == (
+        f"python -m runners.evaluate --multirun experiment=user_config_evaluate {searchpath}"
+    )
+    output = run_printed(
+        run,
+        "runner.limit=2",
+        "model.init_params.max_new_tokens=8",
+        cwd=benchmark,
+        cache=model_cache,
+        env=secret,
+    )
     output += run_printed(evaluate, cwd=benchmark, cache=model_cache, env=secret)
 
     job = benchmark / "outputs" / "multirun" / "user_config" / "0_custom_vlmhyperbench"
@@ -523,8 +699,9 @@ def test_a_secret_named_in_a_cell_reaches_no_file_of_the_printed_commands(
     assert "wer" in read_metrics(rescored)
     assert SECRET not in output
     written = [path for path in benchmark.rglob("*") if path.is_file()]
-    assert len(written) > 20 and not [path for path in written
-                                      if SECRET.encode() in path.read_bytes()]  # fmt: skip
+    assert len(written) > 20 and not [
+        path for path in written if SECRET.encode() in path.read_bytes()
+    ]
 
 
 # --- where the import goes, and how long its answers are -------------------------------------
@@ -545,8 +722,9 @@ def test_by_default_the_import_goes_to_conf_vlmhyperbench_of_the_current_directo
     model_cache, benchmark
 ) -> None:
     row = user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv")
-    result = import_cli(benchmark, [row], "--name", "default_out_probe", cache=model_cache,
-                        out=None)  # fmt: skip
+    result = import_cli(
+        benchmark, [row], "--name", "default_out_probe", cache=model_cache, out=None
+    )
     assert result.returncode == 0, result.stdout
     out = benchmark / "conf-vlmhyperbench"
     assert (out / "experiment" / "default_out_probe.yaml").is_file()
@@ -559,17 +737,26 @@ def test_by_default_the_import_goes_to_conf_vlmhyperbench_of_the_current_directo
         f"'hydra.searchpath=[file://{out}]'"
     ]
     # The job the experiment sweeps over composes from that folder.
-    cfg = make_config(model_cache, "+vlmhyperbench/default_out_probe=job_0",
-                      f"hydra.searchpath=[file://{out}]")  # fmt: skip
+    cfg = make_config(
+        model_cache, "+vlmhyperbench/default_out_probe=job_0", f"hydra.searchpath=[file://{out}]"
+    )
     assert cfg.model.class_path == "tests.upstream_wrappers:Qwen2VLStyleModel"
 
 
 @pytest.mark.parametrize(
     "folder",
-    ["/srv/plain-dir_1.0/conf", "/srv/a b/conf", "/srv/a,b/conf", "/srv/Данные/conf",
-     "/srv/it's/conf", '/srv/say "hi"/conf', "/srv/back\\slash\\", "/srv/a(b)=c [d]/conf",
-     "/srv/trailing space /conf "],
-)  # fmt: skip
+    [
+        "/srv/plain-dir_1.0/conf",
+        "/srv/a b/conf",
+        "/srv/a,b/conf",
+        "/srv/Данные/conf",
+        "/srv/it's/conf",
+        '/srv/say "hi"/conf',
+        "/srv/back\\slash\\",
+        "/srv/a(b)=c [d]/conf",
+        "/srv/trailing space /conf ",
+    ],
+)
 def test_the_printed_searchpath_names_any_folder_exactly(folder: str) -> None:
     override = searchpath_override(Path(folder))
     if folder == "/srv/plain-dir_1.0/conf":
@@ -584,39 +771,57 @@ def test_jobs_on_this_projects_backends_answer_briefly_and_take_a_plain_override
 ) -> None:
     """--hf rows and rows whose wrapper is a built-in backend get max_new_tokens; a wrapper of
     their own, which takes no such argument, is left to its own length."""
-    write_semicolon_csv(benchmark / "vlm_base.csv", VLM_BASE_COLUMNS, [*VLM_BASE_ROWS,
-        ["Dummy", "Dummy", "dummy", "", "", "model_interface", "backends.dummy", "DummyModel"],
-        ["Their", "Qwen2-VL", "Qwen2-VL-style", "", "", "tests", "upstream_wrappers",
-         "Qwen2VLStyleModel"]])  # fmt: skip
-    rows = [user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv"),  # conf/model's
-            user_config_row("Qwen2.5-VL-3B-Instruct", "demo_mini/brief.csv"),  # conf/model's
-            user_config_row("dummy", "demo_mini/brief.csv"),
-            user_config_row("Qwen2-VL-style", "demo_mini/brief.csv")]  # fmt: skip
+    write_semicolon_csv(
+        benchmark / "vlm_base.csv",
+        VLM_BASE_COLUMNS,
+        [
+            *VLM_BASE_ROWS,
+            ["Dummy", "Dummy", "dummy", "", "", "model_interface", "backends.dummy", "DummyModel"],
+            [
+                "Their",
+                "Qwen2-VL",
+                "Qwen2-VL-style",
+                "",
+                "",
+                "tests",
+                "upstream_wrappers",
+                "Qwen2VLStyleModel",
+            ],
+        ],
+    )
+    rows = [
+        user_config_row("Qwen2-VL-2B-Instruct", "demo_mini/brief.csv"),  # conf/model's
+        user_config_row("Qwen2.5-VL-3B-Instruct", "demo_mini/brief.csv"),  # conf/model's
+        user_config_row("dummy", "demo_mini/brief.csv"),
+        user_config_row("Qwen2-VL-style", "demo_mini/brief.csv"),
+    ]
     rows[2][2], rows[3][2] = "Dummy", "Their"
     result = import_cli(benchmark, rows, "--hf", "--name", "brief", cache=model_cache)
     assert result.returncode == 0, result.stdout
-    assert ("note: jobs on tests.upstream_wrappers:Qwen2VLStyleModel answer at their wrapper's "
-            "own length; --max-new-tokens reaches only this project's backends"
-            ) in result.stdout.splitlines()  # fmt: skip
+    assert (
+        "note: jobs on tests.upstream_wrappers:Qwen2VLStyleModel answer at their wrapper's "
+        "own length; --max-new-tokens reaches only this project's backends"
+    ) in result.stdout.splitlines()
     searchpath = f"hydra.searchpath=[file://{benchmark / 'conf'}]"
 
     def job(index: int, *overrides: str) -> dict:
-        cfg = make_config(model_cache, f"+vlmhyperbench/brief=job_{index}", searchpath,
-                          *overrides)  # fmt: skip
+        cfg = make_config(model_cache, f"+vlmhyperbench/brief=job_{index}", searchpath, *overrides)
         return to_settings(cfg, RunConfig).model
 
     for index in (0, 1, 2):
         assert job(index)["init_params"]["max_new_tokens"] == DEFAULT_MAX_NEW_TOKENS == 64
         # A plain override, as for any other model config; "+" and "++" are not needed.
-        assert job(index, "model.init_params.max_new_tokens=8")["init_params"][
-            "max_new_tokens"] == 8  # fmt: skip
+        assert (
+            job(index, "model.init_params.max_new_tokens=8")["init_params"]["max_new_tokens"] == 8
+        )
     assert [job(index).get("name") for index in (0, 1, 2)] == ["hf", "hf", "custom"]
     theirs = job(3)
     assert "max_new_tokens" not in theirs["init_params"]
     assert type(ModelFactory.from_config(model_config(theirs))).__name__ == "Qwen2VLStyleModel"
 
-    longer = import_cli(benchmark, rows, "--hf", "--name", "longer", "--max-new-tokens", "512",
-                        cache=model_cache)  # fmt: skip
+    longer = import_cli(
+        benchmark, rows, "--hf", "--name", "longer", "--max-new-tokens", "512", cache=model_cache
+    )
     assert longer.returncode == 0, longer.stdout
     cfg = make_config(model_cache, "+vlmhyperbench/longer=job_2", searchpath)
     assert cfg.model.init_params.max_new_tokens == 512
@@ -628,10 +833,17 @@ def test_the_example_runs_from_the_printed_commands_at_the_default_answer_length
 ) -> None:
     (tmp_path / "examples").symlink_to(PROJECT_ROOT / "examples")
     example = Path("examples") / "vlmhyperbench"
-    imported = run_cli(str(example / "user_config.csv"), str(example / "vlm_base.csv"),
-                       "--data-dir", str(example / "data_dirs"), "--name", "vlmhyperbench_demo",
-                       cwd=tmp_path, cache_dir=model_cache,
-                       module="runners.import_vlmhyperbench")  # fmt: skip
+    imported = run_cli(
+        str(example / "user_config.csv"),
+        str(example / "vlm_base.csv"),
+        "--data-dir",
+        str(example / "data_dirs"),
+        "--name",
+        "vlmhyperbench_demo",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        module="runners.import_vlmhyperbench",
+    )
     assert imported.returncode == 0, imported.stdout
     searchpath = shlex.quote(searchpath_override(tmp_path / "conf-vlmhyperbench"))
     run, evaluate = printed_commands(imported.stdout)

@@ -41,8 +41,9 @@ class PromptEcho(DummyModel):
     """Answers each request with its prompt, so a test can choose every answer."""
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
-        return [Prediction(request.prompt, prompt_tokens=1, completion_tokens=1)
-                for request in requests]  # fmt: skip
+        return [
+            Prediction(request.prompt, prompt_tokens=1, completion_tokens=1) for request in requests
+        ]
 
 
 class CountsLoads(DummyModel):

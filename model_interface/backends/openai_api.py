@@ -351,8 +351,15 @@ class OpenAIModel(ModelInterface):
                     f"{method} {url} failed after {attempt} attempt(s); last: {problem}"
                 )
             delay = self._backoff_s(attempt, retry_after)
-            log.info("%s %s: %s; retry %d of %d in %.2f s", method, url, problem, attempt,
-                     self.max_retries, delay)  # fmt: skip
+            log.info(
+                "%s %s: %s; retry %d of %d in %.2f s",
+                method,
+                url,
+                problem,
+                attempt,
+                self.max_retries,
+                delay,
+            )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 

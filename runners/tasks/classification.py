@@ -139,8 +139,9 @@ def _given_labels(labels: Sequence[str]) -> list[str]:
     """``task.labels`` checked: a list of distinct, non-empty classes, ``unparseable`` not
     among them."""
     if isinstance(labels, str):  # task.labels=invoice: one string, not a list of characters
-        raise ValueError(f"task.labels must be a list, e.g. task.labels=[{labels},other]; "
-                         f"got {labels!r}")  # fmt: skip
+        raise ValueError(
+            f"task.labels must be a list, e.g. task.labels=[{labels},other]; got {labels!r}"
+        )
     given: dict[str, str] = {}
     for label in map(str, labels):
         form = normalize(label)
@@ -172,8 +173,11 @@ def read_label(answer: str, labels: Sequence[str]) -> str:
     by_form = {form: label for label in labels if (form := normalize(label))}
     if words in by_form:
         return by_form[words]
-    named = [label for form, label in by_form.items()
-             if re.search(rf"(?<!\w){re.escape(form)}(?!\w)", words)]  # fmt: skip
+    named = [
+        label
+        for form, label in by_form.items()
+        if re.search(rf"(?<!\w){re.escape(form)}(?!\w)", words)
+    ]
     return named[0] if len(named) == 1 else UNPARSEABLE
 
 

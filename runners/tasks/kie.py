@@ -106,8 +106,17 @@ class KIETask(Task):
 
     @property
     def columns(self) -> list[str]:
-        return ["json_valid", "schema_valid", "field_exact_match", "field_anls", "field_cer",
-                "field_precision", "field_recall", "field_f1", "all_fields_correct"]  # fmt: skip
+        return [
+            "json_valid",
+            "schema_valid",
+            "field_exact_match",
+            "field_anls",
+            "field_cer",
+            "field_precision",
+            "field_recall",
+            "field_f1",
+            "all_fields_correct",
+        ]
 
     def score(self, prediction: str, reference: Any) -> dict[str, Any]:
         if reference is None:
@@ -262,20 +271,31 @@ def compare_fields(answer: Any, reference: Mapping[str, Any]) -> list[dict[str, 
     for path, expected in flatten(reference).items():
         text = _text(expected)
         given = _text(predicted[path]) if path in predicted else ""
-        scores = {"exact_match": quality.exact_match(given, text),
-                  "anls": quality.anls(given, text), "cer": quality.cer(given, text)}  # fmt: skip
+        scores = {
+            "exact_match": quality.exact_match(given, text),
+            "anls": quality.anls(given, text),
+            "cer": quality.cer(given, text),
+        }
         if path not in predicted:
             status = "missing"
         else:
             status = "match" if scores["exact_match"] else "mismatch"
-        fields.append({"field": path, "reference": text, "prediction": given, "status": status,
-                       **scores})  # fmt: skip
+        fields.append(
+            {"field": path, "reference": text, "prediction": given, "status": status, **scores}
+        )
     reference_paths = {field["field"] for field in fields}
     for path, value in predicted.items():
         if path not in reference_paths:
             unscored = dict.fromkeys(FIELD_METRICS, math.nan)
-            fields.append({"field": path, "reference": "", "prediction": _text(value),
-                           "status": "extra", **unscored})  # fmt: skip
+            fields.append(
+                {
+                    "field": path,
+                    "reference": "",
+                    "prediction": _text(value),
+                    "status": "extra",
+                    **unscored,
+                }
+            )
     return fields
 
 
@@ -365,10 +385,14 @@ class _KIETally(Tally):
 
     def files(self) -> dict[str, list[dict[str, Any]]]:
         by_field = [
-            {"field": name, "n": figures["n"], "missing": figures["missing"] / figures["n"],
-             **{metric: figures[metric] / figures["n"] for metric in FIELD_METRICS}}
+            {
+                "field": name,
+                "n": figures["n"],
+                "missing": figures["missing"] / figures["n"],
+                **{metric: figures[metric] / figures["n"] for metric in FIELD_METRICS},
+            }
             for name, figures in self.per_field.items()
-        ]  # fmt: skip
+        ]
         return {"metrics_by_field.csv": by_field}
 
     def close(self) -> None:

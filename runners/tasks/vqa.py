@@ -72,8 +72,9 @@ class _VQATally(Tally):
         self.corpora: dict[tuple[str, ...], _Corpus] = {}  # by (), group, or ("class", name)
 
     def add(self, row: Mapping[str, Any], reference: Any) -> None:
-        scores = {name: float(row[name]) for name in self.row_metrics
-                  if row.get(name) not in (None, "")}  # fmt: skip
+        scores = {
+            name: float(row[name]) for name in self.row_metrics if row.get(name) not in (None, "")
+        }
         group = tuple(str(row.get(column) or "") for column in GROUP_COLUMNS)
         self.means.add(scores, group if any(group) else ())
         if row.get("doc_class"):
@@ -100,15 +101,18 @@ class _VQATally(Tally):
 
     def files(self) -> dict[str, list[dict[str, Any]]]:
         """metrics_by_doc_class.csv and metrics_by_document.csv, where the dataset says."""
-        by_class = [{"doc_class": name, **row, **self._corpus(("class", name))}
-                    for (name,), row in self.by_class.groups()]  # fmt: skip
+        by_class = [
+            {"doc_class": name, **row, **self._corpus(("class", name))}
+            for (name,), row in self.by_class.groups()
+        ]
         by_document = [{"document_id": name, **row} for (name,), row in self.by_document.groups()]
         return {"metrics_by_doc_class.csv": by_class, "metrics_by_document.csv": by_document}
 
     def _corpus(self, key: tuple[str, ...]) -> dict[str, float]:
         corpus = self.corpora.get(key)
-        figures = corpus.rates.rates() if corpus else {"cer_corpus": math.nan,
-                                                       "wer_corpus": math.nan}  # fmt: skip
+        figures = (
+            corpus.rates.rates() if corpus else {"cer_corpus": math.nan, "wer_corpus": math.nan}
+        )
         for name in self.corpus_metrics:
             metric = quality.METRICS.get(name)
             figures[name] = metric.score(*corpus.texts()) if corpus and corpus.pairs else math.nan
