@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,26 +28,33 @@ from tests.test_readme import readme_lines
 pytestmark = pytest.mark.slow
 
 
+SOURCES = ["pyproject.toml", "README.md", "model_interface", "runners", "conf", "data"]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(out),
-            str(PROJECT_ROOT),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    """The wheel, built from a copy of the sources: a build leaves build/ behind, whose stale
+    files a later build of the checkout would ship."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
+    for name in SOURCES:
+        if (PROJECT_ROOT / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(PROJECT_ROOT / name, source / name, ignore=ignore)
+        else:
+            shutil.copy2(PROJECT_ROOT / name, source / name)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--wheel-dir",
+        str(out),
+        str(source),
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
     (built,) = out.glob("*.whl")
     return built
 
