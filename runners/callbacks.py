@@ -12,7 +12,6 @@ the sweep exits with status 1 if any job did not end ``ok``.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -24,11 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from runners.config import RunnerError, shard_folder
 from runners.outputs import read_complete_rows, read_json, write_json
+from runners.report import plot_summary, read_run, write_report
+from runners.sweeps import JOB_FILE, SWEEP_FILE, sweep_runs
 
 log = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.json"
-JOB_FILE = "job.json"
 
 
 class SweepSummary(Callback):
@@ -79,7 +77,6 @@ def finish_sweep(sweep_dir: Path) -> Any:
 
 
 def _write_sweep_report(sweep_dir: Path) -> None:
-    from runners.report import read_run, write_report
 
     jobs = [run for run in sweep_runs(sweep_dir) if (run / "metrics.csv").is_file()]
     if not jobs:
@@ -183,29 +180,6 @@ def _run_status(run_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, str]:
     return {"status": "incomplete", "error": "; ".join(jobs[-1].get("waiting_for", []))}
 
 
-def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The directories of this sweep's jobs (by the id in sweep.json), by job number."""
-    sweep_file = sweep_dir / SWEEP_FILE
-    sweep_id = read_json(sweep_file)["id"] if sweep_file.is_file() else None
-    jobs = []
-    for job_file in sweep_dir.rglob(JOB_FILE):
-        job = read_json(job_file)
-        if job.get("sweep_id") == sweep_id:  # not one left by an earlier sweep into this folder
-            jobs.append((int(job["num"]), job_file.parent))
-    return [path for _, path in sorted(jobs)]
-
-
-def sweep_runs(sweep_dir: Path) -> dict[Path, list[dict[str, Any]]]:
-    """This sweep's run directories, by their first job's number, each with its jobs' records:
-    one job, or one per shard (whose job.json is in ``shards/<i>-of-<n>/`` of the run)."""
-    runs: dict[Path, list[dict[str, Any]]] = {}
-    for job_dir in sweep_jobs(sweep_dir):
-        job = read_json(job_dir / JOB_FILE)
-        run_dir = job_dir.parents[1] if job.get("shard") else job_dir
-        runs.setdefault(run_dir, []).append(job)
-    return runs
-
-
 def _config_value(cfg: DictConfig, *keys: str) -> str:
     """The first of ``keys`` set in ``cfg``, as text (a failed job's config may be incomplete)."""
     for key in keys:
@@ -216,48 +190,3 @@ def _config_value(cfg: DictConfig, *keys: str) -> str:
         if value not in (None, "", "???"):
             return str(value)
     return ""
-
-
-QUALITY_PREFERENCE = ("anls", "exact_match", "cer", "wer")
-
-
-def plot_summary(summary: Any, path: Path) -> None:
-    """summary.png: :func:`summary_figure` saved."""
-    import matplotlib.pyplot as plt
-
-    figure = summary_figure(summary)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def summary_figure(summary: Any) -> Any:
-    """Quality against model time per sample: one point per job, told apart by its job name
-    (marker, colour, legend and label), the quality axis from 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    quality = next((name for name in QUALITY_PREFERENCE if name in summary), None)
-    figure, axes = plt.subplots(figsize=(7.5, 4.8))
-    finished = summary.dropna(subset=[c for c in ("s_per_sample", quality) if c in summary])
-    if quality is not None and "s_per_sample" in finished:
-        markers = "osD^v<>ph*"
-        for number, job in enumerate(finished.itertuples()):
-            point = (job.s_per_sample, getattr(job, quality))
-            axes.scatter(*point, label=str(job.job), s=45, marker=markers[number % len(markers)])
-            axes.annotate(
-                str(job.job), point, fontsize=7, xytext=(4, 4), textcoords="offset points"
-            )
-        top = max(finished[quality].max(), 1.0 if quality in ("anls", "exact_match") else 0.0)
-        axes.set_ylim(0, top * 1.05 if math.isfinite(top) and top > 0 else 1)
-        axes.set_xlim(left=0)
-        axes.legend(fontsize=8, title="job")
-    failed = len(summary) - len(finished)
-    axes.set_xlabel("model seconds per sample (model time / samples that reached the model)")
-    axes.set_ylabel(f"{quality}, mean over samples" if quality else "(no quality metric)")
-    note = f"; {failed} job(s) without results not shown" if failed else ""
-    axes.set_title(f"quality against model time, one point per job{note}", fontsize=10)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    return figure

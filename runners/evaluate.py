@@ -43,7 +43,8 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     dataset or the answers file.
     """
     from runners.outputs import PredictionsFile
-    from runners.run import Plan, dataset_and_task, score, write_metrics
+    from runners.plan import Plan, dataset_and_task
+    from runners.scoring import score, write_metrics
 
     settings: EvaluateConfig = to_settings(cfg, EvaluateConfig)
     dataset, task = dataset_and_task(settings.dataset, settings.task, list(settings.runner.metrics))

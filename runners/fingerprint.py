@@ -14,7 +14,7 @@ What only chooses *which* samples run (``limit``, ``shuffle``, ``seed``) or how 
 is left out: a run may be extended with a larger limit, or resumed with a smaller batch after
 running out of memory. A run split into shards adds its number of shards and the selection
 (``runner.limit``, ``dataset.limit``, ``shuffle``, ``seed``), which decide each shard's samples
-(:func:`runners.shards.fingerprint_section`); the shard index is left out, so every shard of
+(:func:`runners.plan.fingerprint_section`); the shard index is left out, so every shard of
 a run has the same fingerprint. Image files are not hashed: replacing an image in place goes
 unnoticed.
 """

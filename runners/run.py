@@ -1,9 +1,10 @@
 """Benchmark a vision-language model on a dataset: ``python -m runners.run [overrides]``.
 
-A run is seven steps, one function each: :func:`check` (the config, the whole dataset) →
-:func:`claim` (the run directory: locked while the run answers, its fingerprint compared) →
-:func:`load` (the model) → :func:`resume` (what is answered already) → :func:`answer` →
-:func:`score` (every row of predictions.csv) → :func:`write` (metrics). Every mistake in the
+A run is seven steps, one function each: ``check`` (the config, the whole dataset:
+:mod:`runners.plan`) → :func:`claim` (the run directory: locked while the run answers, its
+fingerprint compared) → :func:`load` (the model) → :func:`resume` (what is answered already) →
+:func:`answer` → ``score`` (every row of predictions.csv) → ``write`` (metrics; both in
+:mod:`runners.scoring`). Every mistake in the
 config or the dataset is found by ``check``, before a model is loaded. A shard of a run
 (:mod:`runners.shards`) ends in ``finish_shard`` instead of the last two: the last shard to
 end scores and writes the merged run.
@@ -16,136 +17,26 @@ framework) happen in ``load``, so ``--help`` and a refused config stay fast.
 from __future__ import annotations
 
 import atexit
-import dataclasses
-import itertools
 import json
 import logging
 import os
 import random
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from runners.config import (
-    CONFIG_DIR,
-    PROJECT_ROOT,
-    Interrupted,
-    RunConfig,
-    RunnerError,
-    model_config,
-    shard_folder,
-    to_settings,
-)
+from runners.config import CONFIG_DIR, PROJECT_ROOT, Interrupted, RunnerError
+from runners.plan import Plan, check
+from runners.scoring import Answered, LoadedModel, RunCost, max_or_none, score, write
+from runners.shards import finish_shard
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT", "RunnerError", "main", "run_experiment"]
 
 log = logging.getLogger("runners.run")
-
-
-@dataclass
-class Plan:
-    """What :func:`check` established: the settings, the dataset, the task and what to run."""
-
-    settings: RunConfig
-    model: dict[str, Any]  # the model config, a system_prompt_file read
-    dataset: Any  # runners.datasets.Dataset
-    task: Any  # runners.tasks.Task
-    n_selected: int
-    fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def sharded(self) -> bool:
-        return self.settings.runner.num_shards > 1
-
-    def answers_dir(self, run_dir: Path) -> Path:
-        """Where this run keeps its answers: the run directory, or its shard's folder in it."""
-        runner = self.settings.runner
-        return run_dir / shard_folder(runner.shard_index, runner.num_shards)
-
-    def selected(self) -> Iterator[Any]:
-        """The samples this run answers, in dataset order: the selection (filters, shuffling,
-        limits), or this shard's slice of it."""
-        from runners.shards import bounds
-
-        runner = self.settings.runner
-        start, stop = bounds(self.n_selected, runner.shard_index, runner.num_shards)
-        return itertools.islice(self.dataset.samples(), start, stop)
-
-
-@dataclass
-class LoadedModel:
-    key: str  # the model config, as JSON: a sweep's next job with the same key reuses the model
-    model: Any
-    import_s: float  # importing the model's class (and its framework: torch, transformers, ...)
-    load_s: float  # constructing the model: weights, processor, engine
-    peak_rss_mb: float
-    peak_gpu_mb: float | None
-
-
-@dataclass
-class Answered:
-    """What :func:`answer` did in this invocation."""
-
-    n_samples: int
-    wall_s: float
-    peak_rss_mb: float
-    peak_gpu_mb: float | None
-
-
-@dataclass
-class RunCost:
-    """What this invocation cost and which model it ran: metrics.csv's columns beside the
-    counts, timing and quality that come from the rows."""
-
-    model: str
-    framework: str
-    answered_now: int
-    import_s: float
-    load_s: float
-    model_reused: bool
-    cache_hit: bool | None
-    wall_s: float
-    peak_rss_mb: float
-    peak_gpu_mb: float | None
-
-    @classmethod
-    def of(cls, loaded: LoadedModel, reused: bool, answered: Answered) -> RunCost:
-        model = loaded.model
-        return cls(
-            model=model.model_name,
-            framework=model.framework,
-            answered_now=answered.n_samples,
-            import_s=0.0 if reused else loaded.import_s,
-            load_s=0.0 if reused else loaded.load_s,
-            model_reused=reused,
-            cache_hit=model.cache_hit,
-            wall_s=answered.wall_s,
-            peak_rss_mb=max(answered.peak_rss_mb, loaded.peak_rss_mb),
-            peak_gpu_mb=_max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
-        )
-
-    @classmethod
-    def nothing_to_answer(cls, answered_row: dict[str, str] | None) -> RunCost:
-        """An invocation that found every sample answered (or a shard with none to answer): no
-        model loaded, nothing spent; the model named as the answers name it."""
-        return cls(
-            model=answered_row["model"] if answered_row else "",
-            framework=answered_row["framework"] if answered_row else "",
-            answered_now=0,
-            import_s=0.0,
-            load_s=0.0,
-            model_reused=False,
-            cache_hit=None,
-            wall_s=0.0,
-            peak_rss_mb=0.0,
-            peak_gpu_mb=None,
-        )
 
 
 _current_model: LoadedModel | None = None  # kept between the jobs of a sweep
@@ -182,8 +73,6 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             log.info("every selected sample is answered already: nothing to load or answer")
             cost = RunCost.nothing_to_answer(answered_row)
         if plan.sharded:
-            from runners.shards import finish_shard
-
             return finish_shard(run_dir, plan, cost)
         run_tally, quality = score(run_dir, predictions, plan)
         row = write(run_dir, plan, cost, run_tally, quality)
@@ -201,34 +90,6 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
-def check(cfg: DictConfig) -> Plan:
-    """Check the config and every record of the dataset against the task; the plan of the run,
-    with its fingerprint. Reads the annotation file (never an image) and imports no model."""
-    from model_interface import ModelFactoryError
-    from runners.fingerprint import fingerprint
-    from runners.shards import fingerprint_section
-
-    settings: RunConfig = to_settings(cfg, RunConfig)
-    runner = settings.runner
-    model = model_config(settings.model, settings.dataset.root)
-    dataset, task = dataset_and_task(settings.dataset, settings.task, list(runner.metrics))
-    strata = Counter(
-        task.stratum(sample) for sample in itertools.islice(dataset.samples(), runner.limit)
-    )
-    n_selected = sum(strata.values())
-    if n_selected == 0:
-        raise RunnerError(_nothing_to_run(dataset, runner.limit))
-    if len(strata) == 1:
-        _warn_if_one_stratum_of_several(dataset, task, runner.limit, strata)
-    try:
-        current = fingerprint(model, dataset, settings.task, task)
-    except (ModelFactoryError, ValueError) as error:
-        raise RunnerError(str(error)) from None
-    if runner.num_shards > 1:
-        current["shards"] = fingerprint_section(settings)
-    return Plan(settings, model, dataset, task, n_selected, current)
-
-
 def claim(run_dir: Path, plan: Plan) -> None:
     """Make the run directory this run's: refuse answers there from another configuration
     (any shard's), and record the fingerprint. Files a killed process was writing go."""
@@ -242,70 +103,6 @@ def claim(run_dir: Path, plan: Plan) -> None:
         plan.fingerprint,
         resume=plan.settings.runner.resume,
         answers=plan.answers_dir(run_dir) / "predictions.csv",
-    )
-
-
-def dataset_and_task(dataset_settings: Any, task_config: Any, metric_names: list[str]) -> Any:
-    """The dataset and the task, every record of the dataset read and checked by the task."""
-    from runners.datasets import Dataset, DatasetError
-    from runners.tasks import make_task
-
-    try:
-        task = make_task(task_config, metric_names)
-        dataset = Dataset.from_config(dataclasses.asdict(dataset_settings))
-        for sample in dataset.all_samples():
-            task.check(sample)
-    except (DatasetError, ValueError) as error:
-        raise RunnerError(str(error)) from None
-    # The task has seen every sample (a classification task knows its classes now).
-    return dataclasses.replace(dataset, stratum=task.stratum), task
-
-
-def _nothing_to_run(dataset: Any, runner_limit: int | None) -> str:
-    """Why a run has no samples, with the values the filters could have named."""
-    what = f"dataset {dataset.name!r} has no samples to run"
-    if not dataset.filters:
-        if dataset.limit == 0 or runner_limit == 0:
-            return f"{what}: dataset.limit={dataset.limit} and runner.limit={runner_limit}"
-        return f"{what}: {dataset.file} holds no records"
-    present: dict[str, Counter[str | None]] = {name: Counter() for name in dataset.filters}
-    for sample in dataset.all_samples():
-        for name, values in present.items():
-            values[getattr(sample, name)] += 1
-    clauses = []
-    for name, wanted in dataset.filters.items():
-        values = sorted(value for value in present[name] if value is not None)
-        shown = ", ".join(map(repr, values[:20])) + (", ..." if len(values) > 20 else "")
-        clauses.append(f"dataset.{name}={sorted(wanted)} (its {name} values: {shown or 'none'})")
-    return f"{what}: no sample matches {' and '.join(clauses)}"
-
-
-def _warn_if_one_stratum_of_several(
-    dataset: Any, task: Any, runner_limit: int | None, selected: Counter[Any]
-) -> None:
-    """A limit that keeps one class of several makes scores that say nothing of the others
-    (six invoices of a four-class dataset score accuracy 1.0 for a model that always says
-    "invoice"): say so."""
-    whole = Counter(task.stratum(sample) for sample in dataset.filtered())
-    if len(whole) < 2:
-        return
-    ((kept, n_selected),) = selected.items()
-    limits = " and ".join(
-        f"{name}={value}"
-        for name, value in (("dataset.limit", dataset.limit), ("runner.limit", runner_limit))
-        if value is not None
-    )
-    shown = ", ".join(map(repr, sorted(map(str, whole))[:10]))
-    log.warning(
-        "%s keeps %d of %d samples, all of class %r (the dataset has %d: %s): their scores say "
-        "nothing about the other classes; set dataset.shuffle=true for a subset holding each "
-        "class in proportion",
-        limits or "the selection",
-        n_selected,
-        sum(whole.values()),
-        kept,
-        len(whole),
-        shown,
     )
 
 
@@ -327,7 +124,7 @@ def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
             model = ModelFactory.from_config(model_config)
     except (ModelFactoryError, ModelCreationError) as error:
         raise RunnerError(str(error)) from None
-    peak_gpu = _max_or_none(imports.peak_gpu_mb, cost.peak_gpu_mb)
+    peak_gpu = max_or_none(imports.peak_gpu_mb, cost.peak_gpu_mb)
     peak_rss = max(imports.peak_rss_mb, cost.peak_rss_mb)
     _current_model = LoadedModel(key, model, imports.wall_s, cost.wall_s, peak_rss, peak_gpu)
     return _current_model, False
@@ -412,74 +209,6 @@ def answer(
     return Answered(n_todo, cost.wall_s, cost.peak_rss_mb, cost.peak_gpu_mb)
 
 
-def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
-    """Score every row of predictions.csv with the task, against the dataset's references, and
-    write the file back in dataset order with the task's columns, and answers.csv beside it.
-    Returns the run's tally of counts and timing, and the task's tally of quality."""
-    from runners.metrics import RunTally
-    from runners.outputs import PREDICTION_COLUMNS, write_answers
-
-    references = plan.dataset.references()
-    run_tally, quality = RunTally(), plan.task.tally(run_dir)
-    answers: list[tuple[int, str]] = []
-
-    def scored(row: dict[str, str]) -> dict[str, Any]:
-        reference = references[row["sample_id"]]
-        row = {**row, **plan.task.score(row["prediction"], reference)}
-        run_tally.add(row)
-        quality.add(row, reference)
-        answers.append((int(row["sample_index"]), row["prediction"]))
-        return row
-
-    predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
-    quality.close()
-    write_answers(run_dir / "answers.csv", answers)
-    return run_tally, quality
-
-
-def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any) -> dict[str, Any]:
-    """Write metrics.csv, metrics_by_group.csv and the task's own files; return the metrics
-    row."""
-    runner = plan.settings.runner
-    row = {
-        "model": cost.model,
-        "framework": cost.framework,
-        "dataset": plan.dataset.name,
-        "task": plan.task.name,
-        **run_tally.summary(),
-        "answered_now": cost.answered_now,
-        "batch_size": runner.batch_size,
-        "import_s": cost.import_s,
-        "load_s": cost.load_s,
-        "model_reused": cost.model_reused,
-        "cache_hit": cost.cache_hit,
-        "wall_s": cost.wall_s,
-        "peak_rss_mb": cost.peak_rss_mb,
-        "peak_gpu_mb": cost.peak_gpu_mb,
-        **quality.summary(),
-    }
-    row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
-    write_metrics(run_dir, row, quality)
-    if runner.report:
-        from runners.report import report_run
-
-        report_run(run_dir)
-    log.info("results in %s\n%s", run_dir, _table(row))
-    return row
-
-
-def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any) -> None:
-    """metrics.csv (``row``), metrics_by_group.csv and the task's own small files."""
-    from runners.outputs import write_csv
-
-    write_csv(run_dir / "metrics.csv", [row])
-    if groups := quality.groups():
-        write_csv(run_dir / "metrics_by_group.csv", groups)
-    for name, rows in quality.files().items():
-        if rows:
-            write_csv(run_dir / name, rows)
-
-
 def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
     from runners.datasets import encode_reference
 
@@ -515,26 +244,12 @@ def _seed_everything(seed: int) -> None:
         sys.modules["torch"].manual_seed(seed)
 
 
-def _max_or_none(*values: float | None) -> float | None:
-    present = [value for value in values if value is not None]
-    return max(present) if present else None
-
-
 def _progress_bar(total: int, *, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(
         total=total, unit="sample", disable=not enabled, dynamic_ncols=True, mininterval=0.5
     )
-
-
-def _table(row: dict[str, Any]) -> str:
-    width = max(len(key) for key in row)
-    lines = []
-    for key, value in row.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        lines.append(f"  {key:<{width}}  {shown}")
-    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

@@ -38,31 +38,13 @@ from runners.outputs import (
     write_csv,
     write_json,
 )
+from runners.plan import bounds, check
+from runners.scoring import RunCost, score, write
 
 log = logging.getLogger("runners.shards")
 
 RECORD_FILE = "shard.json"
 MERGE_LOCK = "shards/.merge.lock"
-
-
-def bounds(n_selected: int, index: int, count: int) -> tuple[int, int]:
-    """Shard ``index`` of ``count`` answers positions ``[start, stop)`` of the selection."""
-    return n_selected * index // count, n_selected * (index + 1) // count
-
-
-def fingerprint_section(settings: Any) -> dict[str, Any]:
-    """What a sharded run adds to its fingerprint: all that decides which samples each shard
-    answers (the shard index aside, so that every shard of a run has the same)."""
-    runner, dataset = settings.runner, settings.dataset
-    return {
-        "num_shards": runner.num_shards,
-        "selection": {
-            "runner_limit": runner.limit,
-            "dataset_limit": dataset.limit,
-            "shuffle": dataset.shuffle,
-            "shuffle_seed": dataset.seed if dataset.shuffle else None,
-        },
-    }
 
 
 def name(index: int, count: int) -> str:
@@ -196,7 +178,6 @@ def merge(run_dir: Path, plan: Any) -> dict[str, Any]:
 def write_merged(run_dir: Path, plan: Any, shards: list[Shard]) -> dict[str, Any]:
     """The finished shards' answers as one predictions.csv, scored and written as a single run
     would be, and shards.csv; returns the metrics row. Call with the merge lock held."""
-    from runners.run import score, write
 
     remove_stale_temporaries(run_dir)  # what a killed merge was writing
     merged = run_dir / "predictions.csv"
@@ -222,7 +203,6 @@ def write_merged(run_dir: Path, plan: Any, shards: list[Shard]) -> dict[str, Any
 def _merged_cost(records: list[dict[str, Any]]) -> Any:
     """The run's cost columns from its shards': samples summed; times and peaks the largest
     shard's (what the run took with its shards side by side)."""
-    from runners.run import RunCost
 
     gpu = [record["peak_gpu_mb"] for record in records if record["peak_gpu_mb"] is not None]
     # A shard with nothing to answer loaded no model: it names none, and says nothing of a cache.
@@ -246,8 +226,6 @@ def merge_run_dir(run_dir: Path) -> dict[str, Any]:
     """``python -m runners.merge RUN_DIR``: merge with the config the shards saved."""
     from hydra.core.utils import setup_globals
     from omegaconf import OmegaConf
-
-    from runners.run import check
 
     folders = sorted((run_dir / "shards").glob("*-of-*"))
     if not folders:

@@ -29,8 +29,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runners.callbacks import JOB_FILE, finish_sweep, shard_folder_of
+from runners.callbacks import finish_sweep, shard_folder_of
 from runners.outputs import read_json, write_json
+from runners.sweeps import JOB_FILE
 
 log = logging.getLogger(__name__)
 

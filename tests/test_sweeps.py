@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.callbacks import summary_figure
+from runners.report import summary_figure
 from tests.helpers import run_cli
 
 

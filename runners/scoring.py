@@ -1,0 +1,167 @@
+"""The end of a run: every row of predictions.csv scored (:func:`score`), and the metrics
+files written (:func:`write`), with what the run cost (:class:`RunCost`). A run ends here, and so
+does the merge of a sharded run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runners.plan import Plan
+
+log = logging.getLogger("runners.run")
+
+
+@dataclass
+class LoadedModel:
+    key: str  # the model config, as JSON: a sweep's next job with the same key reuses the model
+    model: Any
+    import_s: float  # importing the model's class (and its framework: torch, transformers, ...)
+    load_s: float  # constructing the model: weights, processor, engine
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+
+
+@dataclass
+class Answered:
+    """What :func:`answer` did in this invocation."""
+
+    n_samples: int
+    wall_s: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+
+
+@dataclass
+class RunCost:
+    """What this invocation cost and which model it ran: metrics.csv's columns beside the
+    counts, timing and quality that come from the rows."""
+
+    model: str
+    framework: str
+    answered_now: int
+    import_s: float
+    load_s: float
+    model_reused: bool
+    cache_hit: bool | None
+    wall_s: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, reused: bool, answered: Answered) -> RunCost:
+        model = loaded.model
+        return cls(
+            model=model.model_name,
+            framework=model.framework,
+            answered_now=answered.n_samples,
+            import_s=0.0 if reused else loaded.import_s,
+            load_s=0.0 if reused else loaded.load_s,
+            model_reused=reused,
+            cache_hit=model.cache_hit,
+            wall_s=answered.wall_s,
+            peak_rss_mb=max(answered.peak_rss_mb, loaded.peak_rss_mb),
+            peak_gpu_mb=max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
+        )
+
+    @classmethod
+    def nothing_to_answer(cls, answered_row: dict[str, str] | None) -> RunCost:
+        """An invocation that found every sample answered (or a shard with none to answer): no
+        model loaded, nothing spent; the model named as the answers name it."""
+        return cls(
+            model=answered_row["model"] if answered_row else "",
+            framework=answered_row["framework"] if answered_row else "",
+            answered_now=0,
+            import_s=0.0,
+            load_s=0.0,
+            model_reused=False,
+            cache_hit=None,
+            wall_s=0.0,
+            peak_rss_mb=0.0,
+            peak_gpu_mb=None,
+        )
+
+
+def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
+    """Score every row of predictions.csv with the task, against the dataset's references, and
+    write the file back in dataset order with the task's columns, and answers.csv beside it.
+    Returns the run's tally of counts and timing, and the task's tally of quality."""
+    from runners.metrics import RunTally
+    from runners.outputs import PREDICTION_COLUMNS, write_answers
+
+    references = plan.dataset.references()
+    run_tally, quality = RunTally(), plan.task.tally(run_dir)
+    answers: list[tuple[int, str]] = []
+
+    def scored(row: dict[str, str]) -> dict[str, Any]:
+        reference = references[row["sample_id"]]
+        row = {**row, **plan.task.score(row["prediction"], reference)}
+        run_tally.add(row)
+        quality.add(row, reference)
+        answers.append((int(row["sample_index"]), row["prediction"]))
+        return row
+
+    predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
+    quality.close()
+    write_answers(run_dir / "answers.csv", answers)
+    return run_tally, quality
+
+
+def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any) -> dict[str, Any]:
+    """Write metrics.csv, metrics_by_group.csv and the task's own files; return the metrics
+    row."""
+    runner = plan.settings.runner
+    row = {
+        "model": cost.model,
+        "framework": cost.framework,
+        "dataset": plan.dataset.name,
+        "task": plan.task.name,
+        **run_tally.summary(),
+        "answered_now": cost.answered_now,
+        "batch_size": runner.batch_size,
+        "import_s": cost.import_s,
+        "load_s": cost.load_s,
+        "model_reused": cost.model_reused,
+        "cache_hit": cost.cache_hit,
+        "wall_s": cost.wall_s,
+        "peak_rss_mb": cost.peak_rss_mb,
+        "peak_gpu_mb": cost.peak_gpu_mb,
+        **quality.summary(),
+    }
+    row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
+    write_metrics(run_dir, row, quality)
+    if runner.report:
+        from runners.report import report_run
+
+        report_run(run_dir)
+    log.info("results in %s\n%s", run_dir, _table(row))
+    return row
+
+
+def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any) -> None:
+    """metrics.csv (``row``), metrics_by_group.csv and the task's own small files."""
+    from runners.outputs import write_csv
+
+    write_csv(run_dir / "metrics.csv", [row])
+    if groups := quality.groups():
+        write_csv(run_dir / "metrics_by_group.csv", groups)
+    for name, rows in quality.files().items():
+        if rows:
+            write_csv(run_dir / name, rows)
+
+
+def max_or_none(*values: float | None) -> float | None:
+    present = [value for value in values if value is not None]
+    return max(present) if present else None
+
+
+def _table(row: dict[str, Any]) -> str:
+    width = max(len(key) for key in row)
+    lines = []
+    for key, value in row.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{width}}  {shown}")
+    return "\n".join(lines)
