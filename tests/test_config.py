@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.config import RunnerConfig, to_settings
-from runners.run import RunConfig, RunnerError
+from runners.config import RunConfig, RunnerConfig, RunnerError, to_settings
 from tests.helpers import error_lines, make_config, run_cli, torch_refused, write_dataset
 
 # The model a refused run must never get to: loading it would import torch and take seconds.
