@@ -70,7 +70,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         **run_tally.summary(),
         **quality.summary(),
     }
-    write_metrics(run_dir, row, quality)
+    write_metrics(run_dir, row, quality, task)
     if settings.runner.report:
         from runners.report import report_run
 

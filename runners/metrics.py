@@ -110,6 +110,9 @@ def wer(prediction: str | None, reference: Reference) -> float:
     return _error_rate(_word_error_rate, prediction, reference)
 
 
+cer.higher_is_better = wer.higher_is_better = False  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class CorpusMetric:
     """A metric over a whole group's texts at once (BLEU), rather than a mean of per-sample
@@ -146,6 +149,12 @@ METRICS: Registry[Callable[[str | None, Reference], float] | CorpusMetric] = Reg
         f"Register it with runners.metrics.METRICS.register('{name}', 'package.module:function')"
     ),
 )
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether more of metric ``name`` is better. A metric says otherwise with an attribute
+    ``higher_is_better = False``, as the error rates here do."""
+    return bool(getattr(METRICS.get(name), "higher_is_better", True))
 
 
 def is_corpus_metric(name: str) -> bool:

@@ -33,7 +33,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,10 +42,11 @@ from typing import Any
 from runners.config import RunnerError
 from runners.outputs import PREDICTION_COLUMNS, read_json
 from runners.sweeps import SWEEP_FILE, sweep_runs
+from runners.tasks.base import SCORE_GUIDE_FILE, ScoreGuide
 
-# Per-sample scores, best first in the order a sample's quality is judged; True: higher is
-# better. The first one a run has ranks its worst samples.
-SAMPLE_SCORES = {
+# What the report knew of the built-in tasks before each run wrote its score_guide.json
+# (model-interface 0.2): runs made then are read with it. The first score a run has ranks it.
+LEGACY_SCORES = {
     "anls": True,
     "field_f1": True,
     "correct": True,
@@ -61,8 +62,15 @@ SAMPLE_SCORES = {
     "wer": False,
     "field_cer": False,
 }
-# The per-sample 0/1 column that says a sample was answered right, by task.
-CORRECTNESS = ("exact_match", "correct", "all_fields_correct")
+LEGACY_CORRECTNESS = ("exact_match", "correct", "all_fields_correct")
+LEGACY_GROUP_FILES = (
+    "metrics_by_group.csv",
+    "metrics_by_doc_class.csv",
+    "metrics_by_field.csv",
+    "metrics_by_label.csv",
+    "confusion_matrix.csv",
+    "metrics_by_document.csv",
+)
 # metrics.csv columns of speed and resources; True: higher is better.
 SPEED = {
     "samples_per_s": True,
@@ -74,15 +82,6 @@ SPEED = {
     "peak_rss_mb": False,
     "peak_gpu_mb": False,
 }
-# Files of per-group figures a run may have, in the order they are shown.
-GROUP_FILES = (
-    "metrics_by_group.csv",
-    "metrics_by_doc_class.csv",
-    "metrics_by_field.csv",
-    "metrics_by_label.csv",
-    "confusion_matrix.csv",
-    "metrics_by_document.csv",
-)
 MAX_GROUP_ROWS = 20  # a table with more rows shows its worst 20
 BOOTSTRAP_RESAMPLES = 2000
 THUMBNAIL_PX = 220
@@ -109,6 +108,7 @@ class Run:
     config: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] | None = None
+    guide: ScoreGuide = field(default_factory=lambda: ScoreGuide({}))  # how its scores read
 
     @property
     def dataset_root(self) -> Path | None:
@@ -117,6 +117,14 @@ class Run:
 
     def number(self, key: str) -> float | None:
         return _number(self.metrics.get(key))
+
+    @property
+    def rank_by(self) -> str | None:
+        """The per-sample score its worst samples are ranked by, if the run has it."""
+        return self.guide.rank_by if self.guide.rank_by in self.scores else None
+
+    def higher_is_better(self, name: str) -> bool:
+        return self.guide.higher_is_better.get(name, True)
 
 
 def read_run(path: Path, name: str | None = None) -> Run:
@@ -138,16 +146,41 @@ def read_run(path: Path, name: str | None = None) -> Run:
     # A merged run's config is its shards' (runners/shards.py), each in its own folder.
     configs = [path / ".hydra" / "config.yaml", *sorted(path.glob("shards/*/.hydra/config.yaml"))]
     hydra_config = next((config for config in configs if config.is_file()), configs[0])
+    guide_file = path / SCORE_GUIDE_FILE
+    try:
+        guide = (
+            ScoreGuide.from_json(read_json(guide_file))
+            if guide_file.is_file()
+            else _legacy_guide(scores)
+        )
+    except ValueError as error:  # bad JSON included
+        raise ReportError(
+            f"{guide_file} is damaged ({error}); delete it to read the run with the built-in "
+            "tasks' defaults"
+        ) from None
     return Run(
         path=path,
         name=name or path.name,
         metrics=_read_csv(path / "metrics.csv")[0],
         rows=rows,
         scores=scores,
-        tables={file: _read_csv(path / file) for file in GROUP_FILES if (path / file).is_file()},
+        tables={
+            file: _read_csv(path / file) for file in guide.group_files if (path / file).is_file()
+        },
         config=hydra_config.read_text(encoding="utf-8") if hydra_config.is_file() else "",
         environment=_read_json_or_empty(path / "environment.json"),
         fingerprint=_read_json_or_empty(path / "fingerprint.json") or None,
+        guide=guide,
+    )
+
+
+def _legacy_guide(scores: list[str]) -> ScoreGuide:
+    """How the scores of a run made before runs wrote score_guide.json read."""
+    return ScoreGuide(
+        higher_is_better=LEGACY_SCORES,
+        rank_by=next((name for name in LEGACY_SCORES if name in scores), None),
+        correctness=next((name for name in LEGACY_CORRECTNESS if name in scores), None),
+        group_files=LEGACY_GROUP_FILES,
     )
 
 
@@ -223,7 +256,9 @@ class Pair:
 def compare(a: Run, b: Run, *, seed: int = 0) -> Pair:
     """Pair the samples of ``a`` and ``b`` by id; refuses runs of different datasets."""
     pairs = paired_rows(a, b)
-    correctness = next((c for c in CORRECTNESS if c in a.scores and c in b.scores), None)
+    declared = a.guide.correctness  # the same task's runs declare the same
+    shared = declared == b.guide.correctness and declared in a.scores and declared in b.scores
+    correctness = declared if shared else None
     right_only_a, right_only_b = [], []
     if correctness:
         for row_a, row_b in pairs:
@@ -421,10 +456,8 @@ def _one_run(page: Page, run: Run, worst: int) -> None:
         }
     )
     quality = quality_columns(metrics)
-    page.table([{"quality": key, "value": metrics[key]} for key in quality], bars=False)
-    page.table(
-        [{"speed": key, "value": metrics[key]} for key in SPEED if key in metrics], bars=False
-    )
+    page.table([{"quality": key, "value": metrics[key]} for key in quality], bars=())
+    page.table([{"speed": key, "value": metrics[key]} for key in SPEED if key in metrics], bars=())
     page.close_cards()
     page.preformatted(
         "metrics.csv, every column", "\n".join(f"{key}: {value}" for key, value in metrics.items())
@@ -468,42 +501,44 @@ def _run_figures(page: Page, run: Run, worst: int) -> None:
     )
     page.section(f"Worst samples of {run.name}", level=3)
     ranked = worst_samples(run, worst)
-    score = next((name for name in SAMPLE_SCORES if name in run.scores), None)
+    score = run.rank_by
+    highest = "" if score is None or run.higher_is_better(score) else " (highest)"
     page.note(
         f"{len(ranked)} of {len(run.rows)}: failed samples first, then by "
-        f"{score or 'sample order'}{'' if score is None or SAMPLE_SCORES[score] else ' (highest)'}"
+        f"{score or 'sample order'}{highest}"
     )
     page.samples(ranked, run, [score] if score else [])
     for name, rows in run.tables.items():
         page.section(name, level=3)
-        shown = _worst_groups(rows)
+        shown = _worst_groups(rows, run)
         if len(shown) < len(rows):
             page.note(f"the {len(shown)} lowest-scoring of {len(rows)} rows; all are in {name}")
-        page.table(shown)
+        page.table(shown, bars=_shares(run))
 
 
 def worst_samples(run: Run, count: int) -> list[dict[str, str]]:
-    """The ``count`` worst rows: failed ones first, then by the run's first sample score."""
-    score = next((name for name in SAMPLE_SCORES if name in run.scores), None)
+    """The ``count`` worst rows: failed ones first, then by the score its task ranks by."""
+    score = run.rank_by
 
     def badness(row: dict[str, str]) -> tuple[int, float, int]:
         value = _number(row.get(score)) if score else None
         if value is None:
             value = -math.inf  # no score: as bad as can be
-        elif not SAMPLE_SCORES[score]:  # type: ignore[index]
+        elif not run.higher_is_better(score):  # type: ignore[arg-type]
             value = -value
         return (0 if row.get("error") else 1, value, int(row["sample_index"]))
 
     return sorted(run.rows, key=badness)[:count]
 
 
-def _worst_groups(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+def _worst_groups(rows: list[dict[str, str]], run: Run) -> list[dict[str, str]]:
     if len(rows) <= MAX_GROUP_ROWS:
         return rows
-    score = next((name for name in SAMPLE_SCORES if rows and name in rows[0]), None)
+    ranked = [run.guide.rank_by, *run.guide.higher_is_better]
+    score = next((name for name in ranked if name and name in rows[0]), None)
     if score is None:
         return rows[:MAX_GROUP_ROWS]
-    sign = 1 if SAMPLE_SCORES[score] else -1
+    sign = 1 if run.higher_is_better(score) else -1
     return sorted(rows, key=lambda row: sign * (_number(row[score]) or 0))[:MAX_GROUP_ROWS]
 
 
@@ -516,7 +551,7 @@ def _side_by_side(page: Page, runs: Sequence[Run]) -> None:
     speed = [key for key in SPEED if any(run.number(key) is not None for run in runs)]
     columns = ["run", *keys, *quality, *speed]
     rows = [{"run": run.name, **run.metrics} for run in runs]
-    page.table([{key: row.get(key, "") for key in columns} for row in rows])
+    page.table([{key: row.get(key, "") for key in columns} for row in rows], bars=_shares(*runs))
     summary = pd.DataFrame(
         [
             {
@@ -563,11 +598,11 @@ def _pair(page: Page, pair: Pair, worst: int) -> None:
                 "B − A": m.difference,
                 "95% low": m.low,
                 "95% high": m.high,
-                "better": _better(m.name, m.low, m.high),
+                "better": _better(m.name, m.low, m.high, pair.a),
             }
             for m in pair.metrics
         ],
-        bars=False,
+        bars=(),
     )
     page.section("Speed", level=3)
     speed_rows = []
@@ -585,7 +620,7 @@ def _pair(page: Page, pair: Pair, worst: int) -> None:
                 "better when": "higher" if more_is_faster else "lower",
             }
         )
-    page.table(speed_rows, bars=False)
+    page.table(speed_rows, bars=())
     for title, flipped in (
         ("Right in A, wrong in B", pair.right_only_a),
         ("Right in B, wrong in A", pair.right_only_b),
@@ -626,15 +661,20 @@ def _answers(page: Page, answers: Agreement, worst: int) -> None:
             }
             for row_a, row_b, index in answers.different[:worst]
         ],
-        bars=False,
+        bars=(),
     )
 
 
-def _better(name: str, low: float, high: float) -> str:
+def _better(name: str, low: float, high: float, run: Run) -> str:
     if math.isnan(low) or low <= 0 <= high:
         return "no clear difference"
-    higher_is_better = SAMPLE_SCORES.get(name, True)
-    return "B" if (low > 0) == higher_is_better else "A"
+    return "B" if (low > 0) == run.higher_is_better(name) else "A"
+
+
+def _shares(*runs: Run) -> set[str]:
+    """The columns a bar is drawn in: scores where higher is better (a share of 0 to 1 gets
+    a bar; other values are shown plain)."""
+    return {name for run in runs for name, higher in run.guide.higher_is_better.items() if higher}
 
 
 # --- Figures ----------------------------------------------------------------------------------
@@ -757,7 +797,9 @@ class Page:
         self._md += [f"- **{_md(key)}**: {_md(_show(value))}" for key, value in facts.items()]
         self._md.append("")
 
-    def table(self, rows: Sequence[dict[str, Any]], *, bars: bool = True) -> None:
+    def table(self, rows: Sequence[dict[str, Any]], *, bars: Collection[str] = ()) -> None:
+        """``rows`` as a sortable table; a cell of a column in ``bars`` holding a share (0 to
+        1) gets a bar."""
         if not rows:
             self.note("(no rows)")
             return
@@ -982,11 +1024,11 @@ def _reference_text(encoded: str) -> str:
     return encoded if not isinstance(value, str) else value
 
 
-def _cell(column: str, value: Any, bars: bool) -> str:
+def _cell(column: str, value: Any, bars: Collection[str]) -> str:
     number = _number(value)
     if number is None:
         return f"<td>{_e(_show(value))}</td>"
-    bar = bars and SAMPLE_SCORES.get(column) is True and 0 <= number <= 1  # a share: 0 to 1
+    bar = column in bars and 0 <= number <= 1
     style = f' class="n bar" style="--v:{number:.4f}"' if bar else ' class="n"'
     return f'<td{style} data-v="{number!r}">{_e(_show(number))}</td>'
 

@@ -132,7 +132,7 @@ def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any
         **quality.summary(),
     }
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
-    write_metrics(run_dir, row, quality)
+    write_metrics(run_dir, row, quality, plan.task)
     if runner.report:
         from runners.report import report_run
 
@@ -141,9 +141,11 @@ def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any
     return row
 
 
-def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any) -> None:
-    """metrics.csv (``row``), metrics_by_group.csv and the task's own small files."""
-    from runners.outputs import write_csv
+def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any, task: Any) -> None:
+    """metrics.csv (``row``), metrics_by_group.csv, the task's own small files, and how its
+    scores read (score_guide.json, for reports)."""
+    from runners.outputs import write_csv, write_json
+    from runners.tasks.base import SCORE_GUIDE_FILE
 
     write_csv(run_dir / "metrics.csv", [row])
     if groups := quality.groups():
@@ -151,6 +153,7 @@ def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any) -> None:
     for name, rows in quality.files().items():
         if rows:
             write_csv(run_dir / name, rows)
+    write_json(run_dir / SCORE_GUIDE_FILE, task.score_guide().to_json())
 
 
 def max_or_none(*values: float | None) -> float | None:

@@ -124,3 +124,31 @@ def test_importing_the_library_loads_no_hydra_pandas_or_matplotlib() -> None:
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def readme_layout() -> list[str]:
+    """The module paths of README's layout block (Development), in its order."""
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    development = text[text.index("## Development") :]
+    start = development.index("```text\n") + len("```text\n")
+    block = development[start : development.index("\n```", start)]
+    return [line.split()[0] for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_lists_every_module_and_runners_imports_flow_down_it() -> None:
+    listed = readme_layout()
+    modules = module_names()
+    assert sorted(listed) == sorted(
+        str(path.relative_to(PROJECT_ROOT)) for path in modules.values()
+    )
+    position = {
+        name: listed.index(str(path.relative_to(PROJECT_ROOT))) for name, path in modules.items()
+    }
+    upward = sorted(
+        f"{module} imports {target}, listed above it"
+        for module, targets in import_graph().items()
+        if module.startswith("runners")
+        for target in targets
+        if target.startswith("runners") and position[target] < position[module]
+    )
+    assert upward == []

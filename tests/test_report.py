@@ -162,6 +162,50 @@ def test_the_same_answer_forgives_only_how_a_backend_writes() -> None:
     assert not same_answer("Paris", "paris") and not same_answer("a\ufffdb", "ab")
 
 
+def test_a_run_from_before_score_guides_reads_as_it_did(model_cache, known_flips, tmp_path):
+    run_dir = run_dummy(model_cache, tmp_path / "run", known_flips)
+    guide = json.loads((run_dir / "score_guide.json").read_text())
+    assert (guide["rank_by"], guide["correctness"]) == ("anls", "exact_match")
+    assert guide["higher_is_better"]["cer"] is False
+    (run_dir / "score_guide.json").unlink()  # as runs made by model-interface 0.2
+    old = read_run(run_dir)
+    assert (old.rank_by, old.guide.correctness, old.higher_is_better("cer")) == (
+        "anls",
+        "exact_match",
+        False,
+    )
+    assert "metrics_by_doc_class.csv" in old.tables
+
+
+@pytest.mark.parametrize(
+    ("guide", "problem"),
+    [
+        ('{"higher_is_better": {}, "group_files": ["../../secret.csv"]}',
+         "group_files must be file names ending in .csv, got ['../../secret.csv']"),
+        ('{"higher_is_better": {}, "group_files": ["/etc/passwd"]}',
+         "group_files must be file names ending in .csv, got ['/etc/passwd']"),
+        ('{"higher_is_better": {}, "rank_by": 3}',
+         "rank_by and correctness must be column names or null"),
+        ("[1, 2]", "it has no higher_is_better object"),
+        ("{not json",
+         "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ],
+)  # fmt: skip
+def test_a_damaged_score_guide_is_refused_in_one_line(
+    model_cache, known_flips, tmp_path, capsys, guide, problem
+) -> None:
+    run_dir = run_dummy(model_cache, tmp_path / "run", known_flips)
+    (tmp_path / "secret.csv").write_text("secret\nnever shown\n")
+    (run_dir / "score_guide.json").write_text(guide)
+    assert main([str(run_dir), "--out", str(tmp_path / "report")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: {run_dir / 'score_guide.json'} is damaged ({problem}); delete it to read the "
+        "run with the built-in tasks' defaults"
+    )
+    assert not (tmp_path / "report").exists()
+
+
 def test_mcnemar_is_the_exact_binomial_tail() -> None:
     assert mcnemar_exact_p(0, 0) == 1.0
     assert mcnemar_exact_p(0, 5) == pytest.approx(2 / 32)

@@ -22,7 +22,7 @@ from tests.helpers import (
 )
 
 PROMPT_LENGTH_TASK = '''
-from runners.tasks.base import Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task
 from model_interface.model_interface import PredictionRequest
 
 
@@ -40,10 +40,19 @@ class PromptLength(Task):
 
     @property
     def columns(self):
-        return ["length_gap"]
+        return ["length_gap", "close"]
 
     def score(self, prediction, reference):
-        return {"length_gap": abs(len(prediction) - len(reference or ""))}
+        gap = abs(len(prediction) - len(reference or ""))
+        return {"length_gap": gap, "close": float(gap <= 45)}
+
+    def score_guide(self):
+        return ScoreGuide(
+            higher_is_better={"length_gap": False, "close": True, "mean_length_gap": False},
+            rank_by="length_gap",
+            correctness="close",
+            group_files=("gaps_by_class.csv",),
+        )
 
     def tally(self, run_dir):
         return _Gaps()
@@ -58,6 +67,9 @@ class _Gaps(Tally):
 
     def summary(self):
         return {"mean_length_gap": sum(self.gaps) / len(self.gaps)}
+
+    def files(self):
+        return {"gaps_by_class.csv": [{"gaps": len(self.gaps)}]}
 '''
 
 
@@ -129,6 +141,46 @@ def test_a_users_task_found_through_its_entry_point(user_task_package, model_cac
     assert result.returncode == 0, result.stdout[-3000:]
     predictions = read_predictions(tmp_path / "outputs" / "by_entry_point")
     assert predictions["prompt"].str.startswith("How many characters in: ").all()
+
+
+def test_a_report_reads_a_users_task_by_its_own_score_guide(
+    user_task_package, model_cache, tmp_path
+) -> None:
+    """A task the report has never heard of: its worst samples ranked by its score (lower is
+    better here), its flips counted on its correctness column, its own group file shown."""
+    from runners.report import compare, read_run, worst_samples, write_report
+
+    TASKS.register("prompt_length", "acme_tasks.tasks:PromptLength")
+    runs = []
+    for unit in ("characters", "words"):
+        cfg = make_config(
+            model_cache,
+            "model=custom",
+            "model.class_path=tests.wrappers:PromptEcho",
+            "model.init_params.model_name=echo",
+            "task.name=prompt_length",
+            f"+task.unit={unit}",
+        )
+        run_experiment(cfg, tmp_path / unit)
+        runs.append(read_run(tmp_path / unit))
+    a, b = runs
+    gaps = [int(row["length_gap"]) for row in a.rows]
+    worst = worst_samples(a, 5)
+    assert [int(row["length_gap"]) for row in worst] == sorted(gaps, reverse=True)[:5]
+
+    pair = compare(a, b)
+    close_a = {row["sample_id"] for row in a.rows if row["close"] == "1.0"}
+    close_b = {row["sample_id"] for row in b.rows if row["close"] == "1.0"}
+    assert pair.correctness == "close" and close_b - close_a  # the flips are worth counting
+    assert {row["sample_id"] for row, _ in pair.right_only_a} == close_a - close_b
+    assert {row["sample_id"] for _, row in pair.right_only_b} == close_b - close_a
+    better = next(m for m in pair.metrics if m.name == "length_gap")
+    assert better.mean_b < better.mean_a  # shorter prompts: smaller gaps, and lower is better
+
+    _, markdown = write_report(runs, tmp_path / "report")
+    text = markdown.read_text(encoding="utf-8")
+    assert "then by length_gap (highest)" in text and "### gaps_by_class.csv" in text
+    assert f"### Right in B, wrong in A ({len(close_b - close_a)})" in text
 
 
 def test_an_object_answer_under_task_vqa_is_refused_before_the_model_loads(

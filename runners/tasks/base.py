@@ -5,12 +5,17 @@
 3. :meth:`Task.score` for each answer: the columns it adds to the sample's row of
    predictions.csv; then a :class:`Tally` of all the rows gives metrics.csv's quality columns,
    metrics_by_group.csv, and any file of the task's own.
+
+:meth:`Task.score_guide` says how its scores read (which way is better, which one ranks a run's
+worst samples, which says a sample was right, which files hold per-group figures); a run writes
+it to ``score_guide.json``, from which reports read a run of any task, a plugin's included.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,45 @@ class Tally(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional)
         """All rows are in: finish what was written as they came (large files of its own)."""
+
+
+SCORE_GUIDE_FILE = "score_guide.json"
+
+
+@dataclass(frozen=True)
+class ScoreGuide:
+    """How a task's scores read, for reports and comparisons of its runs."""
+
+    higher_is_better: dict[str, bool]  # each score column the task writes -> its direction
+    rank_by: str | None = None  # the per-sample score a run's worst samples are ranked by
+    correctness: str | None = None  # the per-sample 0/1 score: was the sample answered right
+    group_files: tuple[str, ...] = ("metrics_by_group.csv",)  # per-group figures, in order
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "group_files": list(self.group_files)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ScoreGuide:
+        """The guide a run wrote; ``ValueError`` naming what is wrong with a damaged one. Its
+        group files must be plain ``.csv`` names: a report reads them from the run directory
+        only."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("higher_is_better"), Mapping):
+            raise ValueError("it has no higher_is_better object")
+        names = (data.get("rank_by"), data.get("correctness"))
+        if any(name is not None and not isinstance(name, str) for name in names):
+            raise ValueError("rank_by and correctness must be column names or null")
+        files = data.get("group_files", [])
+        if not isinstance(files, list) or not all(
+            isinstance(name, str) and name.endswith(".csv") and name == Path(name).name != ""
+            for name in files
+        ):
+            raise ValueError(f"group_files must be file names ending in .csv, got {files!r}")
+        return cls(
+            higher_is_better={str(k): bool(v) for k, v in data["higher_is_better"].items()},
+            rank_by=names[0],
+            correctness=names[1],
+            group_files=tuple(files),
+        )
 
 
 class Task(ABC):
@@ -77,6 +121,14 @@ class Task(ABC):
     @abstractmethod
     def tally(self, run_dir: Path) -> Tally:
         """A new, empty summary of scored rows; it may write files of its own in ``run_dir``."""
+
+    def score_guide(self) -> ScoreGuide:
+        """How this task's scores read. By default every column of :attr:`columns` is a score,
+        higher is better, the first ranks samples, and none says a sample was right."""
+        return ScoreGuide(
+            higher_is_better=dict.fromkeys(self.columns, True),
+            rank_by=next(iter(self.columns), None),
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         """What about this task decides an answer (its prompt, its response format)."""

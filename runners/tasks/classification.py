@@ -34,7 +34,7 @@ from typing import Any
 from model_interface.model_interface import PredictionRequest
 from runners.datasets import Sample
 from runners.metrics import normalize
-from runners.tasks.base import Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task
 
 DEFAULT_PROMPT = "{prompt}\nAnswer with exactly one of: {labels}."
 UNPARSEABLE = "unparseable"
@@ -116,6 +116,19 @@ class ClassificationTask(Task):
     @property
     def columns(self) -> list[str]:
         return ["predicted_label", "correct"]
+
+    def score_guide(self) -> ScoreGuide:
+        return ScoreGuide(
+            higher_is_better={
+                "correct": True,
+                "accuracy": True,
+                "macro_f1": True,
+                UNPARSEABLE: False,
+            },
+            rank_by="correct",
+            correctness="correct",
+            group_files=("metrics_by_group.csv", "metrics_by_label.csv", "confusion_matrix.csv"),
+        )
 
     def score(self, prediction: str, reference: Any) -> dict[str, Any]:
         label = read_label(prediction, self.labels)

@@ -31,7 +31,7 @@ from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
 from runners.datasets import Sample
 from runners.outputs import CsvStream
-from runners.tasks.base import Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task
 
 DEFAULT_PROMPT = (
     "Extract these fields from the document: {fields}. Answer with one JSON object whose keys "
@@ -117,6 +117,17 @@ class KIETask(Task):
             "field_f1",
             "all_fields_correct",
         ]
+
+    def score_guide(self) -> ScoreGuide:
+        return ScoreGuide(
+            higher_is_better={
+                **{name: name != "field_cer" for name in self.columns},
+                "documents_all_correct": True,
+            },
+            rank_by="field_f1",
+            correctness="all_fields_correct",
+            group_files=("metrics_by_group.csv", "metrics_by_field.csv"),
+        )
 
     def score(self, prediction: str, reference: Any) -> dict[str, Any]:
         if reference is None:

@@ -22,7 +22,7 @@ from rapidfuzz.distance import Levenshtein
 from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
 from runners.datasets import Sample
-from runners.tasks.base import Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task
 
 GROUP_COLUMNS = ("doc_class", "question_type")
 
@@ -59,6 +59,23 @@ class VQATask(Task):
 
     def tally(self, run_dir: Path) -> Tally:
         return _VQATally(self.row_metrics, self.corpus_metrics)
+
+    def score_guide(self) -> ScoreGuide:
+        metrics = [*self.row_metrics, *self.corpus_metrics]
+        return ScoreGuide(
+            higher_is_better={
+                **{name: quality.higher_is_better(name) for name in metrics},
+                "cer_corpus": False,
+                "wer_corpus": False,
+            },
+            rank_by=next((n for n in ("anls", *self.row_metrics) if n in self.row_metrics), None),
+            correctness="exact_match" if "exact_match" in self.row_metrics else None,
+            group_files=(
+                "metrics_by_group.csv",
+                "metrics_by_doc_class.csv",
+                "metrics_by_document.csv",
+            ),
+        )
 
 
 class _VQATally(Tally):
