@@ -157,3 +157,27 @@ def test_differences_name_every_changed_leaf() -> None:
         "model.init_params.z: (not set) -> 'new'",
     ]
     assert differences(saved, saved) == []
+
+
+def test_a_run_made_by_the_last_release_resumes(model_cache, tmp_path) -> None:
+    """tests/data/run_made_by_0_2_0: ``python -m runners.run model=dummy runner.limit=4`` as
+    main wrote it on 2026-12-05 (before runners/plan.py, scoring.py and score_guide.json), its
+    dataset root written as {DATASET_ROOT}. Raised to 6 samples, it answers the 2 new ones only
+    and keeps the 4 it had."""
+    import shutil
+
+    from runners.config import PROJECT_ROOT
+
+    made = Path(__file__).parent / "data" / "run_made_by_0_2_0"
+    root = shutil.copytree(PROJECT_ROOT / "data" / "sample_docs", tmp_path / "sample_docs")
+    run_dir = shutil.copytree(made, tmp_path / "run")
+    fingerprint = (run_dir / "fingerprint.json").read_text(encoding="utf-8")
+    (run_dir / "fingerprint.json").write_text(fingerprint.replace("{DATASET_ROOT}", str(root)))
+    old = read_predictions(run_dir)
+
+    cfg = make_config(model_cache, "model=dummy", "runner.limit=6", f"dataset.root={root}")
+    row = run_experiment(cfg, run_dir)
+    assert (row["status"], row["answered_now"], row["n_samples"]) == ("ok", 2, 6)
+    new = read_predictions(run_dir)
+    assert new["prediction"].tolist()[:4] == old["prediction"].tolist()
+    assert json.loads((run_dir / "score_guide.json").read_text())["rank_by"] == "anls"
