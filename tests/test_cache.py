@@ -12,6 +12,7 @@ from model_interface import tiny
 from model_interface.cache import ModelNotCachedError, list_cached, main, resolve_model
 
 
+@pytest.mark.slow
 def test_a_local_directory_is_used_as_it_is(model_cache: Path) -> None:
     path = tiny.ensure_tiny_model("tiny-llava", model_cache)
     resolved = resolve_model(str(path), "unused_cache")

@@ -255,6 +255,7 @@ def hub_style_cache(model_cache: Path, tmp_path: Path, repo_id: str) -> Path:
     return cache_dir
 
 
+@pytest.mark.slow
 def test_a_cached_hub_model_loads_with_no_network_call(model_cache: Path, tmp_path: Path) -> None:
     cache_dir = hub_style_cache(model_cache, tmp_path, "acme/tiny-vl")
     result, network_log = run_without_network(

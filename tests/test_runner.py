@@ -313,6 +313,7 @@ def test_config_mistakes_end_with_one_clear_line(cache_dir, tmp_path, args, mess
     assert "Traceback" not in result.stdout
 
 
+@pytest.mark.slow
 def test_missing_model_weights_say_how_to_fetch_them(cache_dir, tmp_path) -> None:
     result = run_cli(
         "model=qwen2_vl_2b", "runner.limit=1", cwd=tmp_path, cache_dir=tmp_path / "empty_cache"
@@ -655,6 +656,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_resume_finishes_it(model_cac
 # --- interrupted, unwritable, nothing left to do --------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_answers_says_so_in_one_line_and_the_run_resumes(
     cache_dir, tmp_path
 ) -> None:

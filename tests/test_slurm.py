@@ -106,6 +106,7 @@ def test_a_slurm_launcher_without_slurm_is_one_line(model_cache, tmp_path) -> No
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_a_slurm_cluster_that_does_not_answer_is_one_line(model_cache, tmp_path) -> None:
     """sbatch is installed, but the controller it is configured for is not there."""
     conf = tmp_path / "slurm.conf"

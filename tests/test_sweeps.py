@@ -37,6 +37,7 @@ def test_a_job_whose_model_cannot_load_fails_alone(model_cache: Path, tmp_path: 
     assert (sweep / "summary.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_jobs_are_ordered_by_number_and_earlier_sweeps_are_left_out(model_cache, tmp_path):
     first = run_cli(
         "--multirun",

@@ -304,6 +304,7 @@ def test_ensure_loser_of_a_race_keeps_the_winners_build(name, tmp_path, monkeypa
     assert [p.name for p in target.parent.iterdir()] == [name]
 
 
+@pytest.mark.slow
 def test_ensure_from_two_racing_processes(tmp_path):
     # The race is the same for every family, and each process costs seconds of imports.
     name = tiny.TINY_MODEL_NAMES[0]

@@ -27,6 +27,7 @@ def artifacts(store: Path, run_id: str, path: str | None = None) -> set[str]:
     return {item.path for item in client.list_artifacts(run_id, path)}
 
 
+@pytest.mark.slow
 def test_a_run_is_logged_with_its_config_metrics_and_files(model_cache, tmp_path) -> None:
     result = run_cli(
         "model=dummy",
@@ -62,6 +63,7 @@ def test_a_run_is_logged_with_its_config_metrics_and_files(model_cache, tmp_path
     assert sorted(path.name for path in tmp_path.iterdir()) == ["outputs"]
 
 
+@pytest.mark.slow
 def test_a_sweep_is_a_parent_run_with_a_child_per_job(model_cache, tmp_path) -> None:
     result = run_cli(
         "--multirun",
@@ -88,6 +90,7 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job(model_cache, tmp_path) -> 
         assert "job.json" in artifacts(store, child.info.run_id)
 
 
+@pytest.mark.slow
 def test_the_shards_of_a_run_are_children_and_the_last_logs_the_merged_run(
     model_cache, tmp_path
 ) -> None:
@@ -121,6 +124,7 @@ def test_the_shards_of_a_run_are_children_and_the_last_logs_the_merged_run(
     assert {"predictions.csv", "metrics.csv", "shards.csv"} <= artifacts(store, last.info.run_id)
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_logged_as_failed_at_the_uri_given(model_cache, tmp_path) -> None:
     team_store = tmp_path / "team" / "store.db"
     result = run_cli(
@@ -141,6 +145,7 @@ def test_a_failed_run_is_logged_as_failed_at_the_uri_given(model_cache, tmp_path
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_the_readme_mlflow_ui_command_serves_the_store(model_cache, tmp_path) -> None:
     import re
     import shlex
