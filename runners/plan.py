@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runners.config import RunConfig, RunnerError, model_config, shard_folder, to_settings
+from runners.tasks.base import TaskError
 
 log = logging.getLogger("runners.run")
 
@@ -69,7 +70,7 @@ def check(cfg: DictConfig) -> Plan:
         _warn_if_one_stratum_of_several(dataset, task, runner.limit, strata)
     try:
         current = fingerprint(model, dataset, settings.task, task)
-    except (ModelFactoryError, ValueError) as error:
+    except (ModelFactoryError, TaskError) as error:
         raise RunnerError(str(error)) from None
     if runner.num_shards > 1:
         current["shards"] = fingerprint_section(settings)
@@ -86,7 +87,7 @@ def dataset_and_task(dataset_settings: Any, task_config: Any, metric_names: list
         dataset = Dataset.from_config(dataclasses.asdict(dataset_settings))
         for sample in dataset.all_samples():
             task.check(sample)
-    except (DatasetError, ValueError) as error:
+    except (DatasetError, TaskError) as error:
         raise RunnerError(str(error)) from None
     # The task has seen every sample (a classification task knows its classes now).
     return dataclasses.replace(dataset, stratum=task.stratum), task

@@ -22,7 +22,7 @@ from tests.helpers import (
 )
 
 PROMPT_LENGTH_TASK = '''
-from runners.tasks.base import ScoreGuide, Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 from model_interface.model_interface import PredictionRequest
 
 
@@ -70,6 +70,19 @@ class _Gaps(Tally):
 
     def files(self):
         return {"gaps_by_class.csv": [{"gaps": len(self.gaps)}]}
+
+
+class Picky(PromptLength):
+    """Refuses every sample: with a TaskError as asked, or through a bug of its own."""
+
+    def __init__(self, *, metric_names, refusal="task_error"):
+        super().__init__(metric_names=metric_names)
+        self.refusal = refusal
+
+    def check(self, sample):
+        if self.refusal == "task_error":
+            raise TaskError(f"sample {sample.id!r} is not one picky takes")
+        int("picky has a bug")
 '''
 
 
@@ -181,6 +194,19 @@ def test_a_report_reads_a_users_task_by_its_own_score_guide(
     text = markdown.read_text(encoding="utf-8")
     assert "then by length_gap (highest)" in text and "### gaps_by_class.csv" in text
     assert f"### Right in B, wrong in A ({len(close_b - close_a)})" in text
+
+
+def test_a_task_error_is_one_line_and_a_bug_in_a_task_keeps_its_traceback(
+    user_task_package, model_cache, tmp_path
+) -> None:
+    TASKS.register("picky", "acme_tasks.tasks:Picky")
+    overrides = ["model=dummy", "task.name=picky"]
+    with pytest.raises(RunnerError) as refused:
+        run_experiment(make_config(model_cache, *overrides), tmp_path / "refused")
+    assert str(refused.value) == "sample '0' is not one picky takes"
+    with pytest.raises(ValueError, match="picky has a bug") as bug:
+        run_experiment(make_config(model_cache, *overrides, "+task.refusal=bug"), tmp_path / "bug")
+    assert not isinstance(bug.value, RunnerError)  # not turned into a config mistake
 
 
 def test_an_object_answer_under_task_vqa_is_refused_before_the_model_loads(

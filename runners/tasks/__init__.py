@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from model_interface.registry import Registry
-from runners.tasks.base import Task
+from runners.tasks.base import Task, TaskError
 
 TASKS: Registry[type[Task]] = Registry(
     kind="task",
@@ -31,6 +31,7 @@ TASKS: Registry[type[Task]] = Registry(
     how_to_register=lambda name: (
         f"Register it with runners.tasks.TASKS.register('{name}', 'package.module:Class')"
     ),
+    error=TaskError,
 )
 
 
@@ -38,19 +39,19 @@ def make_task(config: Mapping[str, Any], metric_names: list[str]) -> Task:
     """The task a ``task`` config names, built with the config's other keys.
 
     ``metric_names`` are the run's text metrics (``runner.metrics``), for tasks that compare
-    texts. Raises ``ValueError`` for an unknown task or options it does not take.
+    texts. Raises :class:`TaskError` for an unknown task or options it does not take.
     """
     options = dict(config)
     name = options.pop("name", None)
     if not name:
-        raise ValueError("task.name is not set; choose a task, e.g. task=vqa")
+        raise TaskError("task.name is not set; choose a task, e.g. task=vqa")
     task_class = TASKS.get(name)
     try:
         return task_class(metric_names=metric_names, **options)
     except TypeError as error:
-        raise ValueError(
+        raise TaskError(
             f"task {name!r} can't take these options {sorted(options)}: {error}"
         ) from None
 
 
-__all__ = ["TASKS", "Task", "make_task"]
+__all__ = ["TASKS", "Task", "TaskError", "make_task"]

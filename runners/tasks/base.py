@@ -47,6 +47,11 @@ class Tally(ABC):
         """All rows are in: finish what was written as they came (large files of its own)."""
 
 
+class TaskError(ValueError):
+    """A sample, option or file a task can't use; the message says what to fix. A run shows it
+    as one line; any other exception from a task is a bug, shown with its traceback."""
+
+
 SCORE_GUIDE_FILE = "score_guide.json"
 
 
@@ -99,7 +104,7 @@ class Task(ABC):
         self.metric_names = list(metric_names)
 
     def check(self, sample: Sample) -> None:  # noqa: B027 (optional)
-        """Raise ``ValueError`` if ``sample`` can't be used by this task (e.g. its reference has
+        """Raise :class:`TaskError` if ``sample`` can't be used by this task (e.g. its reference has
         the wrong shape). Called for every sample before the model is loaded."""
 
     @abstractmethod

@@ -34,7 +34,7 @@ from typing import Any
 from model_interface.model_interface import PredictionRequest
 from runners.datasets import Sample
 from runners.metrics import normalize
-from runners.tasks.base import ScoreGuide, Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 
 DEFAULT_PROMPT = "{prompt}\nAnswer with exactly one of: {labels}."
 UNPARSEABLE = "unparseable"
@@ -80,7 +80,7 @@ class ClassificationTask(Task):
         if reference is None:
             return
         if not isinstance(reference, str):
-            raise ValueError(
+            raise TaskError(
                 f"sample {sample.id!r}: task=classification needs one class name as the "
                 f"answer, got {reference!r}"
             )
@@ -88,18 +88,18 @@ class ClassificationTask(Task):
         if not form:
             # An empty class would become a label that every answer names (and an empty
             # answer would score as right).
-            raise ValueError(
+            raise TaskError(
                 f"sample {sample.id!r} has an empty class {reference!r}; write its class in its "
                 "answer, or leave it unlabelled (no answer column, or a null answer in JSONL)"
             )
         if form == UNPARSEABLE:
-            raise ValueError(
+            raise TaskError(
                 f"sample {sample.id!r} is of class {reference!r}, the name of unreadable "
                 "answers; rename the class"
             )
         if self.given_labels is not None:
             if form not in self._spelling:
-                raise ValueError(
+                raise TaskError(
                     f"sample {sample.id!r} is of class {reference!r}, which is not among "
                     f"task.labels {self.given_labels}"
                 )
@@ -152,18 +152,18 @@ def _given_labels(labels: Sequence[str]) -> list[str]:
     """``task.labels`` checked: a list of distinct, non-empty classes, ``unparseable`` not
     among them."""
     if isinstance(labels, str):  # task.labels=invoice: one string, not a list of characters
-        raise ValueError(
+        raise TaskError(
             f"task.labels must be a list, e.g. task.labels=[{labels},other]; got {labels!r}"
         )
     given: dict[str, str] = {}
     for label in map(str, labels):
         form = normalize(label)
         if not form:
-            raise ValueError(f"task.labels holds an empty label {label!r}; remove it")
+            raise TaskError(f"task.labels holds an empty label {label!r}; remove it")
         if form == UNPARSEABLE:
-            raise ValueError(f"{UNPARSEABLE!r} is the class of unreadable answers; rename it")
+            raise TaskError(f"{UNPARSEABLE!r} is the class of unreadable answers; rename it")
         if form in given:
-            raise ValueError(
+            raise TaskError(
                 f"task.labels holds {given[form]!r} and {label!r}, one label spelt twice "
                 "(labels are compared ignoring case, spacing and end punctuation); keep one"
             )

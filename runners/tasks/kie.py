@@ -31,7 +31,7 @@ from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
 from runners.datasets import Sample
 from runners.outputs import CsvStream
-from runners.tasks.base import ScoreGuide, Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 
 DEFAULT_PROMPT = (
     "Extract these fields from the document: {fields}. Answer with one JSON object whose keys "
@@ -68,7 +68,7 @@ class KIETask(Task):
     ) -> None:
         super().__init__(metric_names=metric_names)
         if max_field_chars < 1:
-            raise ValueError(f"task.max_field_chars must be >= 1, got {max_field_chars}")
+            raise TaskError(f"task.max_field_chars must be >= 1, got {max_field_chars}")
         self.schema_file = schema_file
         self.schema = _read_schema(Path(schema_file)) if schema_file else None
         self.prompt_template = prompt_template
@@ -78,13 +78,13 @@ class KIETask(Task):
 
     def check(self, sample: Sample) -> None:
         if sample.reference is not None and not isinstance(sample.reference, Mapping):
-            raise ValueError(
+            raise TaskError(
                 f"sample {sample.id!r} has {type(sample.reference).__name__} for its answer; "
                 "task=kie needs an object of fields (jsons/<page>.json, or a JSON object as "
                 "the answer in JSONL)"
             )
         if self.schema is None and not sample.reference:
-            raise ValueError(
+            raise TaskError(
                 f"sample {sample.id!r} has no fields to ask for; give them in its ground truth "
                 "or as task.schema_file"
             )
@@ -338,11 +338,11 @@ def _read_schema(path: Path) -> dict[str, Any]:
     try:
         schema = json.loads(path.expanduser().read_text(encoding="utf-8-sig"))
     except OSError as error:
-        raise ValueError(f"cannot read task.schema_file {str(path)!r}: {error.strerror}") from None
+        raise TaskError(f"cannot read task.schema_file {str(path)!r}: {error.strerror}") from None
     except ValueError as error:
-        raise ValueError(f"task.schema_file {str(path)!r} is not JSON: {error}") from None
+        raise TaskError(f"task.schema_file {str(path)!r} is not JSON: {error}") from None
     if not isinstance(schema, dict) or schema.get("type") != "object":
-        raise ValueError(f"task.schema_file {str(path)!r} must be a JSON Schema of an object")
+        raise TaskError(f"task.schema_file {str(path)!r} must be a JSON Schema of an object")
     return schema
 
 

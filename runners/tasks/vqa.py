@@ -22,7 +22,7 @@ from rapidfuzz.distance import Levenshtein
 from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
 from runners.datasets import Sample
-from runners.tasks.base import ScoreGuide, Tally, Task
+from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 
 GROUP_COLUMNS = ("doc_class", "question_type")
 
@@ -34,15 +34,18 @@ class VQATask(Task):
 
     def __init__(self, *, metric_names: Sequence[str]) -> None:
         super().__init__(metric_names=metric_names)
-        quality.validate_names(self.metric_names)
+        try:
+            quality.validate_names(self.metric_names)
+        except ValueError as error:  # a name in runner.metrics: the run's config to fix
+            raise TaskError(str(error)) from None
         self.corpus_metrics = [name for name in self.metric_names if quality.is_corpus_metric(name)]
         self.row_metrics = [name for name in self.metric_names if name not in self.corpus_metrics]
 
     def check(self, sample: Sample) -> None:
         if not sample.prompt.strip():
-            raise ValueError(f"sample {sample.id!r} has an empty question; task=vqa asks it")
+            raise TaskError(f"sample {sample.id!r} has an empty question; task=vqa asks it")
         if isinstance(sample.reference, Mapping):
-            raise ValueError(
+            raise TaskError(
                 f"sample {sample.id!r} has an object for its answer; task=vqa compares text "
                 "answers (use task=kie for fields)"
             )
