@@ -225,6 +225,20 @@ class ServerProcess:
             self.kill()
 
 
+def runners_serve(*overrides: str, workdir: Path, cache_dir: Path) -> ServerProcess:
+    """``python -m runners.serve OVERRIDES`` on a free port, run in ``workdir`` (not started)."""
+    return ServerProcess(
+        [sys.executable, "-m", "runners.serve", *overrides, "serve.port={port}"],
+        log=workdir / "serve.log",
+        cwd=workdir,
+        env={
+            "MODEL_INTERFACE_CACHE": str(cache_dir),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        },
+    )
+
+
 def run_and_kill_the_server(
     arguments: list[str],
     *,

@@ -28,7 +28,7 @@ from model_interface.backends.dummy import DummyModel
 from model_interface.backends.openai_api import OpenAIModel
 from model_interface.model_interface import ModelUnavailable, Prediction, PredictionRequest
 from runners.run import PROJECT_ROOT
-from tests.helpers import ServerProcess, free_port, run_and_kill_the_server, serve_in_thread
+from tests.helpers import free_port, run_and_kill_the_server, runners_serve, serve_in_thread
 
 SAMPLE_IMAGES = sorted((PROJECT_ROOT / "data" / "sample_docs" / "images").glob("*.png"))
 SECRET = "sk-test-SECRET-5f1e0c9a7b"
@@ -585,16 +585,7 @@ def hf_model(model_cache: Path):
 def served_tiny_model(hf_model, model_cache: Path, tmp_path_factory) -> Iterator[str]:
     """``python -m runners.serve model=tiny_qwen2_vl`` on a free port; yields its base URL."""
     workdir = tmp_path_factory.mktemp("serve")
-    server = ServerProcess(
-        [sys.executable, "-m", "runners.serve", "model=tiny_qwen2_vl", "serve.port={port}"],
-        log=workdir / "serve.out",
-        cwd=workdir,
-        env={
-            "MODEL_INTERFACE_CACHE": str(model_cache),
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(PROJECT_ROOT),
-        },
-    )
+    server = runners_serve("model=tiny_qwen2_vl", workdir=workdir, cache_dir=model_cache)
     try:
         server.start()
         assert f"serving tiny-qwen2-vl on http://127.0.0.1:{server.port}" in server.log.read_text()
@@ -665,17 +656,14 @@ def test_the_runner_benchmarks_a_served_model_end_to_end(served_tiny_model, tmp_
 def test_a_server_killed_mid_run_ends_it_in_one_line_and_the_run_resumes(tmp_path) -> None:
     """A real server (runners.serve, a dummy model taking 30 ms a request) killed with SIGKILL
     while the runner asks it one request at a time."""
-    serve_command = [
-        sys.executable,
-        "-m",
-        "runners.serve",
-        "model=custom",
-        "model.class_path=tests.wrappers:SlowDummy",
-        "+model.init_params.delay_s=0.03",
-        "serve.port={port}",
-    ]
+    slow_dummy = ["model=custom", "model.class_path=tests.wrappers:SlowDummy"]
     env = {"MODEL_INTERFACE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(PROJECT_ROOT)}
-    server = ServerProcess(serve_command, log=tmp_path / "serve.log", cwd=tmp_path, env=env)
+    server = runners_serve(
+        *slow_dummy,
+        "+model.init_params.delay_s=0.03",
+        workdir=tmp_path,
+        cache_dir=tmp_path / "cache",
+    )
     arguments = [
         "model=openai_compatible",
         f"model.init_params.base_url={server.base_url}",

@@ -35,6 +35,7 @@ from tests.helpers import (
     read_predictions,
     run_and_kill_the_server,
     run_cli,
+    runners_serve,
 )
 from tests.test_readme import readme_lines
 
@@ -159,16 +160,7 @@ REQUESTS = {
 def test_vllm_serve_and_runners_serve_answer_the_same_requests_the_same(
     model_cache, vllm_server, tmp_path
 ) -> None:
-    ours = ServerProcess(
-        [sys.executable, "-m", "runners.serve", "model=tiny_qwen2_vl", "serve.port={port}"],
-        log=tmp_path / "serve.log",
-        cwd=tmp_path,
-        env={
-            "MODEL_INTERFACE_CACHE": str(model_cache),
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(PROJECT_ROOT),
-        },
-    )
+    ours = runners_serve("model=tiny_qwen2_vl", workdir=tmp_path, cache_dir=model_cache)
     answers = {}
     try:
         ours.start()
