@@ -59,6 +59,25 @@ INTERRUPTED = "interrupted: what was answered is kept, run the same command to r
 INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by SIGINT
 
 
+class JobOutcome:
+    """The exit status of a command's jobs (``run``, ``evaluate``, ``serve``). A job that meets
+    a :class:`RunnerError` logs its one line and records its exit code here: raising
+    ``SystemExit`` inside a Hydra job would skip Hydra's callbacks and end a sweep's other
+    jobs. The command exits with the last code recorded."""
+
+    def __init__(self) -> None:
+        self.exit_status = 0
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        """``job()``'s result, or None when it ended in a :class:`RunnerError`."""
+        try:
+            return job()
+        except RunnerError as error:
+            logging.getLogger("runners").error("%s", error)
+            self.exit_status = error.exit_code
+            return None
+
+
 @dataclass
 class DatasetConfig:
     name: str | None = None  # null: the root folder's name

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from runners.config import CONFIG_DIR, EvaluateConfig, RunnerError, to_settings
+from runners.config import CONFIG_DIR, EvaluateConfig, JobOutcome, RunnerError, to_settings
 
 log = logging.getLogger("runners.evaluate")
 
@@ -351,15 +352,14 @@ def _answers_file(path: Path, text: str, by_position: dict[int, Any]) -> list[tu
     return pairs
 
 
+outcome = JobOutcome()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def main(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
 
-    try:
-        return evaluate(cfg, HydraConfig.get().runtime.output_dir)
-    except RunnerError as error:
-        log.error("%s", error)
-        raise SystemExit(error.exit_code) from None
+    return outcome.run(lambda: evaluate(cfg, HydraConfig.get().runtime.output_dir))
 
 
 def cli() -> None:
@@ -367,6 +367,7 @@ def cli() -> None:
     from runners.config import run_hydra_command
 
     run_hydra_command(main)
+    sys.exit(outcome.exit_status)
 
 
 if __name__ == "__main__":

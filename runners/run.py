@@ -29,7 +29,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from runners.config import CONFIG_DIR, PROJECT_ROOT, Interrupted, RunnerError
+from runners.config import CONFIG_DIR, PROJECT_ROOT, Interrupted, JobOutcome, RunnerError
 from runners.plan import Plan, check
 from runners.scoring import Answered, LoadedModel, RunCost, max_or_none, score, write
 from runners.shards import finish_shard
@@ -252,30 +252,24 @@ def _progress_bar(total: int, *, enabled: bool) -> Any:
     )
 
 
+outcome = JobOutcome()  # of the single runs :func:`main` ran, for :func:`cli` to exit with
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
-    """The job: returns the metrics row; a single run that fails sets :data:`exit_status`.
-
-    The status is set, not raised: a ``SystemExit`` inside the job would skip Hydra's
-    ``on_job_end`` callbacks, and tracking logs failed runs too. :func:`cli` exits with it.
-    """
+    """The job: returns the metrics row; a single run that fails records its exit status in
+    :data:`outcome` (tracking logs failed runs too)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from runners.callbacks import run_sweep_job
 
-    global exit_status
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     if hydra_config.mode == RunMode.MULTIRUN:
         return run_sweep_job(run_experiment, cfg, output_dir, hydra_config)
-    try:
-        row = run_experiment(cfg, output_dir)
-    except RunnerError as error:
-        log.error("%s", error)
-        exit_status = error.exit_code
-        return None
-    if row["status"] != "ok":
+    row = outcome.run(lambda: run_experiment(cfg, output_dir))
+    if row is not None and row["status"] != "ok":
         log.error(
             "%d of %d samples failed (%.1f%%), over runner.max_error_rate=%s",
             row["n_errors"],
@@ -283,11 +277,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
             100 * row["error_rate"],
             cfg.runner.max_error_rate,
         )
-        exit_status = 1
+        outcome.exit_status = 1
     return row
-
-
-exit_status = 0  # of the last single run :func:`main` ran
 
 
 def cli() -> None:
@@ -305,7 +296,7 @@ def cli() -> None:
         return
     try:
         run_hydra_command(main)
-        code = exit_status
+        code = outcome.exit_status
     except SystemExit as exit_request:
         code = exit_request.code
     if _current_model is not None:

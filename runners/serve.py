@@ -52,6 +52,7 @@ import ipaddress
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import deque
@@ -74,7 +75,7 @@ from model_interface.model_interface import (
     UnsupportedRequest,
     predict_isolated,
 )
-from runners.config import CONFIG_DIR, RequestLimits
+from runners.config import CONFIG_DIR, JobOutcome, RequestLimits
 
 INSTALL_HINT = "pip install 'model-interface[serve]'"
 
@@ -860,15 +861,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+outcome = JobOutcome()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="serve")
 def main(cfg: DictConfig) -> None:
+    outcome.run(lambda: _serve_or_say_why(cfg))
+
+
+def _serve_or_say_why(cfg: DictConfig) -> None:
     from runners.config import RunnerError
 
     try:
         serve(cfg)
-    except (RunnerError, ImportError) as error:
-        log.error("%s", error)
-        raise SystemExit(2) from None
+    except ImportError as error:  # the serve extra not installed, or the model's framework
+        raise RunnerError(str(error)) from None
 
 
 def cli() -> None:
@@ -876,6 +883,7 @@ def cli() -> None:
     from runners.config import run_hydra_command
 
     run_hydra_command(main)
+    sys.exit(outcome.exit_status)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,27 @@ def test_the_command_line_writes_under_outputs_evaluate(model_cache, tmp_path, f
     assert {"predictions.csv", "metrics.csv", "answers.csv"} <= {p.name for p in out.iterdir()}
 
 
+@pytest.mark.slow
+def test_a_bad_job_of_an_evaluate_sweep_ends_alone(model_cache, tmp_path, finished_run) -> None:
+    """One job's file is missing: it says so in one line, the next job still scores, and the
+    sweep exits with the bad job's status."""
+    good = finished_run / "answers.csv"
+    result = run_cli(
+        "--multirun",
+        f"predictions={tmp_path / 'missing.csv'},{good}",
+        "hydra.sweep.dir=sweep",
+        module="runners.evaluate",
+        cwd=tmp_path,
+        cache_dir=model_cache,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout[-3000:]
+    (line,) = error_lines(result.stdout)
+    assert "missing.csv" in line
+    assert not (tmp_path / "sweep" / "0" / "metrics.csv").exists()
+    assert (tmp_path / "sweep" / "1" / "metrics.csv").is_file()
+
+
 # The end of every refusal of answers made for other samples: what to do instead.
 OTHERWISE = (
     "or, if the answers do belong to these samples, score the answers.csv written beside the "
