@@ -28,7 +28,7 @@ from typing import Any
 from model_interface import ModelFactory
 from runners.config import RunnerError
 from runners.datasets import FORMATS, Dataset
-from runners.outputs import answer_files, has_rows, read_json, write_json
+from runners.outputs import answer_files, answers_exist, has_rows, read_json, write_json
 from runners.tasks import TASKS, Task
 
 FILE_NAME = "fingerprint.json"
@@ -99,10 +99,7 @@ def claim(run_dir: Path, current: Mapping[str, Any], *, resume: bool, answers: P
     fingerprint says (a run that failed before answering anything, fixed and started again).
     """
     if has_rows(answers) and not resume:
-        raise RunnerError(
-            f"{answers} exists; pass runner.resume=true to continue that run, or "
-            "choose another run_name / hydra.run.dir"
-        )
+        raise answers_exist(answers)
     if any(has_rows(path) for path in answer_files(run_dir)):
         path = run_dir / FILE_NAME
         if not path.is_file():

@@ -151,6 +151,19 @@ METRICS: Registry[Callable[[str | None, Reference], float] | CorpusMetric] = Reg
 )
 
 
+def precision_recall_f1(
+    right: int, predicted: int, expected: int, *, nothing_is_right: bool
+) -> tuple[float, float, float]:
+    """Precision, recall and F1 of ``right`` hits among ``predicted`` answers and ``expected``
+    truths. Nothing predicted (expected) gives a precision (recall) of 1 when nothing was
+    expected (predicted) either and ``nothing_is_right`` (a document with no fields, answered
+    with none), else 0 (a class nobody has and nobody chose)."""
+    precision = right / predicted if predicted else float(nothing_is_right and expected == 0)
+    recall = right / expected if expected else float(nothing_is_right and predicted == 0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
 def higher_is_better(name: str) -> bool:
     """Whether more of metric ``name`` is better. A metric says otherwise with an attribute
     ``higher_is_better = False``, as the error rates here do."""

@@ -92,6 +92,14 @@ RECORDED_PACKAGES = [
 ]
 
 
+def answers_exist(path: Path) -> RunnerError:
+    """The refusal of a run that would write answers where ``path`` holds some already."""
+    return RunnerError(
+        f"{path} exists; pass runner.resume=true to continue that run, or choose another "
+        "run_name / hydra.run.dir"
+    )
+
+
 class PredictionsFile:
     """predictions.csv of one run: resumable, appended to batch by batch.
 
@@ -120,10 +128,7 @@ class PredictionsFile:
         kept: list[dict[str, str]] = []
         if self.path.exists():
             if not resume:
-                raise RunnerError(
-                    f"{self.path} exists; pass runner.resume=true to continue that run, or "
-                    "choose another run_name / hydra.run.dir"
-                )
+                raise answers_exist(self.path)
             kept = [row for row in read_complete_rows(self.path) if not row.get("error")]
         self._records, self._size, self._answered = [], 0, 0
         replace_atomically(self.path, lambda handle: self._write_rows(handle, kept))

@@ -16,10 +16,31 @@ from runners.metrics import (
     anls,
     cer,
     exact_match,
+    higher_is_better,
     normalize,
+    precision_recall_f1,
     score,
     wer,
 )
+
+
+def test_precision_recall_f1_and_their_empty_cases() -> None:
+    assert precision_recall_f1(2, 4, 8, nothing_is_right=False) == (0.5, 0.25, pytest.approx(1 / 3))
+    # Nothing predicted and nothing expected: right for a document's fields, not for a class.
+    assert precision_recall_f1(0, 0, 0, nothing_is_right=True) == (1.0, 1.0, 1.0)
+    assert precision_recall_f1(0, 0, 0, nothing_is_right=False) == (0.0, 0.0, 0.0)
+    assert precision_recall_f1(0, 0, 3, nothing_is_right=True) == (0.0, 0.0, 0.0)
+    assert precision_recall_f1(0, 2, 0, nothing_is_right=True) == (0.0, 0.0, 0.0)
+
+
+def test_error_rates_are_better_lower_and_the_rest_higher() -> None:
+    assert [higher_is_better(name) for name in ("cer", "wer", "anls", "exact_match", "bleu")] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from typing import Any
 
 from model_interface.model_interface import PredictionRequest
 from runners.datasets import Sample
-from runners.metrics import normalize
+from runners.metrics import normalize, precision_recall_f1
 from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 
 DEFAULT_PROMPT = "{prompt}\nAnswer with exactly one of: {labels}."
@@ -235,7 +235,7 @@ class _Confusion(Tally):
         right = self.pairs[(label, label)]
         answered = sum(count for (_, answer), count in self.pairs.items() if answer == label)
         support = sum(count for (truth, _), count in self.pairs.items() if truth == label)
-        precision = right / answered if answered else 0.0
-        recall = right / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        precision, recall, f1 = precision_recall_f1(
+            right, answered, support, nothing_is_right=False
+        )
         return {"precision": precision, "recall": recall, "f1": f1, "support": support}

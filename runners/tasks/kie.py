@@ -323,10 +323,8 @@ def _pair_counts(fields: Sequence[Mapping[str, Any]]) -> tuple[int, int, int]:
 
 
 def _precision_recall_f1(right: int, predicted: int, expected: int) -> dict[str, float]:
-    precision = right / predicted if predicted else float(expected == 0)
-    recall = right / expected if expected else float(predicted == 0)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"field_precision": precision, "field_recall": recall, "field_f1": f1}
+    figures = quality.precision_recall_f1(right, predicted, expected, nothing_is_right=True)
+    return dict(zip(("field_precision", "field_recall", "field_f1"), figures, strict=True))
 
 
 def _mean(values: Any) -> float:
