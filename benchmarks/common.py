@@ -98,10 +98,7 @@ def free_port() -> int:
 def served(model: str, workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """``runners.serve`` with ``model`` in a subprocess; yields its base URL and process, and
     stops it after."""
-    import httpx
-
     port = free_port()
-    log_path = workdir / "serve.log"
     command = [
         sys.executable,
         "-m",
@@ -110,16 +107,28 @@ def served(model: str, workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         f"serve.port={port}",
         f"hydra.run.dir={workdir / 'hydra'}",  # keep the repo's outputs/ clean
     ]
+    with serving(command, port, workdir / "serve.log") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serving(
+    command: Sequence[str], port: int, log_path: Path, timeout_s: float = STARTUP_TIMEOUT_S
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """An OpenAI-compatible server started by ``command`` on ``port`` of 127.0.0.1; yields its
+    base URL and process once /health answers, and stops it after."""
+    import httpx
+
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            list(command), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"runners.serve did not come up:\n{log_path.read_text()[-3000:]}")
+                raise SystemExit(f"{command[2]} did not come up:\n{log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     break

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as model=vllm_tiny_qwen2_vl
@@ -41,6 +39,7 @@ from common import (  # (after the engine setting: before vLLM is imported)
     median,
     print_figures,
     print_table,
+    serving,
     timed,
 )
 
@@ -82,11 +81,9 @@ def runners_engine():
     return run._current_model.model.llm
 
 
-def start_vllm_server(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen]:
-    import httpx
-
-    port = free_port()
-    command = [
+def vllm_server_command(model_dir: Path, port: int) -> list[str]:
+    """vLLM's OpenAI-compatible server with the engine options of model=vllm_tiny_qwen2_vl."""
+    return [
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
@@ -108,19 +105,6 @@ def start_vllm_server(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen
         "--limit-mm-per-prompt",
         '{"image": 4}',
     ]
-    with log.open("w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 3 * STARTUP_TIMEOUT_S
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit(f"the vLLM server did not come up:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return f"http://127.0.0.1:{port}/v1", process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
 
 
 def main() -> None:
@@ -138,8 +122,14 @@ def main() -> None:
         f"runner.batch_size={BATCH}",
         f"paths.cache_dir={work / 'cache'}",
     ]
-    url, server = start_vllm_server(model_dir, work / "server.log")
-    try:
+    port = free_port()
+    server = serving(
+        vllm_server_command(model_dir, port),
+        port,
+        work / "server.log",
+        timeout_s=3 * STARTUP_TIMEOUT_S,
+    )
+    with server as (url, _):
         configs = {
             "vllm": compose_config("model=vllm_tiny_qwen2_vl", *common),
             "served": compose_config(
@@ -176,9 +166,6 @@ def main() -> None:
             if repeat:
                 for kind, seconds in round_times.items():
                     times[kind].append(seconds)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     def ratio(a: str, b: str) -> float:
         return median([x / y for x, y in zip(times[a], times[b], strict=True)])
