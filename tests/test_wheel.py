@@ -113,32 +113,35 @@ def installed(wheel, tmp_path_factory) -> Path:
     return venv / "bin"
 
 
+def run_installed(
+    installed: Path, command: list[str], *, cwd: Path, cache_dir: Path, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``command`` in ``cwd`` with only the fresh venv's bin/ (and the system's) on the PATH."""
+    env = {
+        "PATH": f"{installed}:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", str(cwd)),
+        "MODEL_INTERFACE_CACHE": str(cache_dir),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=check
+    )
+
+
 @pytest.mark.parametrize("command", [["vlm-run"], ["python", "-m", "runners.run"]])
 def test_the_installed_wheel_runs_the_main_job_from_an_empty_directory(
     installed, command, model_cache, tmp_path
 ) -> None:
-    env = {
-        "PATH": f"{installed}:/usr/bin:/bin",
-        "HOME": os.environ.get("HOME", str(tmp_path)),
-        "MODEL_INTERFACE_CACHE": str(model_cache),
-        "HF_HUB_OFFLINE": "1",
-    }
-    where = subprocess.run(
-        ["python", "-c", "import runners.config as c; print(c.__file__); print(c.CONFIG_DIR)"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+    show = "import runners.config as c; print(c.__file__); print(c.CONFIG_DIR)"
+    where = run_installed(
+        installed, ["python", "-c", show], cwd=tmp_path, cache_dir=model_cache, check=True
     ).stdout.split()
     assert [Path(line).is_relative_to(installed.parent) for line in where] == [True, True], where
-    result = subprocess.run(
+    result = run_installed(
+        installed,
         [*command, "run_name=main", "runner.progress=false"],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        cache_dir=model_cache,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = pd.read_csv(tmp_path / "outputs" / "main" / "metrics.csv").iloc[0]
@@ -162,18 +165,11 @@ def test_the_readmes_own_config_directory_reaches_the_installed_runner(
     (folder / "model" / f"{model}.yaml").write_text(
         packaged.replace("max_new_tokens: 16", "max_new_tokens: 3")
     )
-    env = {
-        "PATH": f"{installed}:/usr/bin:/bin",
-        "MODEL_INTERFACE_CACHE": str(model_cache),
-        "HF_HUB_OFFLINE": "1",
-    }
-    result = subprocess.run(
+    result = run_installed(
+        installed,
         ["vlm-run", *arguments, "run_name=mine", "runner.progress=false"],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        cache_dir=model_cache,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     predictions = pd.read_csv(tmp_path / "outputs" / "mine" / "predictions.csv")
