@@ -84,17 +84,24 @@ def run_until_killed(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            if answers.exists() and answers.read_text().count("\n") > lines:
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, "the run ended before it could be killed"
+        wait_for_lines(answers, lines, process, timeout)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def wait_for_lines(path: Path, lines: int, process: subprocess.Popen, timeout_s: float) -> None:
+    """Return once the file ``path`` holds more than ``lines`` lines; fail if ``process`` (the
+    one writing it) ends first, with its output where it was captured, or ``timeout_s`` pass."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() or path.read_text().count("\n") <= lines:
+        if process.poll() is not None:
+            output = process.communicate()[0] if process.stdout else ""
+            raise AssertionError(f"the run ended before it could be stopped:\n{output[-3000:]}")
+        assert time.monotonic() < deadline, f"{path} got no more than {lines} lines in time"
+        time.sleep(0.01)
 
 
 def torch_refused(tmp_path: Path) -> dict[str, str]:
@@ -260,14 +267,8 @@ def run_and_kill_the_server(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    predictions = run_dir / "predictions.csv"
     try:
-        deadline = time.monotonic() + timeout_s
-        while not predictions.exists() or predictions.read_text().count("\n") <= after_rows:
-            if runner.poll() is not None:
-                raise AssertionError(f"the run ended first:\n{runner.communicate()[0][-3000:]}")
-            assert time.monotonic() < deadline, "the run wrote too few rows to stop it"
-            time.sleep(0.01)
+        wait_for_lines(run_dir / "predictions.csv", after_rows, runner, timeout_s)
         server.kill()
         output, _ = runner.communicate(timeout=timeout_s)
     finally:
