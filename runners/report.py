@@ -104,11 +104,11 @@ class Run:
     metrics: dict[str, str]
     rows: list[dict[str, str]]  # predictions.csv, in its order
     scores: list[str]  # the per-sample score columns predictions.csv has
+    guide: ScoreGuide  # how its task's scores read
     tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     config: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] | None = None
-    guide: ScoreGuide = field(default_factory=lambda: ScoreGuide({}))  # how its scores read
 
     @property
     def dataset_root(self) -> Path | None:
