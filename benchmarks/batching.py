@@ -10,10 +10,15 @@ batches the runner sorts samples by image size and prompt length, so a batch pad
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from common import compose_config, cycled_sample_docs, median, print_figures, print_table
+from common import (
+    compose_config,
+    cycled_sample_docs,
+    median,
+    print_figures,
+    print_table,
+    scratch_dir,
+)
 
 from runners.run import run_experiment
 
@@ -27,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_batching_"))
+    work = scratch_dir("bench_batching_")
     dataset = cycled_sample_docs(work / "data", args.samples)
     configs = {
         batch_size: compose_config(

@@ -5,6 +5,7 @@ Every script ends with lines ``figure=value`` so that runs can be compared by a 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import os
@@ -13,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +30,13 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder for one benchmark run, removed when the script exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def sample_rows() -> list[dict[str, str]]:

@@ -13,7 +13,6 @@ by the bare run just before it, which saw the same load on this shared machine).
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from common import (
@@ -25,6 +24,7 @@ from common import (
     median,
     print_figures,
     print_table,
+    scratch_dir,
     timed,
 )
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
+    work = scratch_dir("bench_overhead_")
     dataset = cycled_sample_docs(work / "data", args.samples)
     rows = [
         row

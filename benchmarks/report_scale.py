@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
-from common import cycled_sample_docs, median, print_figures, print_table, run_command
+from common import cycled_sample_docs, median, print_figures, print_table, run_command, scratch_dir
 
 
 def main() -> None:
@@ -25,7 +23,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_report_"))
+    work = scratch_dir("bench_report_")
     dataset = cycled_sample_docs(work / "data", args.samples)
     run_dir = work / "run"
     run_s = run_command(

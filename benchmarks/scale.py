@@ -15,10 +15,9 @@ import csv
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from common import REPO_ROOT, generated_dataset, median, print_figures, print_table
+from common import REPO_ROOT, generated_dataset, median, print_figures, print_table, scratch_dir
 
 
 def run(dataset: Path, limit: int, output_dir: Path) -> tuple[float, float]:
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    work = scratch_dir("bench_scale_")
     dataset = generated_dataset(work / "data", args.samples)
     sizes = [args.samples // 10, args.samples]
     results = {size: [] for size in sizes}

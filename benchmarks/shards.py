@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
-from common import generated_dataset, median, print_figures, print_table, run_command
+from common import generated_dataset, median, print_figures, print_table, run_command, scratch_dir
 
 JOBLIB = ["hydra/launcher=joblib"]
 
@@ -78,7 +77,7 @@ def main() -> None:
     parser.add_argument("--model-ms", type=float, default=20)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_shards_"))
+    work = scratch_dir("bench_shards_")
     dataset = generated_dataset(work / "data", args.samples)
     models = {
         "dummy": ["model=dummy"],

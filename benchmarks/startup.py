@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 from common import (
     REPO_ROOT,
@@ -24,6 +22,7 @@ from common import (
     print_figures,
     print_table,
     run_command,
+    scratch_dir,
 )
 
 from model_interface.tiny import ensure_tiny_model
@@ -35,7 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    work = scratch_dir("bench_startup_")
     dataset = cycled_sample_docs(work / "data", args.samples)
     model_dir = ensure_tiny_model("tiny-qwen2-vl", work / "cache")
     runner = [sys.executable, "-m", "runners.run"]

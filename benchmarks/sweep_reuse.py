@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import tempfile
-from pathlib import Path
 
-from common import print_figures, print_table, run_command
+from common import print_figures, print_table, run_command, scratch_dir
 
 
 def main() -> None:
@@ -23,7 +21,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=8, help="samples per job")
     args = parser.parse_args()
 
-    sweep_dir = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+    sweep_dir = scratch_dir("bench_sweep_")
     seconds = run_command(
         [
             "python",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as model=vllm_tiny_qwen2_vl
@@ -39,6 +38,7 @@ from common import (  # (after the engine setting: before vLLM is imported)
     median,
     print_figures,
     print_table,
+    scratch_dir,
     serving,
     timed,
 )
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_vllm_"))
+    work = scratch_dir("bench_vllm_")
     dataset = cycled_sample_docs(work / "data", args.samples)
     model_dir = ensure_tiny_model("tiny-qwen2-vl", work / "cache")
     common = [

@@ -60,6 +60,7 @@ def open_page(path: Path, *, width: int = 1280, height: int = 1600, timeout: flo
             "about:blank",
         ],
         close_fds=False,
+        env={**os.environ, "TMPDIR": profile},  # its own temporary files go with the profile
         preexec_fn=wire_pipes,
         start_new_session=True,
         stdin=subprocess.DEVNULL,
