@@ -26,8 +26,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("batching.py", ["--samples", "8", "--repeats", "1"], ["batch8_speedup"]),
         (
             "scale.py",
-            ["--samples", "200", "--repeats", "1"],
-            ["rss_10k_over_1k", "samples_per_s_10k"],
+            ["--sizes", "200", "2000"],
+            [
+                "samples_per_s_2k",
+                "rss_largest_over_smallest",
+                "resume_s_2k",
+                "merge_over_shards_2k",
+            ],
         ),
         (
             "startup.py",
