@@ -41,6 +41,7 @@ import platform
 import re
 import subprocess
 import sys
+from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -104,13 +105,15 @@ class PredictionsFile:
     """predictions.csv of one run: resumable, appended to batch by batch.
 
     It remembers where each row starts in the file, so rows can be read back in dataset order
-    (:meth:`rewrite_in_order`) with memory for three integers per row, not the rows themselves.
+    (:meth:`rewrite_in_order`) with memory for three integers per row (24 bytes), not the rows
+    themselves.
     """
 
     def __init__(self, path: Path, columns: Sequence[str] = PREDICTION_COLUMNS) -> None:
         self.path = path
         self.columns = list(columns)
-        self._records: list[tuple[int, int, int]] = []  # (sample_index, offset, length) per row
+        # Per row: its sample_index, and where it starts and ends in the file.
+        self._indexes, self._starts, self._ends = array("q"), array("q"), array("q")
         self._answered = 0  # rows without an error: those a resumed run keeps
         self._size = 0
         self._descriptor: int | None = None
@@ -130,7 +133,7 @@ class PredictionsFile:
             if not resume:
                 raise answers_exist(self.path)
             kept = [row for row in read_complete_rows(self.path) if not row.get("error")]
-        self._records, self._size, self._answered = [], 0, 0
+        self._forget_rows()
         replace_atomically(self.path, lambda handle: self._write_rows(handle, kept))
         self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         return kept
@@ -148,7 +151,7 @@ class PredictionsFile:
     @property
     def n_rows(self) -> int:
         """Rows in the file: those kept on opening and those appended since."""
-        return len(self._records)
+        return len(self._indexes)
 
     @property
     def n_answered(self) -> int:
@@ -167,18 +170,36 @@ class PredictionsFile:
         """Rewrite the file in ``sample_index`` order, each row passed through ``transform`` and
         written with ``columns``. Reads one row at a time."""
         self.close()
-        ordered = sorted(self._records)
+        indexes = self._indexes
+        if all(indexes[i] <= indexes[i + 1] for i in range(len(indexes) - 1)):
+            records = self._records_as_written()  # the usual case: one read, front to back
+        else:
+            records = self._records_in_order(sorted(range(len(indexes)), key=indexes.__getitem__))
 
         def rows_in_order() -> Iterator[dict[str, Any]]:
-            with self.path.open("rb") as source:
-                for _, offset, length in ordered:
-                    source.seek(offset)
-                    text = source.read(length).decode("utf-8")
-                    (record,) = csv.reader(io.StringIO(text, newline=""))
-                    yield transform(dict(zip(self.columns, record, strict=True)))
+            for record in records:
+                yield transform(dict(zip(self.columns, record, strict=True)))
 
         replace_atomically(self.path, lambda handle: write_rows(handle, columns, rows_in_order()))
-        self._records = []  # the offsets described the file before this rewrite
+        self._forget_rows()  # the offsets described the file before this rewrite
+
+    def _records_as_written(self) -> Iterator[list[str]]:
+        with self.path.open(encoding="utf-8", newline="") as source:
+            reader = csv.reader(source)
+            next(reader)  # the header
+            yield from reader
+
+    def _records_in_order(self, order: Sequence[int]) -> Iterator[list[str]]:
+        with self.path.open("rb") as source:
+            for row in order:
+                source.seek(self._starts[row])
+                text = source.read(self._ends[row] - self._starts[row]).decode("utf-8")
+                (record,) = csv.reader(io.StringIO(text, newline=""))
+                yield record
+
+    def _forget_rows(self) -> None:
+        self._indexes, self._starts, self._ends = array("q"), array("q"), array("q")
+        self._size, self._answered = 0, 0
 
     def _write_rows(self, handle: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         self._writer.writeheader()
@@ -192,9 +213,11 @@ class PredictionsFile:
         for row in rows:
             self._writer.writerow(row)
             chunk = self._take()
-            self._records.append((int(row["sample_index"]), self._size, len(chunk)))
-            self._answered += not row.get("error")
+            self._indexes.append(int(row["sample_index"]))
+            self._starts.append(self._size)
             self._size += len(chunk)
+            self._ends.append(self._size)
+            self._answered += not row.get("error")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -206,42 +229,91 @@ class PredictionsFile:
 
 
 def read_complete_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV written by :class:`PredictionsFile`, without a torn last row.
+    """Rows of a CSV written by :class:`PredictionsFile`, without a torn last row (see
+    :func:`iter_complete_rows`)."""
+    return list(iter_complete_rows(path))
+
+
+def iter_complete_rows(path: Path) -> Iterator[dict[str, str]]:
+    """Rows of a CSV written by :class:`PredictionsFile`, one at a time, without a torn last row.
 
     A write cut short (a kill, a full disk) leaves the file ending inside a row: maybe inside a
     quoted field, maybe inside a multi-byte character. Only a row followed by a line break and
     with as many fields as the header counts.
     """
+    with path.open("rb") as handle:
+        text = io.TextIOWrapper(_Prefix(handle, _end_of_last_line(handle)), "utf-8", newline="")
+        header: list[str] | None = None
+        try:
+            # csv.Error: an unterminated quote, the last write was cut off inside a field.
+            for record in csv.reader(text):
+                if header is None:
+                    header = record
+                elif len(record) == len(header):
+                    yield dict(zip(header, record, strict=True))
+        except csv.Error:
+            return
+        except UnicodeDecodeError:
+            raise RunnerError(
+                f"{path} is damaged: byte {_first_bad_byte(path)} is not UTF-8, which no torn "
+                "write leaves before the end; move the file away (or delete the run directory) "
+                "to start over"
+            ) from None
+
+
+def _first_bad_byte(path: Path) -> int | None:
     data = path.read_bytes()
-    data = data[: data.rfind(b"\n") + 1]
     try:
-        text = data.decode("utf-8")
+        data[: data.rfind(b"\n") + 1].decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RunnerError(
-            f"{path} is damaged: byte {error.start} is not UTF-8, which no torn write leaves "
-            "before the end; move the file away (or delete the run directory) to start over"
-        ) from None
-    records = []
-    # csv.Error: an unterminated quote, the last write was cut off inside a field.
-    with contextlib.suppress(csv.Error):
-        for record in csv.reader(io.StringIO(text, newline="")):
-            records.append(record)
-    if not records:
-        return []
-    header, body = records[0], records[1:]
-    return [dict(zip(header, record, strict=True)) for record in body if len(record) == len(header)]
+        return error.start
+    return None
+
+
+def _end_of_last_line(handle: Any) -> int:
+    """The size of the file up to and including its last line break (0: none)."""
+    end = handle.seek(0, os.SEEK_END)
+    while end > 0:
+        start = max(0, end - 2**16)
+        handle.seek(start)
+        block = handle.read(end - start)
+        if (position := block.rfind(b"\n")) >= 0:
+            handle.seek(0)
+            return start + position + 1
+        end = start
+    handle.seek(0)
+    return 0
+
+
+class _Prefix(io.RawIOBase):
+    """The first ``size`` bytes of a binary file, read as a stream."""
+
+    def __init__(self, handle: Any, size: int) -> None:
+        self._handle, self._left = handle, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(min(len(buffer), self._left))
+        buffer[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
 
 
 class CsvStream:
     """A CSV written row by row into a temporary file, renamed into place by :meth:`close`
     (so a large file never sits in memory, and a half-written one never replaces a whole one)."""
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    def __init__(
+        self, path: Path, columns: Sequence[str], *, delimiter: str = ",", bom: bool = False
+    ) -> None:
         self.path, self.temporary = path, temporary_path(path)
         try:
-            self._handle = self.temporary.open("w", encoding="utf-8", newline="")
+            encoding = "utf-8-sig" if bom else "utf-8"
+            self._handle = self.temporary.open("w", encoding=encoding, newline="")
             self._writer = csv.DictWriter(
-                self._handle, fieldnames=list(columns), extrasaction="ignore"
+                self._handle, fieldnames=list(columns), delimiter=delimiter, extrasaction="ignore"
             )
             self._writer.writeheader()
         except OSError as error:
@@ -446,23 +518,33 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     replace_atomically(path, lambda handle: write_rows(handle, list(rows[0]), iter(rows)))
 
 
-def write_answers(path: Path, answers: Sequence[tuple[int, str]]) -> None:
-    """answers.csv in VLMHyperBench's format: ``id;model_answer``, UTF-8 with BOM."""
-
-    def write(handle: Any) -> None:
-        handle.write("\ufeff".encode())
-        text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
-        writer = csv.writer(text, delimiter=";")
-        writer.writerow(["id", "model_answer"])
-        writer.writerows(answers)
-        text.flush()
-        text.detach()
-
-    replace_atomically(path, write)
+def answers_stream(path: Path) -> CsvStream:
+    """answers.csv in VLMHyperBench's format: ``id;model_answer``, UTF-8 with BOM; rows are
+    ``{"id": sample_index, "model_answer": prediction}``."""
+    return CsvStream(path, ["id", "model_answer"], delimiter=";", bom=True)
 
 
 def _cell(value: Any) -> Any:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# metrics.csv's columns that hold text even where it reads as a number (a model named "7").
+TEXT_METRICS = {"model", "framework", "dataset", "task", "status"}
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """metrics.csv's row with the types it was written with: numbers, booleans, None."""
+    (row,) = read_complete_rows(path)
+    return {key: text if key in TEXT_METRICS else _typed(text) for key, text in row.items()}
+
+
+def _typed(text: str) -> Any:
+    if text in ("", "True", "False"):
+        return None if text == "" else text == "True"
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
 
 
 def write_json(path: Path, record: Mapping[str, Any]) -> None:

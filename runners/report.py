@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import difflib
+import functools
+import heapq
 import html
 import io
+import itertools
 import json
 import math
 import re
@@ -102,13 +106,21 @@ class Run:
     path: Path
     name: str
     metrics: dict[str, str]
-    rows: list[dict[str, str]]  # predictions.csv, in its order
-    scores: list[str]  # the per-sample score columns predictions.csv has
+    # predictions.csv, read in one pass and not kept (a run may have millions of rows): ...
+    n_rows: int
+    scores: list[str]  # ... the per-sample score columns it has,
+    call_times: list[float]  # ... each row's call_s,
+    worst: list[dict[str, str]]  # ... and its worst rows (worst_samples)
     guide: ScoreGuide  # how its task's scores read
     tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     config: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] | None = None
+
+    @functools.cached_property
+    def rows(self) -> list[dict[str, str]]:
+        """Every row of predictions.csv, in its order: read (and kept) when a comparison asks."""
+        return _read_csv(self.path / "predictions.csv")
 
     @property
     def dataset_root(self) -> Path | None:
@@ -127,22 +139,15 @@ class Run:
         return self.guide.higher_is_better.get(name, True)
 
 
-def read_run(path: Path, name: str | None = None) -> Run:
-    """The run in ``path``; refuses a directory that holds no finished run."""
+def read_run(path: Path, name: str | None = None, *, worst: int = 12) -> Run:
+    """The run in ``path``, keeping its ``worst`` worst rows; refuses a directory that holds no
+    finished run."""
     missing = [file for file in ("metrics.csv", "predictions.csv") if not (path / file).is_file()]
     if missing:
         raise ReportError(
             f"{path} is not a finished run (no {' or '.join(missing)}): give a run's output "
             "directory, or a sweep's, e.g. outputs/<run_name> or outputs/multirun/<run_name>"
         )
-    rows = _read_csv(path / "predictions.csv")
-    columns = list(rows[0]) if rows else []
-    scores = [
-        column
-        for column in columns
-        if column not in PREDICTION_COLUMNS
-        and any(_number(row[column]) is not None for row in rows)
-    ]
     # A merged run's config is its shards' (runners/shards.py), each in its own folder.
     configs = [path / ".hydra" / "config.yaml", *sorted(path.glob("shards/*/.hydra/config.yaml"))]
     hydra_config = next((config for config in configs if config.is_file()), configs[0])
@@ -151,19 +156,23 @@ def read_run(path: Path, name: str | None = None) -> Run:
         guide = (
             ScoreGuide.from_json(read_json(guide_file))
             if guide_file.is_file()
-            else _legacy_guide(scores)
+            else _legacy_guide(_header(path / "predictions.csv"))
         )
     except ValueError as error:  # bad JSON included
         raise ReportError(
             f"{guide_file} is damaged ({error}); delete it to read the run with the built-in "
             "tasks' defaults"
         ) from None
+    predictions = path / "predictions.csv"
+    n_rows, scores, call_times, worst_rows = _read_predictions(predictions, guide, worst)
     return Run(
         path=path,
         name=name or path.name,
         metrics=_read_csv(path / "metrics.csv")[0],
-        rows=rows,
+        n_rows=n_rows,
         scores=scores,
+        call_times=call_times,
+        worst=worst_rows,
         tables={
             file: _read_csv(path / file) for file in guide.group_files if (path / file).is_file()
         },
@@ -174,8 +183,53 @@ def read_run(path: Path, name: str | None = None) -> Run:
     )
 
 
+def _read_predictions(
+    path: Path, guide: ScoreGuide, worst: int
+) -> tuple[int, list[str], list[float], list[dict[str, str]]]:
+    """One pass over predictions.csv: its number of rows, its score columns (those holding a
+    number), each row's call_s, and its ``worst`` worst rows: failed ones first, then by the
+    score its task ranks by, then in sample order."""
+    from runners.outputs import iter_complete_rows
+
+    rows = iter_complete_rows(path)
+    first = next(rows, None)
+    columns = [column for column in first or {} if column not in PREDICTION_COLUMNS]
+    numeric: set[str] = set()
+    call_times: list[float] = []
+    n_rows = 0
+    rank_by = guide.rank_by if guide.rank_by in columns else None
+    sign = 1 if rank_by is None or guide.higher_is_better.get(rank_by, True) else -1
+
+    def counted(row: dict[str, str]) -> dict[str, str]:
+        nonlocal n_rows
+        n_rows += 1
+        if (seconds := _number(row.get("call_s"))) is not None:
+            call_times.append(seconds)
+        numeric.update(
+            column
+            for column in columns
+            if column not in numeric and _number(row[column]) is not None
+        )
+        return row
+
+    def badness(row: dict[str, str]) -> tuple[int, float, int]:
+        value = _number(row.get(rank_by)) if rank_by else None
+        score = -math.inf if value is None else sign * value  # no score: as bad as can be
+        return (0 if row.get("error") else 1, score, int(row["sample_index"]))
+
+    every_row = map(counted, itertools.chain([first] if first else [], rows))
+    worst_rows = heapq.nsmallest(worst, every_row, key=badness)
+    return n_rows, [column for column in columns if column in numeric], call_times, worst_rows
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
 def _legacy_guide(scores: list[str]) -> ScoreGuide:
-    """How the scores of a run made before runs wrote score_guide.json read."""
+    """How the scores of a run made before runs wrote score_guide.json read (``scores``: the
+    columns of its predictions.csv)."""
     return ScoreGuide(
         higher_is_better=LEGACY_SCORES,
         rank_by=next((name for name in LEGACY_SCORES if name in scores), None),
@@ -272,8 +326,8 @@ def compare(a: Run, b: Run, *, seed: int = 0) -> Pair:
         a=a,
         b=b,
         n_paired=len(pairs),
-        only_a=len(a.rows) - len(pairs),
-        only_b=len(b.rows) - len(pairs),
+        only_a=a.n_rows - len(pairs),
+        only_b=b.n_rows - len(pairs),
         answers=agreement(pairs),
         correctness=correctness,
         right_only_a=right_only_a,
@@ -492,7 +546,7 @@ def quality_columns(metrics: dict[str, str]) -> list[str]:
 
 
 def _run_figures(page: Page, run: Run, worst: int) -> None:
-    calls = [value for row in run.rows if (value := _number(row.get("call_s"))) is not None]
+    calls = run.call_times
     page.section("Call times", level=3)
     page.histogram(
         calls,
@@ -504,7 +558,7 @@ def _run_figures(page: Page, run: Run, worst: int) -> None:
     score = run.rank_by
     highest = "" if score is None or run.higher_is_better(score) else " (highest)"
     page.note(
-        f"{len(ranked)} of {len(run.rows)}: failed samples first, then by "
+        f"{len(ranked)} of {run.n_rows}: failed samples first, then by "
         f"{score or 'sample order'}{highest}"
     )
     page.samples(ranked, run, [score] if score else [])
@@ -517,18 +571,9 @@ def _run_figures(page: Page, run: Run, worst: int) -> None:
 
 
 def worst_samples(run: Run, count: int) -> list[dict[str, str]]:
-    """The ``count`` worst rows: failed ones first, then by the score its task ranks by."""
-    score = run.rank_by
-
-    def badness(row: dict[str, str]) -> tuple[int, float, int]:
-        value = _number(row.get(score)) if score else None
-        if value is None:
-            value = -math.inf  # no score: as bad as can be
-        elif not run.higher_is_better(score):  # type: ignore[arg-type]
-            value = -value
-        return (0 if row.get("error") else 1, value, int(row["sample_index"]))
-
-    return sorted(run.rows, key=badness)[:count]
+    """The ``count`` worst rows (at most those :func:`read_run` kept): failed ones first, then
+    by the score its task ranks by."""
+    return run.worst[:count]
 
 
 def _worst_groups(rows: list[dict[str, str]], run: Run) -> list[dict[str, str]]:
@@ -1163,7 +1208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = run_dirs(arguments.runs)
         clash = len({path.name for path in paths}) < len(paths)  # e.g. job 0 of two sweeps
         runs = [
-            read_run(path, f"{path.parent.name}/{path.name}" if clash else None) for path in paths
+            read_run(
+                path, f"{path.parent.name}/{path.name}" if clash else None, worst=arguments.worst
+            )
+            for path in paths
         ]
         out = arguments.out or _default_out(arguments.runs)
         html_path, _ = write_report(runs, out, worst=arguments.worst, pair=len(runs) == 2)

@@ -31,7 +31,15 @@ from omegaconf import DictConfig
 
 from runners.config import CONFIG_DIR, PROJECT_ROOT, Interrupted, JobOutcome, RunnerError
 from runners.plan import Plan, check
-from runners.scoring import Answered, LoadedModel, RunCost, max_or_none, score, write
+from runners.scoring import (
+    Answered,
+    LoadedModel,
+    RunCost,
+    finished_run,
+    max_or_none,
+    score,
+    write,
+)
 from runners.shards import finish_shard
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT", "RunnerError", "main", "run_experiment"]
@@ -60,6 +68,13 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         raise write_error(answers_dir, error) from None
     with exclusive(answers_dir / LOCK_FILE, f"the answers in {answers_dir}"):
         claim(run_dir, plan)
+        if (finished := finished_run(run_dir, plan)) is not None:
+            log.info(
+                "every selected sample is answered and scored already: nothing to do (%s is "
+                "kept; delete it to score the answers again)",
+                run_dir / "metrics.csv",
+            )
+            return finished
         predictions, todo, n_todo, answered_row = resume(run_dir, plan)
         random_weights = False
         if n_todo:

@@ -5,11 +5,14 @@ does the merge of a sharded run.
 
 from __future__ import annotations
 
+import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runners.config import RunnerError
 from runners.plan import Plan
 
 log = logging.getLogger("runners.run")
@@ -90,24 +93,86 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
     write the file back in dataset order with the task's columns, and answers.csv beside it.
     Returns the run's tally of counts and timing, and the task's tally of quality."""
     from runners.metrics import RunTally
-    from runners.outputs import PREDICTION_COLUMNS, write_answers
+    from runners.outputs import PREDICTION_COLUMNS, answers_stream
 
-    references = plan.dataset.references()
+    for stale in FINISHED_RUN_FILES:  # written again below; until then the run is not finished
+        (run_dir / stale).unlink(missing_ok=True)
+    reference_of = references_in_order(plan.dataset)
     run_tally, quality = RunTally(), plan.task.tally(run_dir)
-    answers: list[tuple[int, str]] = []
+    answers = answers_stream(run_dir / "answers.csv")
 
     def scored(row: dict[str, str]) -> dict[str, Any]:
-        reference = references[row["sample_id"]]
+        reference = reference_of(row["sample_id"], int(row["sample_index"]))
         row = {**row, **plan.task.score(row["prediction"], reference)}
         run_tally.add(row)
         quality.add(row, reference)
-        answers.append((int(row["sample_index"]), row["prediction"]))
+        answers.write({"id": row["sample_index"], "model_answer": row["prediction"]})
         return row
 
-    predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
+    try:
+        predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
+    except BaseException:
+        answers.discard()
+        raise
+    answers.close()
     quality.close()
-    write_answers(run_dir / "answers.csv", answers)
     return run_tally, quality
+
+
+def references_in_order(dataset: Any) -> Callable[[str, int], Any]:
+    """The reference of a sample given its id and position, asked in ascending position order:
+    one pass over the annotation file, holding one sample at a time (not a dict of them all)."""
+    samples = dataset.all_samples()
+
+    def reference_of(sample_id: str, position: int) -> Any:
+        for sample in samples:
+            if sample.position == position and sample.id == sample_id:
+                return sample.reference
+            if sample.position >= position:
+                break
+        raise RunnerError(
+            f"predictions.csv answers sample {sample_id!r} at position {position}, which "
+            f"{dataset.file} does not hold there; was the file edited? Start a new run"
+        )
+
+    return reference_of
+
+
+# Written, in this order, after predictions.csv is scored; removed before it is scored again.
+FINISHED_RUN_FILES = ("metrics.csv", "report.html")
+
+
+def finished_run(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
+    """The metrics row of a run that a resume finds finished: every selected sample answered
+    without an error, predictions.csv scored by this task, metrics.csv (and the report, if asked
+    for) written since. None otherwise: the run answers what is left and scores everything.
+
+    So a finished run (a sweep run again to retry its failed jobs, say) costs a read of its
+    answers' ids, not a scoring pass and a report."""
+    from runners.outputs import PREDICTION_COLUMNS, read_metrics
+
+    runner = plan.settings.runner
+    wanted = FINISHED_RUN_FILES if runner.report else FINISHED_RUN_FILES[:1]
+    predictions = run_dir / "predictions.csv"
+    if not runner.resume or plan.sharded or not predictions.is_file():
+        return None
+    if not all((run_dir / name).is_file() for name in wanted):
+        return None
+    answered = set()
+    try:
+        with predictions.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != PREDICTION_COLUMNS + plan.task.columns:
+                return None  # answered since it was last scored
+            for row in reader:
+                if row["error"] or row["sample_id"] in answered:
+                    return None
+                answered.add(row["sample_id"])
+    except (csv.Error, UnicodeDecodeError):
+        return None  # the usual path says what is wrong with the file
+    if len(answered) != plan.n_selected or answered != {s.id for s in plan.selected()}:
+        return None
+    return read_metrics(run_dir / "metrics.csv")
 
 
 def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any) -> dict[str, Any]:

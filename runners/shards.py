@@ -32,7 +32,7 @@ from runners.outputs import (
     PredictionsFile,
     environment_record,
     exclusive,
-    read_complete_rows,
+    iter_complete_rows,
     read_json,
     remove_stale_temporaries,
     write_csv,
@@ -66,7 +66,7 @@ def finish_shard(run_dir: Path, plan: Any, cost: Any) -> dict[str, Any]:
     index, count = runner.shard_index, runner.num_shards
     folder = plan.answers_dir(run_dir)
     tally = RunTally()
-    for row in read_complete_rows(folder / "predictions.csv"):
+    for row in iter_complete_rows(folder / "predictions.csv"):
         tally.add(row)
     counts = tally.summary()
     status = "ok" if counts["error_rate"] <= runner.max_error_rate else "too_many_errors"
@@ -147,7 +147,7 @@ def unfinished(shards: list[Shard], plan: Any) -> list[str]:
                 f"({summary(changes)}); run it again with this one, or delete its folder"
             )
         answered = [
-            row["sample_id"] for row in read_complete_rows(shard.folder / "predictions.csv")
+            row["sample_id"] for row in iter_complete_rows(shard.folder / "predictions.csv")
         ]
         strangers = set(answered) - shard.expected
         if strangers or len(answered) != len(set(answered)):
@@ -185,7 +185,9 @@ def write_merged(run_dir: Path, plan: Any, shards: list[Shard]) -> dict[str, Any
     predictions = PredictionsFile(merged)
     predictions.open(resume=False)
     for shard in shards:
-        predictions.append(read_complete_rows(shard.folder / "predictions.csv"))
+        rows = iter_complete_rows(shard.folder / "predictions.csv")
+        while batch := list(itertools.islice(rows, 4096)):  # a shard's rows never all in memory
+            predictions.append(batch)
     write_json(run_dir / "environment.json", environment_record(plan.settings.seed, PROJECT_ROOT))
     records = [shard.record for shard in shards]
     write_csv(

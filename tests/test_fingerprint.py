@@ -126,6 +126,10 @@ def test_a_metric_added_on_resume_is_computed_over_every_row(model_cache, tmp_pa
 def test_a_resume_with_nothing_left_to_do_writes_the_same_figures(model_cache, tmp_path):
     run_dir = tmp_path / "run"
     first = run_experiment(make_config(model_cache, "model=dummy"), run_dir)
+    # Finished: its metrics row is read back as it was returned, types included.
+    assert run_experiment(make_config(model_cache, "model=dummy"), run_dir) == first
+    # Not finished (its metrics.csv gone): scored again, nothing answered.
+    (run_dir / "metrics.csv").unlink()
     again = run_experiment(make_config(model_cache, "model=dummy"), run_dir)
     assert again["answered_now"] == 0 and first["answered_now"] == 48
     same = [

@@ -724,6 +724,9 @@ def test_a_log_file_that_cannot_be_written_on_resume_is_one_line(cache_dir, tmp_
     )
 
 
+FINISHED_FILES = ["predictions.csv", "answers.csv", "metrics.csv", "report.html", "report.md"]
+
+
 def test_a_run_with_nothing_left_to_answer_loads_no_model_and_leaves_no_lock(
     cache_dir, tmp_path
 ) -> None:
@@ -735,15 +738,22 @@ def test_a_run_with_nothing_left_to_answer_loads_no_model_and_leaves_no_lock(
         "runner.limit=4",
         "run_name=again",
     )
+    run_dir = tmp_path / "outputs" / "again"
+    finished = {}
     for _ in range(2):
         result = run_cli(*args, cwd=tmp_path, cache_dir=cache_dir)
         assert result.returncode == 0, result.stdout[-2000:]
+        finished = finished or {name: (run_dir / name).read_bytes() for name in FINISHED_FILES}
     assert loads.read_text() == "loaded\n"
-    assert "every selected sample is answered already: nothing to load or answer" in result.stdout
-    run_dir = tmp_path / "outputs" / "again"
+    assert (
+        f"every selected sample is answered and scored already: nothing to do "
+        f"({run_dir / 'metrics.csv'} is kept; delete it to score the answers again)"
+    ) in result.stdout
     assert not (run_dir / ".lock").exists()
+    # The finished run's files are left as they were: metrics.csv keeps what answering cost.
+    assert {name: (run_dir / name).read_bytes() for name in FINISHED_FILES} == finished
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    assert metrics.loc[0, "n_samples"] == 4 and metrics.loc[0, "answered_now"] == 0
+    assert metrics.loc[0, "n_samples"] == 4 and metrics.loc[0, "answered_now"] == 4
     assert metrics.loc[0, "model"] == "custom" and metrics.loc[0, "status"] == "ok"
     # a larger limit loads it again, for the new samples only
     more = run_cli(
@@ -751,6 +761,27 @@ def test_a_run_with_nothing_left_to_answer_loads_no_model_and_leaves_no_lock(
     )
     assert more.returncode == 0 and loads.read_text() == "loaded\n" * 2
     assert pd.read_csv(run_dir / "metrics.csv").loc[0, "answered_now"] == 2
+
+
+def test_a_finished_run_is_kept_only_when_it_answered_exactly_this_selection(
+    cache_dir, tmp_path
+) -> None:
+    """Resuming a finished run keeps its files only if its answers are this selection's, all
+    without an error; otherwise the run answers what is missing and scores everything again."""
+    first = make_config(cache_dir, "model=dummy", "runner.limit=4")
+    run_experiment(first, tmp_path)
+    metrics = (tmp_path / "metrics.csv").read_bytes()
+    assert run_experiment(first, tmp_path)["answered_now"] == 4  # kept: the first run's row
+    assert (tmp_path / "metrics.csv").read_bytes() == metrics
+    # As many samples, but others: answered, and all six scored again.
+    other = make_config(cache_dir, "model=dummy", "runner.limit=4", "dataset.shuffle=true")
+    row = run_experiment(other, tmp_path)
+    assert row["answered_now"] > 0 and row["n_samples"] > 4
+    # A failed answer is asked again.
+    frame = read_predictions(tmp_path)
+    frame.loc[0, "error"] = "ImageLoadError: gone"
+    frame.to_csv(tmp_path / "predictions.csv", index=False)
+    assert run_experiment(other, tmp_path)["answered_now"] == 1
 
 
 def test_what_a_killed_process_was_writing_is_removed_by_the_next_run(cache_dir, tmp_path) -> None:

@@ -52,6 +52,7 @@ def test_jobs_are_ordered_by_number_and_earlier_sweeps_are_left_out(model_cache,
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary["num"].tolist() == list(range(11))  # 10 after 9, not after 1
     assert summary["n_samples"].tolist() == list(range(1, 12))
+    job_1_metrics = (sweep / "1_dummy_sample_docs" / "metrics.csv").read_bytes()
 
     again = run_cli(
         "--multirun",
@@ -64,7 +65,10 @@ def test_jobs_are_ordered_by_number_and_earlier_sweeps_are_left_out(model_cache,
     assert again.returncode == 0, again.stdout[-3000:]
     summary = pd.read_csv(sweep / "summary.csv")
     assert summary["num"].tolist() == [0, 1]  # the 9 folders left by the first sweep are not
-    assert summary["answered_now"].tolist() == [2, 0]  # job 0 resumed the first sweep's job 0
+    # job 0 resumed the first sweep's job 0; job 1 found the first sweep's job 1 finished and
+    # kept its files (answered_now is what answering it cost then)
+    assert summary["answered_now"].tolist() == [2, 2]
+    assert (sweep / "1_dummy_sample_docs" / "metrics.csv").read_bytes() == job_1_metrics
     assert summary["n_samples"].tolist() == [3, 2]
 
 
