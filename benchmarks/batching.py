@@ -20,7 +20,10 @@ from common import (
     scratch_dir,
 )
 
-from runners.run import run_experiment
+from runners.run import ModelCache, run_experiment
+
+# One model for every run of the script, as the jobs of a sweep share it: runs time answering.
+MODELS = ModelCache()
 
 BATCH_SIZES = (1, 4, 8, 16)
 
@@ -47,7 +50,7 @@ def main() -> None:
     runs = iter(range(10**6))
 
     def samples_per_s(batch_size: int) -> float:
-        row = run_experiment(configs[batch_size], work / "out" / str(next(runs)))
+        row = run_experiment(configs[batch_size], work / "out" / str(next(runs)), MODELS)
         assert row["n_errors"] == 0, row
         # The whole answering loop (decoding, model, writing), not only the model's time.
         return row["answered_now"] / row["wall_s"]

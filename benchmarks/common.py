@@ -24,12 +24,13 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 120
 SAMPLE_DOCS = REPO_ROOT / "data" / "sample_docs"
-COLUMNS = ["data_index", "split", "image_path", "question", "answer", "doc_class", "question_type"]
 
 if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from runners.datasets import VLMHYPERBENCH_COLUMNS  # noqa: E402 (after sys.path)
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -82,7 +83,9 @@ def generated_dataset(root: Path, n_samples: int, *, image_px: int = 32) -> Path
 def write_annotation(root: Path, rows: Sequence[dict[str, str]]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     with (root / "annotation.csv").open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter=";", extrasaction="ignore")
+        writer = csv.DictWriter(
+            handle, fieldnames=VLMHYPERBENCH_COLUMNS, delimiter=";", extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
 

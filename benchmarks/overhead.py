@@ -29,7 +29,10 @@ from common import (
 )
 
 from model_interface.tiny import ensure_tiny_model
-from runners.run import run_experiment
+from runners.run import ModelCache, run_experiment
+
+# One model for every run of the script, as the jobs of a sweep share it: runs time answering.
+MODELS = ModelCache()
 
 
 def measure(name: str, dataset: Path, work: Path, batch_sizes: list[int], repeats: int):
@@ -55,7 +58,7 @@ def measure(name: str, dataset: Path, work: Path, batch_sizes: list[int], repeat
 
     def runner(batch_size: int) -> float:
         output_dir = work / "out" / f"{config_name}_{next(outputs)}"
-        return timed(lambda: run_experiment(configs[batch_size], output_dir))
+        return timed(lambda: run_experiment(configs[batch_size], output_dir, MODELS))
 
     for batch_size in batch_sizes:  # warm-up: model loads, first-call allocations
         bare(batch_size)

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from common import (
-    COLUMNS,
     REPO_ROOT,
+    VLMHYPERBENCH_COLUMNS,
     generated_dataset,
     median,
     print_figures,
@@ -61,7 +61,7 @@ def annotation(root: Path, n_samples: int) -> str:
     template = (root / "annotation.csv").read_text(encoding="utf-8").splitlines()[1:]
     name = f"annotation_{n_samples}.csv"
     with (root / name).open("w", encoding="utf-8", newline="") as handle:
-        handle.write(";".join(COLUMNS) + "\r\n")
+        handle.write(";".join(VLMHYPERBENCH_COLUMNS) + "\r\n")
         for index in range(n_samples):
             row = template[index % len(template)].split(";")
             handle.write(";".join([str(index), *row[1:]]) + "\r\n")

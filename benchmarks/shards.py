@@ -5,7 +5,7 @@
 ``--samples`` generated questions (a small PNG each), batch 8, with two models: the dummy
 model, which costs nothing, so the runner's own work and the start-up of processes are all
 there is; and the dummy model waiting ``--model-ms`` per batch without using the CPU
-(``tests.wrappers:SlowDummy``), as a model on its own GPU would. One process (``python -m
+(``tests.support.wrappers:SlowDummy``), as a model on its own GPU would. One process (``python -m
 runners.run``) against the same run split into 2 and 4 shards through the joblib launcher
 (``--multirun hydra/launcher=joblib hydra.launcher.n_jobs=N runner.shard_index='range(0,N)'
 runner.num_shards=N``), the
@@ -83,7 +83,7 @@ def main() -> None:
         "dummy": ["model=dummy"],
         "model_bound": [
             "model=custom",
-            "model.class_path=tests.wrappers:SlowDummy",
+            "model.class_path=tests.support.wrappers:SlowDummy",
             "model.init_params.model_name=slow",
             f"+model.init_params.delay_s={args.model_ms / 1000}",
         ],

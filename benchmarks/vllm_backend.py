@@ -44,7 +44,10 @@ from common import (  # (after the engine setting: before vLLM is imported)
 )
 
 from model_interface.tiny import ensure_tiny_model
-from runners.run import run_experiment
+from runners.run import ModelCache, run_experiment
+
+# One model for every run of the script, as the jobs of a sweep share it: runs time answering.
+MODELS = ModelCache()
 
 MAX_NEW_TOKENS = 16
 BATCH = 8
@@ -147,7 +150,8 @@ def main() -> None:
 
         def runner(kind: str) -> float:
             """The answering phase of one run: metrics.csv's wall_s."""
-            return run_experiment(configs[kind], work / "out" / f"{kind}_{next(runs)}")["wall_s"]
+            row = run_experiment(configs[kind], work / "out" / f"{kind}_{next(runs)}", MODELS)
+            return row["wall_s"]
 
         samples = decoded_samples(dataset)
         times: dict[str, list[float]] = {

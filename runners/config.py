@@ -31,6 +31,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from model_interface.cache import default_cache_dir
 from model_interface.images import DEFAULT_MAX_PIXELS
+from model_interface.server import RequestLimits
 
 # A checkout keeps conf/ and data/ beside runners/; a wheel carries them inside it (pyproject's
 # package-dir), so an installed runner finds its configs and the sample documents there.
@@ -97,11 +98,7 @@ class DatasetConfig:
     # A VLMHyperBench prompt collection (';'-separated CSV, prompt;doc_class_question_type):
     # each question is replaced by the prompt keyed "<doc_class> <question_type>". A relative
     # path is looked up in the current directory, then in the dataset root.
-    prompt_collection: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"dataset.limit must be >= 0 or null, got {self.limit}")
+    prompt_collection: str | None = None  # (dataset.limit is checked with the dataset)
 
 
 @dataclass
@@ -186,43 +183,6 @@ class RunConfig:
     run_name: str = MISSING
     seed: int = 0
     tracking: TrackingConfig | None = None  # set by tracking=mlflow
-
-
-@dataclass
-class RequestLimits:
-    """What one request to runners.serve may hold; more is refused before any model work."""
-
-    max_body_mb: float = 32  # the request body (413 beyond)
-    max_images: int = 16  # images in one request
-    # Pixels of one image and of all a request's images together, read from the image headers
-    # before anything is decoded (a 9 KB PNG can hold a 9000x9000 picture).
-    max_image_pixels: int = 25_000_000
-    max_request_pixels: int = 64_000_000
-    max_prompt_chars: int = 100_000  # all the text of a request, system message included
-    max_json_depth: int = 32  # nesting of the JSON body
-    # JSON values in the body (list items and object members), counted from its commas and
-    # brackets before it is parsed: those in text count too, so keep it above max_prompt_chars.
-    max_json_values: int = 200_000
-    # Seconds a client may take to send a body (408 beyond, and the connection closed), so a
-    # client that drips its body can't hold a connection.
-    body_timeout_s: float = 60
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.max_body_mb > 0, "serve.limits.max_body_mb must be > 0"),
-            (self.max_images >= 0, "serve.limits.max_images must be >= 0"),
-            (self.max_image_pixels >= 1, "serve.limits.max_image_pixels must be >= 1"),
-            (self.max_request_pixels >= 1, "serve.limits.max_request_pixels must be >= 1"),
-            (self.max_prompt_chars >= 1, "serve.limits.max_prompt_chars must be >= 1"),
-            (self.max_json_depth >= 2, "serve.limits.max_json_depth must be >= 2"),
-            (
-                self.max_json_values > self.max_prompt_chars,
-                "serve.limits.max_json_values must be > serve.limits.max_prompt_chars (commas and "
-                "brackets in the text count too)",
-            ),
-            (self.body_timeout_s > 0, "serve.limits.body_timeout_s must be > 0"),
-        ]
-        _raise_first_failure(checks, self)
 
 
 @dataclass
@@ -427,6 +387,15 @@ def _first_line(error: BaseException) -> str:
     if not lines:
         return type(error).__name__
     return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def hydra_main(config_name: str, job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """A command's ``@hydra.main`` over ``job``, composing ``conf/<config_name>.yaml``. Made
+    when the command starts, so that what its jobs share is held by the command (a closure),
+    not by a module."""
+    import hydra
+
+    return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(job)
 
 
 def run_hydra_command(main: Callable[[], Any]) -> Any:

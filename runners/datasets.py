@@ -43,6 +43,16 @@ from typing import Any, TextIO
 from model_interface.images import ImageLoadError
 
 FILTER_FIELDS = ("split", "doc_class", "question_type")
+# A VLMHyperBench annotation.csv's columns, in their order (';'-separated).
+VLMHYPERBENCH_COLUMNS = (
+    "data_index",
+    "split",
+    "image_path",
+    "question",
+    "answer",
+    "doc_class",
+    "question_type",
+)
 
 
 class DatasetError(ValueError):

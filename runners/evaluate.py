@@ -29,10 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from runners.config import CONFIG_DIR, EvaluateConfig, JobOutcome, RunnerError, to_settings
+from runners.config import EvaluateConfig, JobOutcome, RunnerError, to_settings
 
 log = logging.getLogger("runners.evaluate")
 
@@ -80,6 +79,20 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     return row
 
 
+# The columns of predictions.csv that come from the answer (sample_columns gives the rest).
+ANSWER_COLUMNS = (
+    "model",
+    "framework",
+    "prompt",
+    "prediction",
+    "call_s",
+    "batch_size",
+    "prompt_tokens",
+    "completion_tokens",
+    "error",
+)
+
+
 def read_answers(path: Path, dataset: Any, task: Any) -> list[dict[str, Any]]:
     """The answers as predictions.csv rows, in dataset order.
 
@@ -87,7 +100,7 @@ def read_answers(path: Path, dataset: Any, task: Any) -> list[dict[str, Any]]:
     belongs to no sample, a sample answered twice, and a predictions.csv made for other samples
     (:func:`_predictions_file`).
     """
-    from runners.datasets import encode_reference
+    from runners.outputs import sample_columns
 
     if not path.is_file():
         raise RunnerError(
@@ -112,33 +125,8 @@ def read_answers(path: Path, dataset: Any, task: Any) -> list[dict[str, Any]]:
         if sample.id in seen:
             raise RunnerError(f"{path.name} answers sample {sample.id!r} twice; keep one")
         seen.add(sample.id)
-        rows.append(
-            {
-                **{
-                    key: row.get(key, "")
-                    for key in (
-                        "model",
-                        "framework",
-                        "prompt",
-                        "call_s",
-                        "batch_size",
-                        "prompt_tokens",
-                        "completion_tokens",
-                        "error",
-                    )
-                },
-                "sample_id": sample.id,
-                "sample_index": sample.position,
-                "dataset": dataset.name,
-                "image_paths": json.dumps(list(sample.images), ensure_ascii=False),
-                "prediction": row.get("prediction", ""),
-                "reference": encode_reference(sample.reference),
-                "split": sample.split,
-                "doc_class": sample.doc_class,
-                "question_type": sample.question_type,
-                "document_id": sample.document,
-            }
-        )
+        answered = {key: row.get(key, "") for key in ANSWER_COLUMNS}
+        rows.append({**answered, **sample_columns(sample, dataset.name)})
     return rows
 
 
@@ -352,21 +340,19 @@ def _answers_file(path: Path, text: str, by_position: dict[int, Any]) -> list[tu
     return pairs
 
 
-outcome = JobOutcome()
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> dict[str, Any] | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    return outcome.run(lambda: evaluate(cfg, HydraConfig.get().runtime.output_dir))
-
-
 def cli() -> None:
     """``python -m runners.evaluate``."""
-    from runners.config import run_hydra_command
+    from hydra.core.hydra_config import HydraConfig
 
-    run_hydra_command(main)
+    from runners.config import hydra_main, run_hydra_command
+
+    outcome = JobOutcome()
+    run_hydra_command(
+        hydra_main(
+            "evaluate",
+            lambda cfg: outcome.run(lambda: evaluate(cfg, HydraConfig.get().runtime.output_dir)),
+        )
+    )
     sys.exit(outcome.exit_status)
 
 

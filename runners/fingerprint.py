@@ -29,6 +29,7 @@ from model_interface import ModelFactory
 from runners.config import RunnerError
 from runners.datasets import FORMATS, Dataset
 from runners.outputs import answer_files, answers_exist, has_rows, read_json, write_json
+from runners.records import flatten
 from runners.tasks import TASKS, Task
 
 FILE_NAME = "fingerprint.json"
@@ -126,23 +127,13 @@ def summary(changes: list[str]) -> str:
 
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``"key: old -> new"`` for each leaf that differs, keys in dotted form."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     missing = object()
     return [
         f"{key}: {_show(old.get(key, missing))} -> {_show(new.get(key, missing))}"
         for key in sorted(old.keys() | new.keys())
         if old.get(key, missing) != new.get(key, missing)
     ]
-
-
-def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _show(value: Any) -> str:

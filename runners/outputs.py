@@ -71,6 +71,24 @@ PREDICTION_COLUMNS = [
 ]
 
 
+def sample_columns(sample: Any, dataset_name: str) -> dict[str, Any]:
+    """The columns of a predictions.csv row that come from its sample (the others come from the
+    model's answer)."""
+    from runners.datasets import encode_reference
+
+    return {
+        "sample_id": sample.id,
+        "sample_index": sample.position,
+        "dataset": dataset_name,
+        "image_paths": json.dumps(list(sample.images), ensure_ascii=False),
+        "reference": encode_reference(sample.reference),
+        "split": sample.split,
+        "doc_class": sample.doc_class,
+        "question_type": sample.question_type,
+        "document_id": sample.document,
+    }
+
+
 # Versions recorded in environment.json, by distribution name.
 RECORDED_PACKAGES = [
     "model-interface",

@@ -17,6 +17,7 @@ framework) happen in ``load``, so ``--help`` and a refused config stay fast.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from runners.config import CONFIG_DIR, PROJECT_ROOT, Interrupted, JobOutcome, RunnerError
@@ -42,21 +42,26 @@ from runners.scoring import (
 )
 from runners.shards import finish_shard
 
-__all__ = ["CONFIG_DIR", "PROJECT_ROOT", "RunnerError", "main", "run_experiment"]
+__all__ = ["CONFIG_DIR", "PROJECT_ROOT", "ModelCache", "RunnerError", "run_experiment"]
 
 log = logging.getLogger("runners.run")
 
 
-_current_model: LoadedModel | None = None  # kept between the jobs of a sweep
-
-
-def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+def run_experiment(
+    cfg: DictConfig, output_dir: str | Path, models: ModelCache | None = None
+) -> dict[str, Any]:
     """Run one model on one dataset; write predictions, metrics and environment to output_dir.
+
+    ``models``: where the model is looked up and kept for the next run (the jobs of a sweep
+    share one); without it, the model is loaded for this run and closed after it.
 
     Returns the metrics row (a shard that leaves others to finish: its own counts). Raises
     :class:`RunnerError` for mistakes in the config or the dataset (before the model loads) and
     for outputs that can't be written.
     """
+    if models is None:
+        with ModelCache() as models:
+            return run_experiment(cfg, output_dir, models)
     from runners.outputs import LOCK_FILE, exclusive, write_error
 
     run_dir = Path(output_dir)
@@ -78,7 +83,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         predictions, todo, n_todo, answered_row = resume(run_dir, plan)
         random_weights = False
         if n_todo:
-            loaded, reused = load(plan.model)
+            loaded, reused = models.get(plan.model)
             random_weights = getattr(loaded.model, "random_weights", False)
             _log_start(loaded.model, plan, n_todo)
             answered = answer(loaded.model, plan, predictions, todo, n_todo)
@@ -121,17 +126,10 @@ def claim(run_dir: Path, plan: Plan) -> None:
     )
 
 
-def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
-    """The model; consecutive runs with the same model config reuse it (returns True then)."""
+def load_model(model_config: dict[str, Any]) -> LoadedModel:
+    """The model of a model config, with what importing and constructing it cost."""
     from model_interface import ModelCreationError, ModelFactory, ModelFactoryError, measure
 
-    global _current_model
-    key = json.dumps(model_config, sort_keys=True, default=str)
-    if _current_model is not None and _current_model.key == key:
-        return _current_model, True
-    if _current_model is not None:
-        _current_model.model.close()
-        _current_model = None
     try:
         with measure() as imports:
             ModelFactory.config_class(model_config)
@@ -141,8 +139,41 @@ def load(model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
         raise RunnerError(str(error)) from None
     peak_gpu = max_or_none(imports.peak_gpu_mb, cost.peak_gpu_mb)
     peak_rss = max(imports.peak_rss_mb, cost.peak_rss_mb)
-    _current_model = LoadedModel(key, model, imports.wall_s, cost.wall_s, peak_rss, peak_gpu)
-    return _current_model, False
+    key = model_key(model_config)
+    return LoadedModel(key, model, imports.wall_s, cost.wall_s, peak_rss, peak_gpu)
+
+
+def model_key(model_config: dict[str, Any]) -> str:
+    """Equal for equal model configs: the same model."""
+    return json.dumps(model_config, sort_keys=True, default=str)
+
+
+class ModelCache:
+    """The last model loaded, kept for the next run: consecutive runs with the same model
+    config (the jobs of a sweep over datasets, say) load it once. Closing closes the model
+    (engines with worker processes must stop them)."""
+
+    def __init__(self) -> None:
+        self._loaded: LoadedModel | None = None
+
+    def get(self, model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
+        """The model; True if it was kept from the run before."""
+        if self._loaded is not None and self._loaded.key == model_key(model_config):
+            return self._loaded, True
+        self.close()
+        self._loaded = load_model(model_config)
+        return self._loaded, False
+
+    def close(self) -> None:
+        if self._loaded is not None:
+            self._loaded.model.close()
+            self._loaded = None
+
+    def __enter__(self) -> ModelCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def resume(
@@ -225,28 +256,20 @@ def answer(
 
 
 def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
-    from runners.datasets import encode_reference
+    from runners.outputs import sample_columns
 
-    sample, prediction = answer.sample, answer.prediction
+    prediction = answer.prediction
     return {
-        "sample_id": sample.id,
-        "sample_index": sample.position,
-        "dataset": dataset_name,
+        **sample_columns(answer.sample, dataset_name),
         "model": model.model_name,
         "framework": model.framework,
-        "image_paths": json.dumps(list(sample.images), ensure_ascii=False),
         "prompt": answer.prompt,
         "prediction": prediction.text,
-        "reference": encode_reference(sample.reference),
         "call_s": None if answer.call_s is None else round(answer.call_s, 6),
         "batch_size": answer.batch_size,
         "prompt_tokens": prediction.prompt_tokens,
         "completion_tokens": prediction.completion_tokens,
         "error": prediction.error or "",
-        "split": sample.split,
-        "doc_class": sample.doc_class,
-        "question_type": sample.question_type,
-        "document_id": sample.document,
     }
 
 
@@ -267,13 +290,9 @@ def _progress_bar(total: int, *, enabled: bool) -> Any:
     )
 
 
-outcome = JobOutcome()  # of the single runs :func:`main` ran, for :func:`cli` to exit with
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any] | None:
-    """The job: returns the metrics row; a single run that fails records its exit status in
-    :data:`outcome` (tracking logs failed runs too)."""
+def job(cfg: DictConfig, models: ModelCache, outcome: JobOutcome) -> dict[str, Any] | None:
+    """One Hydra job: returns the metrics row; a single run that fails records its exit status
+    in ``outcome`` (tracking logs failed runs too)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -282,8 +301,9 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     if hydra_config.mode == RunMode.MULTIRUN:
-        return run_sweep_job(run_experiment, cfg, output_dir, hydra_config)
-    row = outcome.run(lambda: run_experiment(cfg, output_dir))
+        run = functools.partial(run_experiment, models=models)
+        return run_sweep_job(run, cfg, output_dir, hydra_config)
+    row = outcome.run(lambda: run_experiment(cfg, output_dir, models))
     if row is not None and row["status"] != "ok":
         log.error(
             "%d of %d samples failed (%.1f%%), over runner.max_error_rate=%s",
@@ -297,25 +317,26 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def cli() -> None:
-    """``python -m runners.run`` and the ``vlm-run`` command: :func:`main`, then a fast exit.
+    """``python -m runners.run`` and the ``vlm-run`` command: the jobs, then a fast exit.
 
     With torch and transformers loaded, the interpreter's own teardown (finalising every module)
     takes a second or more and does nothing a finished run needs, so once the model is closed
     and the exit handlers have run (log flushing), a single run leaves at once. Sweeps exit
     normally: their launchers (joblib, submitit) clean up worker resources in finalisers.
     """
-    from runners.config import run_hydra_command
+    from runners.config import hydra_main, run_hydra_command
 
-    if {"-m", "--multirun"} & set(sys.argv[1:]):
-        run_hydra_command(main)
-        return
-    try:
-        run_hydra_command(main)
-        code = outcome.exit_status
-    except SystemExit as exit_request:
-        code = exit_request.code
-    if _current_model is not None:
-        _current_model.model.close()  # engines with worker processes must stop them
+    outcome = JobOutcome()
+    with ModelCache() as models:  # what the jobs of a sweep run in this process share
+        main = hydra_main("config", lambda cfg: job(cfg, models, outcome))
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            run_hydra_command(main)
+            return
+        try:
+            run_hydra_command(main)
+            code = outcome.exit_status
+        except SystemExit as exit_request:
+            code = exit_request.code
     if isinstance(code, str):  # sys.exit("message") prints the message and exits with 1
         print(code, file=sys.stderr)
         code = 1

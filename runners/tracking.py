@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runners.callbacks import finish_sweep, shard_folder_of
 from runners.outputs import read_json, write_json
+from runners.records import flatten
 from runners.sweeps import JOB_FILE
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ class MlflowTracking(Callback):
             job_config = OmegaConf.to_container(job_return.cfg, resolve=True)
         except Exception:  # a failed job's config may hold what can't be resolved
             job_config = OmegaConf.to_container(job_return.cfg, resolve=False)
-        params = [Param(key, value[:MAX_PARAM_CHARS]) for key, value in _flatten(job_config)]
+        params = [
+            Param(key, _text(value)[:MAX_PARAM_CHARS]) for key, value in flatten(job_config).items()
+        ]
         metrics_row = _metrics_row(run_dir) if merged else _shard_row(job_dir)
         now_ms = int(time.time() * 1000)
         metrics = [Metric(key, value, now_ms, 0) for key, value in _numbers(metrics_row)]
@@ -193,13 +196,8 @@ def _numbers(row: Mapping[str, str]) -> Iterator[tuple[str, float]]:
             yield key, value
 
 
-def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _flatten(item, f"{prefix}{key}.")
-    else:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        yield prefix.rstrip("."), text
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _run_artifacts(run_dir: Path) -> list[Path]:

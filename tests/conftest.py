@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +55,36 @@ def clean_registry():
 def model_cache(tmp_path_factory: pytest.TempPathFactory):
     """One cache_dir for the whole session, so each tiny model is built once."""
     return tmp_path_factory.mktemp("model_cache")
+
+
+@pytest.fixture(autouse=True)
+def _a_test_that_starts_a_process_or_loads_a_model_is_slow(
+    request: pytest.FixtureRequest, monkeypatch
+):
+    """Fail a test not marked ``slow`` that starts a process (a command, a server, a browser) or
+    loads a model framework (torch, transformers, vLLM), so that ``pytest -m "not slow"`` stays
+    quick. Running git to record the project's commit in environment.json is not counted: every
+    run does it, once per process. A framework is seen when a test imports it first, which is
+    exact where it counts, in a run of the quick part alone (where no slow test imported it)."""
+    if "slow" in request.keywords:
+        yield
+        return
+    started: list[str] = []
+    popen_init = subprocess.Popen.__init__
+
+    def recording(self, args, *more, **options):  # type: ignore[no-untyped-def]
+        program = Path(str(args if isinstance(args, (str, os.PathLike)) else args[0])).name
+        if program != "git":
+            started.append(" ".join(map(str, args)) if isinstance(args, list) else str(args))
+        popen_init(self, args, *more, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording)
+    frameworks_before = FRAMEWORKS & sys.modules.keys()
+    yield
+    if started:
+        pytest.fail(f"starts a process ({started[0][:200]}): mark the test @pytest.mark.slow")
+    if loaded := sorted(FRAMEWORKS & sys.modules.keys() - frameworks_before):
+        pytest.fail(f"loads {', '.join(loaded)}: mark the test @pytest.mark.slow")
+
+
+FRAMEWORKS = {"torch", "transformers", "vllm", "sglang"}

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from runners.config import PROJECT_ROOT
 
 PACKAGES = ("model_interface", "runners")
@@ -114,6 +116,7 @@ def test_the_library_imports_nothing_of_the_runner() -> None:
     assert graph["runners.run"] >= {"runners.plan", "runners.scoring"}  # the reader sees edges
 
 
+@pytest.mark.slow
 def test_importing_the_library_loads_no_hydra_pandas_or_matplotlib() -> None:
     code = (
         "import sys, model_interface, model_interface.backends.hf, model_interface.backends.vllm;"

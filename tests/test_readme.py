@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from model_interface import ModelFactory, tiny
 from runners.config import CONFIG_DIR, PROJECT_ROOT
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 COMMAND = "python -m runners.run"
 SERVE_COMMAND = "python -m runners.serve"
@@ -57,7 +57,7 @@ def what_it_needs(arguments: list[str]) -> str | None:
                 if model.name == "sglang":
                     return "SGLang, on a GPU"
                 if model.name == "vllm" and importlib.util.find_spec("vllm") is None:
-                    return "vLLM (tests/test_vllm_engine.py runs this one where it is)"
+                    return "vLLM (test_vllm_engine.py runs this one where it is)"
                 local = model.name not in ("hf", "vllm") or tiny.is_tiny_model(
                     model.init_params.model_name
                 )
@@ -174,6 +174,7 @@ def test_every_runner_command_in_the_readme_works(model_cache: Path, tmp_path: P
     assert "bleu" in (rescored / "0" / "metrics.csv").read_text().splitlines()[0].split(",")
 
 
+@pytest.mark.slow
 def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp_path) -> None:
     commands = [c for c in readme_commands() if "Answer briefly" in c]
     assert commands
@@ -194,6 +195,7 @@ def test_the_quoted_prompt_template_example_reaches_the_prompts(model_cache, tmp
         assert "prompt_template: Answer briefly. {prompt}" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_serve_command_in_the_readme_composes(model_cache, tmp_path) -> None:
     # A server runs until stopped: its commands are composed, not run.
     commands = readme_commands(SERVE_COMMAND)

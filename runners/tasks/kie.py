@@ -31,6 +31,7 @@ from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
 from runners.datasets import Sample
 from runners.outputs import CsvStream
+from runners.records import flatten
 from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 
 DEFAULT_PROMPT = (
@@ -259,27 +260,12 @@ def _first_object(text: str) -> str:
     return ""
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Key paths to leaf values: ``{"a": {"b": 1}, "c": [2]}`` → ``{"a.b": 1, "c[0]": 2}``."""
-    if isinstance(value, Mapping):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    if isinstance(value, list):
-        flat = {}
-        for index, item in enumerate(value):
-            flat.update(flatten(item, f"{prefix}[{index}]"))
-        return flat
-    return {prefix: value}
-
-
 def compare_fields(answer: Any, reference: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One record per field: the ground truth's, each compared with the answer's value at the
     same path (missing: an empty answer), then the answer's extra fields."""
-    predicted = flatten(answer) if isinstance(answer, Mapping) else {}
+    predicted = flatten(answer, lists=True) if isinstance(answer, Mapping) else {}
     fields = []
-    for path, expected in flatten(reference).items():
+    for path, expected in flatten(reference, lists=True).items():
         text = _text(expected)
         given = _text(predicted[path]) if path in predicted else ""
         scores = {

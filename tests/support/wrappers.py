@@ -1,0 +1,55 @@
+"""Model wrappers the runner tests load by class path, e.g. ``tests.support.wrappers:SlowDummy``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from model_interface.backends.dummy import DummyModel
+from model_interface.model_interface import Prediction, PredictionRequest
+
+
+class SlowDummy(DummyModel):
+    """The dummy model, taking ``delay_s`` per batch: slow enough to be killed mid-run."""
+
+    def __init__(self, *args, delay_s: float = 0.05, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay_s = delay_s
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        time.sleep(self.delay_s)
+        return super().predict_batch(requests)
+
+
+class FailsOnKeyword(DummyModel):
+    """Raises on any batch holding a prompt that contains ``keyword``, like a model that runs
+    out of memory on one oversized input."""
+
+    def __init__(self, *args, keyword: str = "boom", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keyword = keyword
+        self.calls: list[int] = []
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        self.calls.append(len(requests))
+        if any(self.keyword in request.prompt for request in requests):
+            raise RuntimeError(f"cannot handle {self.keyword!r}")
+        return super().predict_batch(requests)
+
+
+class PromptEcho(DummyModel):
+    """Answers each request with its prompt, so a test can choose every answer."""
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        return [
+            Prediction(request.prompt, prompt_tokens=1, completion_tokens=1) for request in requests
+        ]
+
+
+class CountsLoads(DummyModel):
+    """The dummy model, adding a line to the file ``loads_file`` each time it is constructed."""
+
+    def __init__(self, *args, loads_file: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        with open(loads_file, "a", encoding="utf-8") as handle:
+            handle.write("loaded\n")
