@@ -226,7 +226,7 @@ class Dataset:
 
     def filtered(self) -> Iterator[Sample]:
         """The samples the filters keep, in file order (before shuffling and limits)."""
-        return filter(self._keep, self._read())
+        return filter(self.keeps, self._read())
 
     def image_path(self, relative: str) -> Path:
         """The file behind an image entry; refuses paths that leave the dataset root."""
@@ -238,7 +238,8 @@ class Dataset:
             )
         return path
 
-    def _keep(self, sample: Sample) -> bool:
+    def keeps(self, sample: Sample) -> bool:
+        """Whether the filters keep ``sample``."""
         return self._passes_filters({name: getattr(sample, name) for name in FILTER_FIELDS})
 
     def _passes_filters(self, groups: Mapping[str, str | None]) -> bool:

@@ -47,9 +47,11 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     from runners.scoring import score, write_metrics
 
     settings: EvaluateConfig = to_settings(cfg, EvaluateConfig)
-    dataset, task = dataset_and_task(settings.dataset, settings.task, list(settings.runner.metrics))
+    dataset, task, selection = dataset_and_task(
+        settings.dataset, settings.task, list(settings.runner.metrics), None
+    )
     rows = read_answers(Path(settings.predictions).expanduser(), dataset, task)
-    unanswered = sum(1 for _ in dataset.samples()) - len(rows)
+    unanswered = selection.size - len(rows)
     if unanswered > 0:
         log.warning("%d samples of the dataset have no answer in the file; not scored", unanswered)
 

@@ -230,25 +230,33 @@ class QualitySummary:
 
 
 class _Totals:
+    """Counts and sums of one group. Compact (slots, one array of doubles), since a run holds
+    one per document."""
+
+    __slots__ = ("_cells", "_width")
+
     def __init__(self, width: int) -> None:
-        self.n = self.n_scored = 0
-        self.sums = [0.0] * width
-        self.counts = [0] * width
+        # n, n_scored, then each metric's sum, then each metric's count
+        self._width = width
+        self._cells = array("d", bytes(8 * (2 + 2 * width)))
 
     def add(self, values: Sequence[float | None]) -> None:
-        self.n += 1
-        self.n_scored += any(value is not None for value in values)
+        cells, width = self._cells, self._width
+        cells[0] += 1
+        cells[1] += any(value is not None for value in values)
         for index, value in enumerate(values):
             if value is not None:
-                self.sums[index] += value
-                self.counts[index] += 1
+                cells[2 + index] += value
+                cells[2 + width + index] += 1
 
     def row(self, names: Sequence[str]) -> dict[str, float]:
+        cells, width = self._cells, self._width
+        sums, counts = cells[2 : 2 + width], cells[2 + width :]
         means = {
             name: total / count if count else math.nan
-            for name, total, count in zip(names, self.sums, self.counts, strict=True)
+            for name, total, count in zip(names, sums, counts, strict=True)
         }
-        return {"n": self.n, "n_scored": self.n_scored, **means}
+        return {"n": int(cells[0]), "n_scored": int(cells[1]), **means}
 
 
 class CorpusErrorRates:

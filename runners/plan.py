@@ -6,10 +6,11 @@ takes the run's fingerprint. A run, each of its shards and ``runners.evaluate`` 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class Plan:
     task: Any  # runners.tasks.Task
     n_selected: int
     fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
+    selection_digest: int = 0  # of the selected samples' ids (ids_digest), order aside
 
     @property
     def sharded(self) -> bool:
@@ -41,6 +43,13 @@ class Plan:
         """Where this run keeps its answers: the run directory, or its shard's folder in it."""
         runner = self.settings.runner
         return run_dir / shard_folder(runner.shard_index, runner.num_shards)
+
+    @property
+    def n_in_slice(self) -> int:
+        """How many samples :meth:`selected` gives."""
+        runner = self.settings.runner
+        start, stop = bounds(self.n_selected, runner.shard_index, runner.num_shards)
+        return stop - start
 
     def selected(self) -> Iterator[Any]:
         """The samples this run answers, in dataset order: the selection (filters, shuffling,
@@ -59,11 +68,10 @@ def check(cfg: DictConfig) -> Plan:
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
     model = model_config(settings.model, settings.dataset.root)
-    dataset, task = dataset_and_task(settings.dataset, settings.task, list(runner.metrics))
-    strata = Counter(
-        task.stratum(sample) for sample in itertools.islice(dataset.samples(), runner.limit)
+    dataset, task, selection = dataset_and_task(
+        settings.dataset, settings.task, list(runner.metrics), runner.limit
     )
-    n_selected = sum(strata.values())
+    strata, n_selected = selection.strata, selection.size
     if n_selected == 0:
         raise RunnerError(_nothing_to_run(dataset, runner.limit))
     if len(strata) == 1:
@@ -74,23 +82,64 @@ def check(cfg: DictConfig) -> Plan:
         raise RunnerError(str(error)) from None
     if runner.num_shards > 1:
         current["shards"] = fingerprint_section(settings)
-    return Plan(settings, model, dataset, task, n_selected, current)
+    return Plan(settings, model, dataset, task, n_selected, current, selection.digest)
 
 
-def dataset_and_task(dataset_settings: Any, task_config: Any, metric_names: list[str]) -> Any:
-    """The dataset and the task, every record of the dataset read and checked by the task."""
+@dataclass
+class Selection:
+    """The samples a run selects, counted: by stratum, and a digest of their ids."""
+
+    strata: Counter[Any] = dataclasses.field(default_factory=Counter)
+    digest: int = 0
+    size: int = 0
+
+    def add(self, sample: Any, stratum: Any) -> None:
+        self.strata[stratum] += 1
+        self.digest = (self.digest + id_hash(sample.id)) % DIGEST_MODULUS
+        self.size += 1
+
+
+DIGEST_MODULUS = 2**128
+
+
+def id_hash(sample_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=16).digest(), "big")
+
+
+def ids_digest(ids: Iterable[str]) -> int:
+    """A digest of a set of sample ids whatever their order (a sum of their hashes): a finished
+    run's answers are this run's when their digest and number equal its selection's."""
+    return sum(map(id_hash, ids)) % DIGEST_MODULUS
+
+
+def dataset_and_task(
+    dataset_settings: Any, task_config: Any, metric_names: list[str], runner_limit: int | None
+) -> tuple[Any, Any, Selection]:
+    """The dataset, the task and the run's selection (``runner.limit`` samples of the dataset's
+    own selection), every record of the dataset read and checked by the task on the way."""
     from runners.datasets import Dataset, DatasetError
     from runners.tasks import make_task
 
+    selection = Selection()
     try:
         task = make_task(task_config, metric_names)
         dataset = Dataset.from_config(dataclasses.asdict(dataset_settings))
+        limits = [limit for limit in (dataset.limit, runner_limit) if limit is not None]
+        cap = min(limits) if limits else None
         for sample in dataset.all_samples():
             task.check(sample)
+            # Unshuffled, the selection is the first samples the filters keep: counted here.
+            wanted = not dataset.shuffle and (cap is None or selection.size < cap)
+            if wanted and dataset.keeps(sample):
+                selection.add(sample, task.stratum(sample))
     except (DatasetError, TaskError) as error:
         raise RunnerError(str(error)) from None
     # The task has seen every sample (a classification task knows its classes now).
-    return dataclasses.replace(dataset, stratum=task.stratum), task
+    dataset = dataclasses.replace(dataset, stratum=task.stratum)
+    if dataset.shuffle:  # a stratified order of every sample the filters keep
+        for sample in itertools.islice(dataset.samples(), runner_limit):
+            selection.add(sample, task.stratum(sample))
+    return dataset, task, selection
 
 
 def _nothing_to_run(dataset: Any, runner_limit: int | None) -> str:

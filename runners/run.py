@@ -197,7 +197,8 @@ def resume(
     def todo() -> Iterator[Any]:
         return (sample for sample in plan.selected() if sample.id not in done)
 
-    n_todo = sum(1 for _ in todo())  # reads the annotation text only, never an image
+    # Counting what is left reads the annotation again (text only, never an image).
+    n_todo = sum(1 for _ in todo()) if done else plan.n_in_slice
     if done:
         log.info("resuming: %d samples already answered, %d to go", len(done), n_todo)
     return predictions, todo, n_todo, (kept[0] if kept else None)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.config import RunnerError
-from runners.plan import Plan
+from runners.plan import Plan, ids_digest
 
 log = logging.getLogger("runners.run")
 
@@ -158,19 +158,20 @@ def finished_run(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
         return None
     if not all((run_dir / name).is_file() for name in wanted):
         return None
-    answered = set()
+    answered = []  # their ids
     try:
         with predictions.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames != PREDICTION_COLUMNS + plan.task.columns:
+            reader = csv.reader(handle)
+            if next(reader, None) != PREDICTION_COLUMNS + plan.task.columns:
                 return None  # answered since it was last scored
-            for row in reader:
-                if row["error"] or row["sample_id"] in answered:
+            id_column, error_column = (PREDICTION_COLUMNS.index(c) for c in ("sample_id", "error"))
+            for record in reader:
+                if record[error_column]:
                     return None
-                answered.add(row["sample_id"])
-    except (csv.Error, UnicodeDecodeError):
+                answered.append(record[id_column])
+    except (csv.Error, UnicodeDecodeError, IndexError):
         return None  # the usual path says what is wrong with the file
-    if len(answered) != plan.n_selected or answered != {s.id for s in plan.selected()}:
+    if len(answered) != plan.n_selected or ids_digest(answered) != plan.selection_digest:
         return None
     return read_metrics(run_dir / "metrics.csv")
 

@@ -61,11 +61,10 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory):
 def _a_test_that_starts_a_process_or_loads_a_model_is_slow(
     request: pytest.FixtureRequest, monkeypatch
 ):
-    """Fail a test not marked ``slow`` that starts a process (a command, a server, a browser) or
-    loads a model framework (torch, transformers, vLLM), so that ``pytest -m "not slow"`` stays
-    quick. Running git to record the project's commit in environment.json is not counted: every
-    run does it, once per process. A framework is seen when a test imports it first, which is
-    exact where it counts, in a run of the quick part alone (where no slow test imported it)."""
+    """Fail a test not marked ``slow`` that starts a process (a command, a server, a browser),
+    loads a transformers model or imports a framework (torch, transformers, vLLM), so that
+    ``pytest -m "not slow"`` stays quick. What every run does once per process is not counted:
+    git and uname for environment.json."""
     if "slow" in request.keywords:
         yield
         return
@@ -74,17 +73,26 @@ def _a_test_that_starts_a_process_or_loads_a_model_is_slow(
 
     def recording(self, args, *more, **options):  # type: ignore[no-untyped-def]
         program = Path(str(args if isinstance(args, (str, os.PathLike)) else args[0])).name
-        if program != "git":
+        if program not in ("git", "uname"):
             started.append(" ".join(map(str, args)) if isinstance(args, list) else str(args))
         popen_init(self, args, *more, **options)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", recording)
+    if "transformers" in sys.modules:  # imported by a test module: watch the models it loads
+        base = sys.modules["transformers"].PreTrainedModel
+        load = base.__dict__["from_pretrained"].__func__
+
+        def recording_load(cls, *args, **options):  # type: ignore[no-untyped-def]
+            started.append(f"{cls.__name__}.from_pretrained")
+            return load(cls, *args, **options)
+
+        monkeypatch.setattr(base, "from_pretrained", classmethod(recording_load))
     frameworks_before = FRAMEWORKS & sys.modules.keys()
     yield
     if started:
-        pytest.fail(f"starts a process ({started[0][:200]}): mark the test @pytest.mark.slow")
+        pytest.fail(f"starts or loads {started[0][:200]}: mark the test @pytest.mark.slow")
     if loaded := sorted(FRAMEWORKS & sys.modules.keys() - frameworks_before):
-        pytest.fail(f"loads {', '.join(loaded)}: mark the test @pytest.mark.slow")
+        pytest.fail(f"imports {', '.join(loaded)}: mark the test @pytest.mark.slow")
 
 
 FRAMEWORKS = {"torch", "transformers", "vllm", "sglang"}

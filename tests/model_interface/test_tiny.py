@@ -166,6 +166,7 @@ def test_builds_are_byte_identical(name, tmp_path):
     assert sum(map(len, first.values())) < 1_500_000  # about 1 MB
 
 
+@pytest.mark.slow
 @per_family
 def test_loads_as_the_real_classes(name, loaded):
     model_class, processor_class = EXPECTED_CLASSES[name]
@@ -174,6 +175,7 @@ def test_loads_as_the_real_classes(name, loaded):
     assert loaded.processor.tokenizer.padding_side == "left"
 
 
+@pytest.mark.slow
 @per_family
 def test_tokenizer_handles_documents_and_special_tokens(name, loaded):
     tokenizer = loaded.processor.tokenizer
@@ -189,6 +191,7 @@ def test_tokenizer_handles_documents_and_special_tokens(name, loaded):
 # --- the chat template and generation --------------------------------------------------------
 
 
+@pytest.mark.slow
 @per_family
 def test_template_renders_system_and_two_images(name, loaded):
     messages = chat("Be brief.", 2, "What is the total?")
@@ -201,6 +204,7 @@ def test_template_renders_system_and_two_images(name, loaded):
     assert text.startswith(no_prompt) and len(text) > len(no_prompt)
 
 
+@pytest.mark.slow
 @per_family
 def test_generates_from_two_images_in_one_prompt(name, loaded):
     inputs = loaded.inputs([chat("Be brief.", 2, "What is the total?")], [[NOISE, WHITE]])
@@ -213,6 +217,7 @@ def test_generates_from_two_images_in_one_prompt(name, loaded):
     assert loaded.one("Be brief.", [NOISE, WHITE], "What is the total?") != swapped
 
 
+@pytest.mark.slow
 @per_family
 def test_different_images_give_different_outputs(name, loaded):
     black, white, noise = (
@@ -221,6 +226,7 @@ def test_different_images_give_different_outputs(name, loaded):
     assert black != white and black != noise and white != noise
 
 
+@pytest.mark.slow
 @per_family
 def test_system_prompt_changes_output(name, loaded):
     brief = loaded.one("Be brief.", [NOISE], "What is the total?")
@@ -228,6 +234,7 @@ def test_system_prompt_changes_output(name, loaded):
     assert brief != detailed
 
 
+@pytest.mark.slow
 @per_family
 def test_left_padded_batch_equals_one_by_one(name, loaded):
     chats = [

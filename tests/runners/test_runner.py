@@ -88,6 +88,7 @@ def cache_dir(model_cache: Path) -> Path:
 # --- the default job -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_config_runs_tiny_qwen2_vl_on_the_sample_dataset(
     cache_dir, tmp_path, caplog
 ) -> None:
@@ -123,6 +124,7 @@ def test_default_config_runs_tiny_qwen2_vl_on_the_sample_dataset(
     )
 
 
+@pytest.mark.slow
 def test_batched_run_equals_one_by_one_run(cache_dir, tmp_path) -> None:
     batched = make_config(cache_dir, "runner.batch_size=8", "runner.limit=16")
     single = make_config(cache_dir, "runner.batch_size=1", "runner.limit=16")

@@ -146,6 +146,7 @@ def test_a_json_schema_makes_every_answer_follow_it(model: HFModel) -> None:
     assert not follows_fields_schema(unconstrained[0].text)  # the constraint did the work
 
 
+@pytest.mark.slow
 def test_a_character_cut_by_the_token_limit_is_left_out(model_cache: Path) -> None:
     """Three tokens of this answer end inside a multi-byte character: decoded, they end in
     U+FFFD, which the answer leaves out (as vLLM does), so the backends write the same text."""
@@ -157,6 +158,7 @@ def test_a_character_cut_by_the_token_limit_is_left_out(model_cache: Path) -> No
     assert prediction.text == decoded.rstrip("\ufffd").strip() != ""
 
 
+@pytest.mark.slow
 def test_upstream_style_calls(model_cache: Path) -> None:
     model = HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=8)
     by_path = model.predict_on_image(str(SAMPLE_IMAGE), question="What is the subtotal?")
@@ -168,6 +170,7 @@ def test_upstream_style_calls(model_cache: Path) -> None:
     assert model.framework == "Hugging Face" and model.model_name == "tiny-qwen2-vl"
 
 
+@pytest.mark.slow
 def test_options_and_their_errors(model_cache: Path) -> None:
     model = HFModel("tiny-llava", cache_dir=str(model_cache), max_new_tokens=3)
     assert model.attn_implementation == "sdpa"  # flash-attn is absent on a CPU machine
@@ -182,6 +185,7 @@ def test_options_and_their_errors(model_cache: Path) -> None:
             HFModel("tiny-llava", cache_dir=str(model_cache), device="cuda")
 
 
+@pytest.mark.slow
 def test_sampling_with_a_seed_is_reproducible(model_cache: Path) -> None:
     def sample() -> str:
         model = HFModel(
@@ -192,6 +196,7 @@ def test_sampling_with_a_seed_is_reproducible(model_cache: Path) -> None:
     assert sample() == sample()
 
 
+@pytest.mark.slow
 def test_a_tiny_model_is_built_into_cache_dir_on_first_use(tmp_path: Path) -> None:
     first = HFModel("tiny-idefics3", cache_dir=str(tmp_path), max_new_tokens=4)
     assert first.cache_hit is False

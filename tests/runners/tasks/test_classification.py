@@ -72,6 +72,7 @@ def test_labels_come_from_the_answers_or_the_config(model_cache, tmp_path) -> No
         constrained.check(Sample("0", 0, ("a.png",), "Q", "c"))
 
 
+@pytest.mark.slow
 def test_the_sample_pages_classified_with_a_constraint_always_name_a_label(model_cache, tmp_path):
     cfg = make_config(
         model_cache,
