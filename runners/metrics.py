@@ -28,7 +28,7 @@ import math
 import re
 import unicodedata
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -204,57 +204,53 @@ def score(
 class QualitySummary:
     """Running means of each metric, overall and per group (e.g. doc_class, question_type).
 
-    Samples are added one at a time, so memory grows with the number of groups, not samples.
-    A sample without a score for a metric (no reference) counts in ``n`` but not in that
-    metric's mean; ``n_scored`` says how many samples had a reference.
+    Samples are added one at a time, so memory grows with the number of groups, not samples,
+    and a group costs a few hundred bytes (a run may have one per document): each has a row of
+    one shared array of doubles. A sample without a score for a metric (no reference) counts
+    in ``n`` but not in that metric's mean; ``n_scored`` says how many samples had a reference.
     """
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
-        self._overall = _Totals(len(self.names))
-        self._groups: dict[tuple[str, ...], _Totals] = {}
+        # Per row: n, n_scored, each metric's sum, each metric's count. Row 0 is the overall.
+        self._width = 2 + 2 * len(self.names)
+        self._cells = array("d", bytes(8 * self._width))
+        self._rows: dict[tuple[str, ...], int] = {}  # group -> its row
 
     def add(self, scores: Mapping[str, float], group: tuple[str, ...] = ()) -> None:
         values = [scores.get(name) for name in self.names]
-        self._overall.add(values)
+        self._add(0, values)
         if group:
-            self._groups.setdefault(group, _Totals(len(self.names))).add(values)
+            row = self._rows.get(group)
+            if row is None:
+                row = self._rows[group] = len(self._cells) // self._width
+                self._cells.frombytes(bytes(8 * self._width))
+            self._add(row, values)
 
     def overall(self) -> dict[str, float]:
         """``{"n", "n_scored", <metric>: mean}``; a mean of nothing is NaN."""
-        return self._overall.row(self.names)
+        return self._row(0)
 
-    def groups(self) -> list[tuple[tuple[str, ...], dict[str, float]]]:
-        """``(group, row)`` for every group seen, sorted by group."""
-        return [(group, self._groups[group].row(self.names)) for group in sorted(self._groups)]
+    def groups(self) -> Iterator[tuple[tuple[str, ...], dict[str, float]]]:
+        """``(group, row)`` for every group seen, sorted by group, made one at a time."""
+        return ((group, self._row(self._rows[group])) for group in sorted(self._rows))
 
-
-class _Totals:
-    """Counts and sums of one group. Compact (slots, one array of doubles), since a run holds
-    one per document."""
-
-    __slots__ = ("_cells", "_width")
-
-    def __init__(self, width: int) -> None:
-        # n, n_scored, then each metric's sum, then each metric's count
-        self._width = width
-        self._cells = array("d", bytes(8 * (2 + 2 * width)))
-
-    def add(self, values: Sequence[float | None]) -> None:
-        cells, width = self._cells, self._width
-        cells[0] += 1
-        cells[1] += any(value is not None for value in values)
+    def _add(self, row: int, values: Sequence[float | None]) -> None:
+        cells, start, width = self._cells, row * self._width, len(values)
+        cells[start] += 1
+        cells[start + 1] += any(value is not None for value in values)
         for index, value in enumerate(values):
             if value is not None:
-                cells[2 + index] += value
-                cells[2 + width + index] += 1
+                cells[start + 2 + index] += value
+                cells[start + 2 + width + index] += 1
 
-    def row(self, names: Sequence[str]) -> dict[str, float]:
-        cells, width = self._cells, self._width
+    def _row(self, row: int) -> dict[str, float]:
+        start, width = row * self._width, len(self.names)
+        cells = self._cells[start : start + self._width]
         sums, counts = cells[2 : 2 + width], cells[2 + width :]
         means = {
             name: total / count if count else math.nan
-            for name, total, count in zip(names, sums, counts, strict=True)
+            for name, total, count in zip(self.names, sums, counts, strict=True)
         }
         return {"n": int(cells[0]), "n_scored": int(cells[1]), **means}
 

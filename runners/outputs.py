@@ -34,6 +34,7 @@ import contextlib
 import csv
 import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -42,7 +43,7 @@ import re
 import subprocess
 import sys
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -531,9 +532,16 @@ def _environment(project_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A small CSV (metrics) with the first row's keys as header, written atomically."""
-    replace_atomically(path, lambda handle: write_rows(handle, list(rows[0]), iter(rows)))
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> bool:
+    """A CSV with the first row's keys as header, written atomically as the rows come; nothing
+    is written for no rows (returns False then)."""
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return False
+    every_row = itertools.chain([first], rows)
+    replace_atomically(path, lambda handle: write_rows(handle, list(first), every_row))
+    return True
 
 
 def answers_stream(path: Path) -> CsvStream:

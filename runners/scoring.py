@@ -214,11 +214,9 @@ def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any, task: Any) -
     from runners.tasks.base import SCORE_GUIDE_FILE
 
     write_csv(run_dir / "metrics.csv", [row])
-    if groups := quality.groups():
-        write_csv(run_dir / "metrics_by_group.csv", groups)
+    write_csv(run_dir / "metrics_by_group.csv", quality.groups())
     for name, rows in quality.files().items():
-        if rows:
-            write_csv(run_dir / name, rows)
+        write_csv(run_dir / name, rows)
     write_json(run_dir / SCORE_GUIDE_FILE, task.score_guide().to_json())
 
 

@@ -30,22 +30,15 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from runners.datasets import VLMHYPERBENCH_COLUMNS
+
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "sample_docs"
 CYRILLIC_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 RUSSIAN_COUNTS = {"passport": 2, "snils": 2}
 DEFAULT_SEED = 1234
 DOC_COUNTS = {"invoice": 8, "receipt": 6, "id_card": 6}
 DEV_PER_CLASS = 1  # the first document of each class goes to the `dev` split
-COLUMNS = [
-    "data_index",
-    "split",
-    "image_path",
-    "question",
-    "answer",
-    "doc_class",
-    "question_type",
-    "answer_bbox",
-]
+COLUMNS = [*VLMHYPERBENCH_COLUMNS, "answer_bbox"]
 
 BLACK, DARK, GREY, LIGHT, WHITE = 0, 60, 110, 225, 255
 

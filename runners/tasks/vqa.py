@@ -125,7 +125,8 @@ class _VQATally(Tally):
             {"doc_class": name, **row, **self._corpus(("class", name))}
             for (name,), row in self.by_class.groups()
         ]
-        by_document = [{"document_id": name, **row} for (name,), row in self.by_document.groups()]
+        # One row per document, made as the file is written (a run may have millions).
+        by_document = ({"document_id": name, **row} for (name,), row in self.by_document.groups())
         return {"metrics_by_doc_class.csv": by_class, "metrics_by_document.csv": by_document}
 
     def _corpus(self, key: tuple[str, ...]) -> dict[str, float]:

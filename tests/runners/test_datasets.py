@@ -13,20 +13,12 @@ from typing import Any
 import pytest
 
 from model_interface.images import ImageLoadError
-from runners.datasets import Dataset, DatasetError, Sample
+from runners.datasets import VLMHYPERBENCH_COLUMNS, Dataset, DatasetError, Sample
 from tests.support.helpers import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "data" / "sample_docs"
 
-VLM_HEADER = [
-    "data_index",
-    "split",
-    "image_path",
-    "question",
-    "answer",
-    "doc_class",
-    "question_type",
-]
+VLM_HEADER = list(VLMHYPERBENCH_COLUMNS)
 VLM_ROWS = [
     ["0", "dev", "images/inv1.png", "What is the total?", "$10.00", "invoice", "amount"],
     ["1", "dev", "images/inv1.png", "Who is the vendor?", "ACME", "invoice", "name"],
