@@ -690,6 +690,9 @@ def test_ctrl_c_keeps_the_answers_says_so_in_one_line_and_the_run_resumes(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C comes from a terminal; a test run started in the background by a shell
+        # inherits SIGINT ignored, which Python would keep.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     answers = run_dir / "predictions.csv"
     for _ in range(3000):  # until a few answers are in, or the run ended (bounded)
