@@ -18,7 +18,7 @@ from model_interface.backends.vllm import VLLMModel
 from model_interface.model_interface import PredictionRequest
 from model_interface.tiny import TINY_MODEL_NAMES
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]  # every test here starts an engine
 
 RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)
 # float32 and eager execution: greedy answers that do not depend on the batch's shape.
@@ -107,7 +107,6 @@ def test_a_json_schema_makes_every_answer_valid(qwen) -> None:
         jsonschema.validate(json.loads(prediction.text), schema)  # raises if not
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY_MODEL_NAMES)
 def test_every_tiny_family_loads_and_answers_in_vllm_and_transformers(model_cache, name) -> None:
     """A tiny model is true to its family's checkpoints: its weight names and tokens are what
@@ -153,7 +152,6 @@ def test_an_engine_that_cannot_start_says_what_to_set(model_cache) -> None:
     )
 
 
-@pytest.mark.slow
 def test_the_runner_with_vllm_writes_what_it_writes_with_transformers_and_the_same_answers(
     model_cache, tmp_path, capsys
 ) -> None:
@@ -180,7 +178,6 @@ def test_the_runner_with_vllm_writes_what_it_writes_with_transformers_and_the_sa
     assert all(metric.mean_a == metric.mean_b for metric in pair.metrics)
 
 
-@pytest.mark.slow
 def test_the_memory_of_the_engines_processes_counts_in_the_peak(model_cache) -> None:
     """With vLLM's default engine process, most of the memory is not the runner's own."""
     import os
@@ -203,7 +200,6 @@ def test_the_memory_of_the_engines_processes_counts_in_the_peak(model_cache) -> 
     assert measured.peak_rss_mb > own_peak_mb + 0.8 * engine_mb
 
 
-@pytest.mark.slow
 def test_the_readmes_vllm_commands_run(model_cache, tmp_path) -> None:
     import shlex
 
