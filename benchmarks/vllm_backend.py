@@ -79,9 +79,7 @@ def bare_chat_loop(llm, samples, batch_size: int) -> None:
 def runners_engine():
     """The vLLM engine of the model the runner keeps between runs (as a sweep does), so that
     the bare loop runs on the very engine the runner used."""
-    from runners import run
-
-    return run._current_model.model.llm
+    return MODELS.loaded.model.llm
 
 
 def vllm_server_command(model_dir: Path, port: int) -> list[str]:

@@ -156,6 +156,11 @@ class ModelCache:
     def __init__(self) -> None:
         self._loaded: LoadedModel | None = None
 
+    @property
+    def loaded(self) -> LoadedModel | None:
+        """The model kept for the next run, if any."""
+        return self._loaded
+
     def get(self, model_config: dict[str, Any]) -> tuple[LoadedModel, bool]:
         """The model; True if it was kept from the run before."""
         if self._loaded is not None and self._loaded.key == model_key(model_config):
