@@ -157,19 +157,30 @@ def serving(
 
 def run_command(command: Sequence[str], *, env: dict[str, str] | None = None) -> float:
     """Wall seconds of a whole process, from start to exit; fails loudly if it fails."""
-    start = time.perf_counter()
-    result = subprocess.run(
-        list(command),
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return elapsed
+    return measured_process(command, env=env)[0]
+
+
+def measured_process(
+    command: Sequence[str], *, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a whole process, the kernel's figure for it; fails
+    loudly if it fails."""
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty process can't block
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            list(command),
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - start
+        if status != 0:
+            stderr.seek(0)
+            said = stderr.read().decode(errors="replace")
+            raise SystemExit(f"{' '.join(command)} failed:\n{said[-3000:]}")
+    return elapsed, usage.ru_maxrss / 1024  # kB on Linux
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -20,16 +20,13 @@ resume with nothing left at 100k <= 2 s; the merge of 4 x 250k <= 1.2x the shard
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import (
-    REPO_ROOT,
     VLMHYPERBENCH_COLUMNS,
     generated_dataset,
+    measured_process,
     median,
     print_figures,
     print_table,
@@ -37,22 +34,6 @@ from common import (
 )
 
 N_IMAGES = 64
-
-
-def timed_process(*args: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of ``python -m args``; exits if it fails."""
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{process.stderr.read().decode()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024  # kB on Linux
 
 
 def annotation(root: Path, n_samples: int) -> str:
@@ -68,8 +49,10 @@ def annotation(root: Path, n_samples: int) -> str:
     return name
 
 
-def run_command(dataset: Path, file: str, output_dir: Path, *extra: str) -> list[str]:
+def run_args(dataset: Path, file: str, output_dir: Path, *extra: str) -> list[str]:
     return [
+        sys.executable,
+        "-m",
         "runners.run",
         "model=dummy",
         "dataset=vlmhyperbench",
@@ -83,14 +66,14 @@ def run_command(dataset: Path, file: str, output_dir: Path, *extra: str) -> list
 
 def measure(dataset: Path, n_samples: int, out: Path) -> dict[str, float]:
     file = annotation(dataset, n_samples)
-    run_s, rss_mb = timed_process(*run_command(dataset, file, out / "run"))
-    resume_s, _ = timed_process(*run_command(dataset, file, out / "run", "runner.resume=true"))
-    report_s, _ = timed_process("runners.report", str(out / "run"))
+    run_s, rss_mb = measured_process(run_args(dataset, file, out / "run"))
+    resume_s, _ = measured_process(run_args(dataset, file, out / "run", "runner.resume=true"))
+    report_s, _ = measured_process([sys.executable, "-m", "runners.report", str(out / "run")])
     shards_s = 0.0
     for index in range(4):
         shard = ("runner.num_shards=4", f"runner.shard_index={index}", "runner.report=false")
-        shards_s += timed_process(*run_command(dataset, file, out / "shards", *shard))[0]
-    merge_s, _ = timed_process("runners.merge", str(out / "shards"))
+        shards_s += measured_process(run_args(dataset, file, out / "shards", *shard))[0]
+    merge_s, _ = measured_process([sys.executable, "-m", "runners.merge", str(out / "shards")])
     (dataset / file).unlink()
     return {
         "samples_per_s": n_samples / run_s,

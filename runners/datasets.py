@@ -196,10 +196,6 @@ class Dataset:
         """Read every record of the annotation file and count them (see :meth:`all_samples`)."""
         return sum(1 for _ in self._read())
 
-    def references(self) -> dict[str, Reference | None]:
-        """Every sample's reference answer(s) by id, over the whole file (filters ignored)."""
-        return {sample.id: sample.reference for sample in self._read()}
-
     def content_sha256(self) -> str:
         """The annotation file's hash (of every ground-truth file's name and content, for a
         folder of them): a run's answers belong to exactly this content."""

@@ -532,16 +532,14 @@ def _environment(project_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> bool:
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """A CSV with the first row's keys as header, written atomically as the rows come; nothing
-    is written for no rows (returns False then)."""
+    is written for no rows."""
     rows = iter(rows)
     first = next(rows, None)
-    if first is None:
-        return False
-    every_row = itertools.chain([first], rows)
-    replace_atomically(path, lambda handle: write_rows(handle, list(first), every_row))
-    return True
+    if first is not None:
+        every_row = itertools.chain([first], rows)
+        replace_atomically(path, lambda handle: write_rows(handle, list(first), every_row))
 
 
 def answers_stream(path: Path) -> CsvStream:

@@ -47,16 +47,17 @@ class Plan:
     @property
     def n_in_slice(self) -> int:
         """How many samples :meth:`selected` gives."""
-        runner = self.settings.runner
-        start, stop = bounds(self.n_selected, runner.shard_index, runner.num_shards)
+        start, stop = self._slice()
         return stop - start
 
     def selected(self) -> Iterator[Any]:
         """The samples this run answers, in dataset order: the selection (filters, shuffling,
         limits), or this shard's slice of it."""
+        return itertools.islice(self.dataset.samples(), *self._slice())
+
+    def _slice(self) -> tuple[int, int]:
         runner = self.settings.runner
-        start, stop = bounds(self.n_selected, runner.shard_index, runner.num_shards)
-        return itertools.islice(self.dataset.samples(), start, stop)
+        return bounds(self.n_selected, runner.shard_index, runner.num_shards)
 
 
 def check(cfg: DictConfig) -> Plan:
