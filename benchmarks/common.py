@@ -206,8 +206,10 @@ def compose_config(*overrides: str):
     """The runner's config, composed exactly as ``python -m runners.run <overrides>`` would."""
     from hydra import compose, initialize_config_dir
 
-    from runners.run import CONFIG_DIR
+    from runners.config.paths import CONFIG_DIR
+    from runners.config.schema import register
 
+    register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=["runner.progress=false", *overrides])
 

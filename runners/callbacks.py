@@ -21,10 +21,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runners.config import RunnerError, shard_folder
-from runners.outputs import read_complete_rows, read_json, write_json
-from runners.report import plot_summary, read_run, write_report
-from runners.sweeps import JOB_FILE, SWEEP_FILE, sweep_runs
+from runners.errors import RunnerError
+from runners.reports.plots import plot_summary
+from runners.reports.read import read_run
+from runners.reports.write import write_report
+from runners.rundir.files import read_complete_rows, read_json, write_json
+from runners.rundir.naming import shard_folder
+from runners.rundir.sweeps import JOB_FILE, SWEEP_FILE, sweep_runs
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ def run_sweep_job(
 
 
 def shard_folder_of(cfg: DictConfig) -> str:
-    """The shard's folder in the run directory that ``cfg`` runs (runners.config.shard_folder)."""
+    """The shard's folder in the run directory that ``cfg`` runs (``shard_folder``)."""
     try:
         return shard_folder(int(cfg.runner.shard_index), int(cfg.runner.num_shards))
     except Exception:  # not numbers: the run itself says so, in its one line

@@ -31,7 +31,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runners.config import EvaluateConfig, JobOutcome, RunnerError, to_settings
+from runners.config.job import JobOutcome
+from runners.config.schema import EvaluateConfig, to_settings
+from runners.errors import RunnerError
 
 log = logging.getLogger("runners.evaluate")
 
@@ -42,9 +44,9 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     Returns the metrics row. Raises :class:`RunnerError` for a mistake in the config, the
     dataset or the answers file.
     """
-    from runners.outputs import PredictionsFile
-    from runners.plan import Plan, dataset_and_task
-    from runners.scoring import score, write_metrics
+    from runners.execution.plan import Plan, dataset_and_task
+    from runners.execution.scoring import score, write_metrics
+    from runners.rundir.predictions import PredictionsFile
 
     settings: EvaluateConfig = to_settings(cfg, EvaluateConfig)
     dataset, task, selection = dataset_and_task(
@@ -74,7 +76,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     }
     write_metrics(run_dir, row, quality, task)
     if settings.runner.report:
-        from runners.report import report_run
+        from runners.reports.write import report_run
 
         report_run(run_dir)
     log.info("scored %d answers into %s", len(rows), run_dir)
@@ -102,7 +104,7 @@ def read_answers(path: Path, dataset: Any, task: Any) -> list[dict[str, Any]]:
     belongs to no sample, a sample answered twice, and a predictions.csv made for other samples
     (:func:`_predictions_file`).
     """
-    from runners.outputs import sample_columns
+    from runners.rundir.predictions import sample_columns
 
     if not path.is_file():
         raise RunnerError(
@@ -272,7 +274,7 @@ def _excerpts(first: str, second: str, width: int = 60) -> tuple[str, str]:
 
 def _utf8_text(path: Path) -> str:
     """The file's text, UTF-8 with or without BOM; one line naming the first line that isn't."""
-    from runners.datasets import NotUtf8, read_utf8
+    from runners.datasets.text import NotUtf8, read_utf8
 
     try:
         return read_utf8(path)
@@ -346,7 +348,7 @@ def cli() -> None:
     """``python -m runners.evaluate``."""
     from hydra.core.hydra_config import HydraConfig
 
-    from runners.config import hydra_main, run_hydra_command
+    from runners.config.job import hydra_main, run_hydra_command
 
     outcome = JobOutcome()
     run_hydra_command(

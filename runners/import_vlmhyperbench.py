@@ -66,7 +66,7 @@ from typing import Any
 import yaml
 
 from model_interface.model_factory import BUILTIN_MODELS
-from runners.datasets import NotUtf8, read_utf8
+from runners.datasets.text import NotUtf8, read_utf8
 
 PROJECT_CONF = Path(__file__).resolve().parents[1] / "conf"
 DEFAULT_OUT = Path("conf-vlmhyperbench")  # relative: next to where the import is run

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runners.config import RunnerError
+from runners.errors import RunnerError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s", datefmt="%H:%M:%S"
     )
-    from runners.shards import merge_run_dir
+    from runners.execution.shards import merge_run_dir
 
     try:
         row = merge_run_dir(args.run_dir)

@@ -1,13 +1,13 @@
 """Benchmark a vision-language model on a dataset: ``python -m runners.run [overrides]``.
 
 A run is seven steps, one function each: ``check`` (the config, the whole dataset:
-:mod:`runners.plan`) → :func:`claim` (the run directory: locked while the run answers, its
-fingerprint compared) → :func:`load` (the model) → :func:`resume` (what is answered already) →
-:func:`answer` → ``score`` (every row of predictions.csv) → ``write`` (metrics; both in
-:mod:`runners.scoring`). Every mistake in the
-config or the dataset is found by ``check``, before a model is loaded. A shard of a run
-(:mod:`runners.shards`) ends in ``finish_shard`` instead of the last two: the last shard to
-end scores and writes the merged run.
+:mod:`runners.execution.plan`) → :func:`claim` (the run directory: locked while the run
+answers, its fingerprint compared) → :func:`load` (the model) → :func:`resume` (what is
+answered already) → :func:`answer` → ``score`` (every row of predictions.csv) → ``write``
+(metrics; both in :mod:`runners.execution.scoring`). Every mistake in the config or the dataset
+is found by ``check``, before a model is loaded. A shard of a run
+(:mod:`runners.execution.shards`) ends in ``finish_shard`` instead of the last two: the last
+shard to end scores and writes the merged run.
 
 The Hydra entry point is thin: it hands the composed config and the run's output directory to
 :func:`run_experiment`, which tests call directly. Heavy imports (torch, the model's
@@ -29,9 +29,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runners.config import CONFIG_DIR, PROJECT_ROOT, Interrupted, JobOutcome, RunnerError
-from runners.plan import Plan, check
-from runners.scoring import (
+from runners.config.job import JobOutcome
+from runners.config.paths import CONFIG_DIR, PROJECT_ROOT
+from runners.errors import Interrupted, RunnerError
+from runners.execution.plan import Plan, check
+from runners.execution.scoring import (
     Answered,
     LoadedModel,
     RunCost,
@@ -40,7 +42,7 @@ from runners.scoring import (
     score,
     write,
 )
-from runners.shards import finish_shard
+from runners.execution.shards import finish_shard
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT", "ModelCache", "RunnerError", "run_experiment"]
 
@@ -62,7 +64,7 @@ def run_experiment(
     if models is None:
         with ModelCache() as models:
             return run_experiment(cfg, output_dir, models)
-    from runners.outputs import LOCK_FILE, exclusive, write_error
+    from runners.rundir.files import LOCK_FILE, exclusive, write_error
 
     run_dir = Path(output_dir)
     plan = check(cfg)
@@ -113,8 +115,8 @@ RANDOM_WEIGHTS_NOTE = (
 def claim(run_dir: Path, plan: Plan) -> None:
     """Make the run directory this run's: refuse answers there from another configuration
     (any shard's), and record the fingerprint. Files a killed process was writing go."""
-    from runners import fingerprint
-    from runners.outputs import remove_stale_temporaries
+    from runners.execution import fingerprint
+    from runners.rundir.files import remove_stale_temporaries
 
     for folder in {run_dir, plan.answers_dir(run_dir)}:
         remove_stale_temporaries(folder)  # what a killed attempt (or merge) was writing
@@ -189,7 +191,9 @@ def resume(
     Returns the file, a function giving the samples still to answer, their number, and one
     row answered before (None if there is none).
     """
-    from runners.outputs import PredictionsFile, environment_record, write_json
+    from runners.rundir.environment import environment_record
+    from runners.rundir.files import write_json
+    from runners.rundir.predictions import PredictionsFile
 
     settings = plan.settings
     _seed_everything(settings.seed)
@@ -225,7 +229,7 @@ def answer(
 ) -> Answered:
     """Answer the samples still to do, appending each batch to predictions.csv as it comes."""
     from model_interface import ModelUnavailable, measure
-    from runners.pipeline import answer_samples
+    from runners.execution.pipeline import answer_samples
 
     runner = plan.settings.runner
     progress = _progress_bar(n_todo, enabled=runner.progress)
@@ -262,7 +266,7 @@ def answer(
 
 
 def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
-    from runners.outputs import sample_columns
+    from runners.rundir.predictions import sample_columns
 
     prediction = answer.prediction
     return {
@@ -330,7 +334,7 @@ def cli() -> None:
     and the exit handlers have run (log flushing), a single run leaves at once. Sweeps exit
     normally: their launchers (joblib, submitit) clean up worker resources in finalisers.
     """
-    from runners.config import hydra_main, run_hydra_command
+    from runners.config.job import hydra_main, run_hydra_command
 
     outcome = JobOutcome()
     with ModelCache() as models:  # what the jobs of a sweep run in this process share

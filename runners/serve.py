@@ -3,7 +3,7 @@
 
 The model is loaded as a run loads it; the app, its endpoints, limits and batching are
 :mod:`model_interface.server`'s. Settings: ``serve.*`` in conf/serve.yaml
-(:class:`runners.config.ServeConfig`).
+(:class:`runners.config.schema.ServeConfig`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import sys
 from omegaconf import DictConfig
 
 from model_interface.server import INSTALL_HINT, create_app, require_fastapi, uvicorn_limits
-from runners.config import JobOutcome
+from runners.config.job import JobOutcome
 
 log = logging.getLogger("runners.serve")
 
 
 def serve(cfg: DictConfig) -> None:
     """Load the configured model and serve it until interrupted."""
-    from runners.config import ServeAppConfig, model_config, to_settings
+    from runners.config.schema import ServeAppConfig, model_config, to_settings
     from runners.run import load_model
 
     require_fastapi()
@@ -75,7 +75,7 @@ def serve(cfg: DictConfig) -> None:
 
 
 def _api_key(variable: str | None) -> str | None:
-    from runners.config import RunnerError
+    from runners.errors import RunnerError
 
     if variable is None:
         return None
@@ -98,7 +98,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve_or_say_why(cfg: DictConfig) -> None:
-    from runners.config import RunnerError
+    from runners.errors import RunnerError
 
     try:
         serve(cfg)
@@ -108,7 +108,7 @@ def _serve_or_say_why(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """``python -m runners.serve`` and the ``vlm-serve`` command."""
-    from runners.config import hydra_main, run_hydra_command
+    from runners.config.job import hydra_main, run_hydra_command
 
     outcome = JobOutcome()
     run_hydra_command(hydra_main("serve", lambda cfg: outcome.run(lambda: _serve_or_say_why(cfg))))

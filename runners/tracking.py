@@ -30,9 +30,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runners.callbacks import finish_sweep, shard_folder_of
-from runners.outputs import read_json, write_json
 from runners.records import flatten
-from runners.sweeps import JOB_FILE
+from runners.rundir.files import read_json, write_json
+from runners.rundir.sweeps import JOB_FILE
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _parent_run(sweep_dir: Path) -> str | None:
 
 
 def _metrics_row(run_dir: Path) -> dict[str, str]:
-    from runners.outputs import read_complete_rows
+    from runners.rundir.files import read_complete_rows
 
     path = run_dir / "metrics.csv"
     rows = read_complete_rows(path) if path.is_file() else []
@@ -172,7 +172,7 @@ def _metrics_row(run_dir: Path) -> dict[str, str]:
 
 def _shard_row(shard_dir: Path) -> dict[str, str]:
     """A shard's own record (shard.json: counts, cost, status), as a metrics row."""
-    from runners.shards import RECORD_FILE
+    from runners.execution.shards import RECORD_FILE
 
     path = shard_dir / RECORD_FILE
     record = read_json(path) if path.is_file() else {}

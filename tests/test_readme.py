@@ -21,7 +21,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from model_interface import ModelFactory, tiny
-from runners.config import CONFIG_DIR, PROJECT_ROOT
+from runners.config.paths import CONFIG_DIR, PROJECT_ROOT
 from tests.support.helpers import run_cli
 
 COMMAND = "python -m runners.run"

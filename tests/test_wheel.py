@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.config import PROJECT_ROOT
+from runners.config.paths import PROJECT_ROOT
 from tests.test_readme import readme_lines
 
 pytestmark = pytest.mark.slow
@@ -132,7 +132,7 @@ def run_installed(
 def test_the_installed_wheel_runs_the_main_job_from_an_empty_directory(
     installed, command, model_cache, tmp_path
 ) -> None:
-    show = "import runners.config as c; print(c.__file__); print(c.CONFIG_DIR)"
+    show = "import runners.config.paths as c; print(c.__file__); print(c.CONFIG_DIR)"
     where = run_installed(
         installed, ["python", "-c", show], cwd=tmp_path, cache_dir=model_cache, check=True
     ).stdout.split()

@@ -30,8 +30,8 @@ from typing import Any
 from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
 from runners.datasets import Sample
-from runners.outputs import CsvStream
 from runners.records import flatten
+from runners.rundir.predictions import CsvStream
 from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 
 DEFAULT_PROMPT = (

@@ -22,6 +22,7 @@ from rapidfuzz.distance import Levenshtein
 from model_interface.model_interface import PredictionRequest
 from runners import metrics as quality
 from runners.datasets import Sample
+from runners.metrics.summaries import CorpusErrorRates, QualitySummary
 from runners.tasks.base import ScoreGuide, Tally, Task, TaskError
 
 GROUP_COLUMNS = ("doc_class", "question_type")
@@ -86,9 +87,9 @@ class _VQATally(Tally):
 
     def __init__(self, row_metrics: Sequence[str], corpus_metrics: Sequence[str]) -> None:
         self.row_metrics, self.corpus_metrics = list(row_metrics), list(corpus_metrics)
-        self.means = quality.QualitySummary(self.row_metrics)
-        self.by_class = quality.QualitySummary(self.row_metrics)
-        self.by_document = quality.QualitySummary(self.row_metrics)
+        self.means = QualitySummary(self.row_metrics)
+        self.by_class = QualitySummary(self.row_metrics)
+        self.by_document = QualitySummary(self.row_metrics)
         self.corpora: dict[tuple[str, ...], _Corpus] = {}  # by (), group, or ("class", name)
 
     def add(self, row: Mapping[str, Any], reference: Any) -> None:
@@ -144,7 +145,7 @@ class _Corpus:
     """One group's corpus error rates, and its texts where a corpus metric needs them."""
 
     def __init__(self, keep_texts: bool) -> None:
-        self.rates = quality.CorpusErrorRates()
+        self.rates = CorpusErrorRates()
         self.keep_texts = keep_texts
         self.pairs: list[tuple[str, str]] = []
 

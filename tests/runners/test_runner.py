@@ -806,7 +806,7 @@ def test_a_finished_run_is_kept_only_when_it_answered_exactly_this_selection(
 
 @pytest.mark.slow
 def test_what_a_killed_process_was_writing_is_removed_by_the_next_run(cache_dir, tmp_path) -> None:
-    from runners.outputs import temporary_path
+    from runners.rundir.files import temporary_path
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

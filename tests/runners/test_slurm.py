@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.runners.test_shards import assert_same_run
 from tests.support.helpers import error_lines, read_predictions, run_cli
+from tests.support.runs import assert_same_run
 
 
 @pytest.fixture

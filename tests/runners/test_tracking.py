@@ -154,7 +154,7 @@ def test_the_readme_mlflow_ui_command_serves_the_store(model_cache, tmp_path) ->
 
     import httpx
 
-    from runners.config import PROJECT_ROOT
+    from runners.config.paths import PROJECT_ROOT
     from tests.support.helpers import free_port
 
     result = run_cli(

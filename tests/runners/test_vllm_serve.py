@@ -28,7 +28,7 @@ from model_interface.backends.openai_api import OpenAIModel
 from model_interface.model_interface import PredictionRequest
 from model_interface.tiny import ensure_tiny_model
 from runners import report
-from runners.config import PROJECT_ROOT
+from runners.config.paths import PROJECT_ROOT
 from tests.support.helpers import (
     ServerProcess,
     error_lines,

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from model_interface.model_factory import ModelFactory
-from runners.config import PROJECT_ROOT, RunConfig, model_config, to_settings
+from runners.config.paths import PROJECT_ROOT
+from runners.config.schema import RunConfig, model_config, to_settings
 from runners.import_vlmhyperbench import (
     DEFAULT_MAX_NEW_TOKENS,
     PROJECT_CONF,

@@ -21,7 +21,8 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from runners.config import CONFIG_DIR, PROJECT_ROOT
+from runners.config.paths import CONFIG_DIR, PROJECT_ROOT
+from runners.config.schema import register
 from runners.datasets import VLMHYPERBENCH_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout the tests run in
@@ -29,6 +30,7 @@ ANNOTATION_COLUMNS = list(VLMHYPERBENCH_COLUMNS)
 
 
 def make_config(cache_dir: Path, *overrides: str, config_name: str = "config") -> Any:
+    register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         base = [f"paths.cache_dir={cache_dir}"]
         if config_name != "serve":

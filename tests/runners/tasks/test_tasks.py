@@ -163,7 +163,9 @@ def test_a_report_reads_a_users_task_by_its_own_score_guide(
 ) -> None:
     """A task the report has never heard of: its worst samples ranked by its score (lower is
     better here), its flips counted on its correctness column, its own group file shown."""
-    from runners.report import compare, read_run, worst_samples, write_report
+    from runners.reports.compare import compare
+    from runners.reports.read import read_run
+    from runners.reports.write import worst_samples, write_report
 
     TASKS.register("prompt_length", "acme_tasks.tasks:PromptLength")
     runs = []

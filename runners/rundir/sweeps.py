@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runners.outputs import read_json
+from runners.rundir.files import read_json
 
 SWEEP_FILE = "sweep.json"
 JOB_FILE = "job.json"

@@ -22,19 +22,13 @@ import pytest
 from PIL import Image
 
 from model_interface.backends.dummy import DummyModel
-from runners.config import PROJECT_ROOT
-from runners.metrics import percentile
-from runners.report import (
-    SCRIPT,
-    Page,
-    compare,
-    main,
-    mcnemar_exact_p,
-    read_run,
-    same_answer,
-    worst_samples,
-    write_report,
-)
+from runners.config.paths import PROJECT_ROOT
+from runners.metrics.summaries import percentile
+from runners.report import main
+from runners.reports.compare import compare, mcnemar_exact_p, same_answer
+from runners.reports.page import SCRIPT, Page
+from runners.reports.read import read_run
+from runners.reports.write import worst_samples, write_report
 from runners.run import run_experiment
 from tests.support.browser import chromium, open_page
 from tests.support.helpers import make_config, read_metrics, run_cli, write_dataset, write_jsonl
@@ -414,7 +408,7 @@ ESCAPED = [
 ]
 MODEL_NAME = f"{ATTACKS[0]} {ATTACKS[1]}"
 DATASET_NAME = f"{ATTACKS[2]} {ATTACKS[3]} *em*"
-HOSTILE_MODEL = ("model=custom", "model.class_path=tests.runners.test_report:HostileEcho")
+HOSTILE_MODEL = ("model=custom", "model.class_path=tests.runners.reports.test_report:HostileEcho")
 
 
 class HostileEcho(PromptEcho):

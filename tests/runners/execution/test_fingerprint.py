@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.fingerprint import differences
+from runners.execution.fingerprint import differences
 from runners.run import RunnerError, run_experiment
 from tests.support.helpers import (
     REPO_ROOT,
@@ -173,7 +173,7 @@ def test_a_run_made_by_the_last_release_resumes(model_cache, tmp_path) -> None:
     and keeps the 4 it had."""
     import shutil
 
-    from runners.config import PROJECT_ROOT
+    from runners.config.paths import PROJECT_ROOT
 
     made = REPO_ROOT / "tests" / "data" / "run_made_by_0_2_0"
     root = shutil.copytree(PROJECT_ROOT / "data" / "sample_docs", tmp_path / "sample_docs")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from model_interface.images import ImageLoadError
-from runners.pipeline import DecodedImages
+from runners.execution.pipeline import DecodedImages
 
 
 @pytest.fixture

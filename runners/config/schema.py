@@ -12,71 +12,20 @@ the values a run will use.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import logging
-import os
-import re
-import shutil
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException, OverrideParseException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from model_interface.cache import default_cache_dir
 from model_interface.images import DEFAULT_MAX_PIXELS
 from model_interface.server import RequestLimits
-
-# A checkout keeps conf/ and data/ beside runners/; a wheel carries them inside it (pyproject's
-# package-dir), so an installed runner finds its configs and the sample documents there.
-_PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = _PACKAGE_DIR if (_PACKAGE_DIR / "conf").is_dir() else _PACKAGE_DIR.parent
-CONFIG_DIR = PROJECT_ROOT / "conf"
-
-
-class RunnerError(Exception):
-    """A mistake in the run's configuration or inputs; the message says how to fix it.
-
-    ``exit_code`` is what the command line exits with: 2 for a mistake in what was asked, 1 for
-    a failure of the machine (a full disk).
-    """
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C while a run answered; the message says what is kept and how to resume."""
-
-
-INTERRUPTED = "interrupted: what was answered is kept, run the same command to resume"
-INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by SIGINT
-
-
-class JobOutcome:
-    """The exit status of a command's jobs (``run``, ``evaluate``, ``serve``). A job that meets
-    a :class:`RunnerError` logs its one line and records its exit code here: raising
-    ``SystemExit`` inside a Hydra job would skip Hydra's callbacks and end a sweep's other
-    jobs. The command exits with the last code recorded."""
-
-    def __init__(self) -> None:
-        self.exit_status = 0
-
-    def run(self, job: Callable[[], Any]) -> Any:
-        """``job()``'s result, or None when it ended in a :class:`RunnerError`."""
-        try:
-            return job()
-        except RunnerError as error:
-            logging.getLogger("runners").error("%s", error)
-            self.exit_status = error.exit_code
-            return None
+from runners.config.paths import PROJECT_ROOT
+from runners.errors import RunnerError, one_line
+from runners.rundir.naming import shard_folder, sweep_subdir
 
 
 @dataclass
@@ -266,7 +215,7 @@ def model_config(model: Any, data_root: str | None = None) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_absolute() and not file.exists() and data_root is not None:
         file = Path(data_root) / file
-    from runners.datasets import NotUtf8, read_utf8
+    from runners.datasets.text import NotUtf8, read_utf8
 
     try:
         params["system_prompt"] = read_utf8(file).strip()
@@ -290,7 +239,9 @@ def _raise_first_failure(checks: list[tuple[bool, str]], config: object) -> None
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore and the resolvers the YAML files use in OmegaConf."""
+    """Put the schemas in Hydra's ConfigStore and the resolvers the YAML files use in OmegaConf.
+    Every command does it as it starts (``hydra_main``); code that composes the configs itself
+    (Hydra's Compose API) calls it first. Calling it again changes nothing."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name="serve_schema", node=ServeAppConfig)
@@ -305,41 +256,6 @@ def register() -> None:
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-
-
-def shard_folder(index: int, count: int) -> str:
-    """Where shard ``index`` of ``count`` keeps its own files inside the run directory
-    (``shards/<i>-of-<n>/``); "" for a run that is not split."""
-    return f"shards/{index}-of-{count}/" if int(count) > 1 else ""
-
-
-# Overrides that never make another run of a sweep: the shards of one run differ in the first.
-SAME_RUN_OVERRIDES = frozenset(
-    {
-        "runner.shard_index",
-        "run_name",
-        "runner.resume",
-        "runner.progress",
-        "runner.report",
-        "tracking",
-        "tracking.uri",
-        "tracking.experiment",
-    }
-)
-
-
-def sweep_subdir(number: int, model: str, dataset: str, num_shards: int, overrides: Any) -> str:
-    """A sweep job's folder: ``<n>_<model>_<dataset>``. The shards of one run answer into one
-    run directory, so theirs is named by what they share: ``<model>_<dataset>_<N>shards``, then
-    every other override of the job (a sweep over batch sizes makes one run per size)."""
-    if int(num_shards) <= 1:
-        return f"{number}_{model}_{dataset}"
-    named = {"model", "dataset", "runner.num_shards", *SAME_RUN_OVERRIDES}
-    others = [str(item) for item in overrides if str(item).split("=")[0].lstrip("+~") not in named]
-    name = re.sub(r"[^\w.=,+-]", "_", "_".join([f"{model}_{dataset}_{num_shards}shards", *others]))
-    if len(name) > 120:  # a folder name must stay short; the digest keeps it unique
-        name = f"{name[:100]}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
-    return name
 
 
 def to_settings(cfg: DictConfig, schema: type) -> Any:
@@ -360,135 +276,3 @@ def to_settings(cfg: DictConfig, schema: type) -> Any:
         raise RunnerError(one_line(error)) from None
     except ValueError as error:
         raise RunnerError(str(error)) from None
-
-
-def one_line(error: BaseException) -> str:
-    """An OmegaConf/Hydra error as one line: its first line, then its cause's first line."""
-    message = _first_line(error)
-    if isinstance(error, OverrideParseException):
-        return (
-            f"cannot parse the override {error.override!r} ({message}); quote a value that holds "
-            """spaces or braces, e.g. 'dataset.prompt_template="Answer briefly. {prompt}"'"""
-        )
-    full_key = getattr(error, "full_key", None)
-    if full_key and full_key not in message:
-        message = f"{full_key}: {message}"
-    if options := getattr(error, "options", None):  # a config group option that doesn't exist
-        message = f"{message}; choose one of: {', '.join(options)}"
-    cause = error.__cause__
-    if isinstance(cause, (HydraException, OmegaConfBaseException)) and str(cause).strip():
-        message = f"{message.rstrip('.')}: {_first_line(cause)}"
-    return message
-
-
-def _first_line(error: BaseException) -> str:
-    """The message's first line, or its first two where the first only announces the second."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-
-
-def hydra_main(config_name: str, job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-    """A command's ``@hydra.main`` over ``job``, composing ``conf/<config_name>.yaml``. Made
-    when the command starts, so that what its jobs share is held by the command (a closure),
-    not by a module."""
-    import hydra
-
-    return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(job)
-
-
-def run_hydra_command(main: Callable[[], Any]) -> Any:
-    """Run a ``@hydra.main`` function as a command, ending in one line on stderr instead of a
-    traceback or Hydra's multi-line report: exit status 2 for a mistake in the command line or
-    the config (or a SLURM cluster that refuses the jobs), 1 for an output directory that
-    can't be written, 130 for Ctrl-C."""
-    # Hydra re-raises rather than printing when HYDRA_FULL_ERROR is set; errors raised by the
-    # task itself still show their traceback, as a bug should.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    # A log file on a full disk must not add a traceback per log line to the one-line error.
-    logging.raiseExceptions = False
-    try:
-        return main()
-    except KeyboardInterrupt as interrupt:
-        print(str(interrupt) or INTERRUPTED, file=sys.stderr)
-        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
-    except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as error:  # after Hydra's: its MissingConfigException is an OSError
-        # Hydra makes the output directory and writes .hydra/ before the job starts.
-        if not _raised_outside_the_job(error):
-            raise
-        print(f"error: {cannot_write_outputs(error)}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except ValueError as error:
-        if _raised_in(error, "logging.") and isinstance(error.__cause__, OSError):
-            # Hydra's log file (run.log) in an output directory this process can't write.
-            print(f"error: {cannot_write_outputs(error.__cause__)}", file=sys.stderr)
-            raise SystemExit(1) from None
-        if not _raised_in(error, "hydra."):
-            raise
-        print(f"error: {error}", file=sys.stderr)  # a command-line mistake, e.g. -m with --cfg
-        raise SystemExit(2) from None
-    except RuntimeError as error:
-        # submitit refuses a machine without SLURM, or a cluster that does not answer, in a
-        # traceback of 25 to 60 lines.
-        if not _raised_in(error, "submitit."):
-            raise
-        print(f"error: {_slurm_refusal(error)}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def cannot_write_outputs(error: OSError) -> str:
-    where = error.filename or "the output directory"
-    return (
-        f"cannot write {where}: {error.strerror or error}; run from a directory you can write, "
-        "or choose the output directory with hydra.run.dir=... (hydra.sweep.dir=... for "
-        "--multirun)"
-    )
-
-
-def _slurm_refusal(error: RuntimeError) -> str:
-    if shutil.which("sbatch") is None:
-        return SLURM_MISSING
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    said = lines[-1] if lines else type(error).__name__
-    return (
-        f"SLURM did not take the jobs ({said}); check that the cluster answers (sinfo), or "
-        "pick a launcher for this machine: hydra/launcher=joblib (processes) or "
-        "hydra/launcher=submitit_local"
-    )
-
-
-def _raised_outside_the_job(error: BaseException) -> bool:
-    """Whether the error came from Hydra's own work around a job (making its output directory,
-    saving its config), not from the job: no frame of the traceback runs the job's code."""
-    traceback = error.__traceback__
-    modules = []
-    while traceback is not None:
-        modules.append(traceback.tb_frame.f_globals.get("__name__", ""))
-        traceback = traceback.tb_next
-    inside_hydra = list(
-        itertools.dropwhile(lambda module: not module.startswith("hydra."), modules)
-    )
-    return bool(inside_hydra) and not any(module.startswith("runners.") for module in inside_hydra)
-
-
-SLURM_MISSING = (
-    "the launcher submits the jobs to SLURM, which is not installed here (no sbatch on PATH); "
-    "run the command on the cluster's login node, or pick a launcher for this machine: "
-    "hydra/launcher=joblib (processes) or hydra/launcher=submitit_local"
-)
-
-
-def _raised_in(error: BaseException, module_prefix: str) -> bool:
-    """Whether the innermost frame of the error's traceback is in a module of that prefix."""
-    traceback = error.__traceback__
-    while traceback is not None and traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    module = traceback.tb_frame.f_globals.get("__name__", "") if traceback else ""
-    return module.startswith(module_prefix)
-
-
-register()

@@ -27,10 +27,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runners.config import PROJECT_ROOT, RunnerError, shard_folder
-from runners.outputs import (
-    PredictionsFile,
-    environment_record,
+from runners.config.paths import PROJECT_ROOT
+from runners.config.schema import register
+from runners.errors import RunnerError
+from runners.execution.plan import bounds, check
+from runners.execution.scoring import RunCost, score, write
+from runners.rundir.environment import environment_record
+from runners.rundir.files import (
     exclusive,
     iter_complete_rows,
     read_json,
@@ -38,10 +41,10 @@ from runners.outputs import (
     write_csv,
     write_json,
 )
-from runners.plan import bounds, check
-from runners.scoring import RunCost, score, write
+from runners.rundir.naming import shard_folder
+from runners.rundir.predictions import PredictionsFile
 
-log = logging.getLogger("runners.shards")
+log = logging.getLogger("runners.execution.shards")
 
 RECORD_FILE = "shard.json"
 MERGE_LOCK = "shards/.merge.lock"
@@ -60,7 +63,7 @@ def finish_shard(run_dir: Path, plan: Any, cost: Any) -> dict[str, Any]:
     Returns the merged run's metrics row (with ``merged`` True), or this shard's own counts and
     status (``merged`` False, ``waiting_for`` naming the shards not finished yet).
     """
-    from runners.metrics import RunTally
+    from runners.metrics.summaries import RunTally
 
     runner = plan.settings.runner
     index, count = runner.shard_index, runner.num_shards
@@ -131,7 +134,7 @@ def shards_of(run_dir: Path, plan: Any) -> list[Shard]:
 def unfinished(shards: list[Shard], plan: Any) -> list[str]:
     """Why each shard that is not finished is not (empty: all are). Raises
     :class:`RunnerError` for a shard that ran with another configuration or selection."""
-    from runners.fingerprint import differences, summary
+    from runners.execution.fingerprint import differences, summary
 
     count = plan.settings.runner.num_shards
     waiting = []
@@ -249,4 +252,5 @@ def merge_run_dir(run_dir: Path) -> dict[str, Any]:
             "run a shard with runners.run to record it"
         )
     setup_globals()  # Hydra's resolvers (now:...) that a saved config may use
+    register()  # and the runner's (default_cache_dir, ...)
     return merge(run_dir, check(OmegaConf.load(config)))

@@ -17,7 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runners.config import RunConfig, RunnerError, model_config, shard_folder, to_settings
+from runners.config.schema import RunConfig, model_config, to_settings
+from runners.errors import RunnerError
+from runners.rundir.naming import shard_folder
 from runners.tasks.base import TaskError
 
 log = logging.getLogger("runners.run")
@@ -64,7 +66,7 @@ def check(cfg: DictConfig) -> Plan:
     """Check the config and every record of the dataset against the task; the plan of the run,
     with its fingerprint. Reads the annotation file (never an image) and imports no model."""
     from model_interface import ModelFactoryError
-    from runners.fingerprint import fingerprint
+    from runners.execution.fingerprint import fingerprint
 
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.report import summary_figure
+from runners.reports.plots import summary_figure
 from tests.support.helpers import run_cli
 
 

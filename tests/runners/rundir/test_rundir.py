@@ -15,15 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.config import RunnerError
-from runners.outputs import (
-    PredictionsFile,
+from runners.errors import RunnerError
+from runners.rundir.files import (
     exclusive,
-    has_rows,
     read_complete_rows,
     remove_stale_temporaries,
     temporary_path,
 )
+from runners.rundir.predictions import PredictionsFile, has_rows
 
 COLUMNS = ["sample_id", "sample_index", "prediction", "error"]
 
@@ -162,7 +161,7 @@ def test_a_waiting_process_takes_the_lock_its_holder_removed(tmp_path: Path) -> 
     lock = tmp_path / ".lock"
     script = (
         "import sys, pathlib\n"
-        "from runners.outputs import exclusive\n"
+        "from runners.rundir.files import exclusive\n"
         "lock = pathlib.Path(sys.argv[1])\n"
         "with exclusive(lock, 'the merge', wait=True):\n"
         "    print(lock.exists(), lock.stat().st_ino, flush=True)\n"

@@ -14,7 +14,7 @@ What only chooses *which* samples run (``limit``, ``shuffle``, ``seed``) or how 
 is left out: a run may be extended with a larger limit, or resumed with a smaller batch after
 running out of memory. A run split into shards adds its number of shards and the selection
 (``runner.limit``, ``dataset.limit``, ``shuffle``, ``seed``), which decide each shard's samples
-(:func:`runners.plan.fingerprint_section`); the shard index is left out, so every shard of
+(:func:`runners.execution.plan.fingerprint_section`); the shard index is left out, so every shard of
 a run has the same fingerprint. Image files are not hashed: replacing an image in place goes
 unnoticed.
 """
@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from model_interface import ModelFactory
-from runners.config import RunnerError
 from runners.datasets import FORMATS, Dataset
-from runners.outputs import answer_files, answers_exist, has_rows, read_json, write_json
+from runners.errors import RunnerError
 from runners.records import flatten
+from runners.rundir.files import read_json, write_json
+from runners.rundir.predictions import answer_files, answers_exist, has_rows
 from runners.tasks import TASKS, Task
 
 FILE_NAME = "fingerprint.json"
@@ -130,13 +131,13 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[st
     old, new = flatten(saved), flatten(current)
     missing = object()
     return [
-        f"{key}: {_show(old.get(key, missing))} -> {_show(new.get(key, missing))}"
+        f"{key}: {shown(old.get(key, missing))} -> {shown(new.get(key, missing))}"
         for key in sorted(old.keys() | new.keys())
         if old.get(key, missing) != new.get(key, missing)
     ]
 
 
-def _show(value: Any) -> str:
+def shown(value: Any) -> str:
     if not isinstance(value, (str, int, float, bool, list, type(None), dict)):
         return "(not set)"
     text = repr(value)

@@ -27,7 +27,6 @@ An answer may list several acceptable answers, scored by the best match: a JSON 
 
 from __future__ import annotations
 
-import codecs
 import csv
 import functools
 import hashlib
@@ -41,8 +40,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from model_interface.images import ImageLoadError
+from runners.datasets.text import (
+    DatasetError,
+    NotUtf8,
+    not_utf8,
+    parse_json,
+    read_utf8,
+    resave_advice,
+)
 
 FILTER_FIELDS = ("split", "doc_class", "question_type")
+
+
 # A VLMHyperBench annotation.csv's columns, in their order (';'-separated).
 VLMHYPERBENCH_COLUMNS = (
     "data_index",
@@ -53,10 +62,6 @@ VLMHYPERBENCH_COLUMNS = (
     "doc_class",
     "question_type",
 )
-
-
-class DatasetError(ValueError):
-    """The dataset can't be read as configured; the message says what to fix."""
 
 
 # One answer, several acceptable ones, or (for field extraction) an object of fields.
@@ -119,6 +124,8 @@ FORMATS = {
         ("id", "image"),
     ),
 }
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
@@ -289,7 +296,7 @@ class Dataset:
         try:
             yield from self._decoded_rows()
         except UnicodeDecodeError:
-            raise DatasetError(_resave(not_utf8(self.file), self.file)) from None
+            raise DatasetError(resave_advice(not_utf8(self.file), self.file)) from None
 
     def _open(self) -> TextIO:
         return self.file.open(encoding="utf-8-sig", newline="")
@@ -302,7 +309,7 @@ class Dataset:
         try:
             header = reader.fieldnames or []
         except UnicodeDecodeError:
-            raise DatasetError(_resave(not_utf8(self.file), self.file)) from None
+            raise DatasetError(resave_advice(not_utf8(self.file), self.file)) from None
         except csv.Error as error:
             raise DatasetError(f"{self.file.name} line 1 is not valid CSV ({error})") from None
         absent = [column for column in required if column not in header]
@@ -348,7 +355,7 @@ class Dataset:
             try:
                 text = read_utf8(path)
             except NotUtf8 as error:
-                raise DatasetError(_resave(error, path)) from None
+                raise DatasetError(resave_advice(error, path)) from None
             record = parse_json(text, path.name)
             candidates = [f"images/{path.stem}{suffix}" for suffix in IMAGE_SUFFIXES]
             image = next((c for c in candidates if (self.root / c).is_file()), None)
@@ -404,7 +411,7 @@ class PromptCollection:
         try:
             text = read_utf8(path)
         except NotUtf8 as error:
-            raise DatasetError(f"prompt collection {_resave(error, path)}") from None
+            raise DatasetError(f"prompt collection {resave_advice(error, path)}") from None
         prompts: dict[str, str] = {}
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";", strict=True)
         try:
@@ -557,62 +564,6 @@ def _fields_of(record: Any, where: str) -> dict[str, Any]:
                 '{"fields": {name: {"value": ...}}} layout must (null for an empty field)'
             )
     return {name: value["value"] for name, value in fields.items()}
-
-
-def parse_json(text: str, where: str, what: str = "the JSON") -> Any:
-    """JSON from a dataset file, refused in one line when it is not JSON, is nested deeper than
-    Python can read, or holds a lone surrogate (``"\\ud800"``: valid JSON, but no character,
-    and no file can be written with it)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        problem = "bad JSON" if what == "the JSON" else f"{what} is not valid JSON"
-        raise DatasetError(f"{where}: {problem}: {error}") from None
-    except RecursionError:
-        raise DatasetError(f"{where}: {what} is nested too deeply to read; flatten it") from None
-    if "\\u" in text:  # only an escape can make a lone surrogate
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as error:
-            code = f"\\u{ord(error.object[error.start]):04x}"
-            raise DatasetError(
-                f"{where}: {what} holds a lone surrogate ({code}), which is not a character; "
-                "fix the text (a character outside the BMP is written as a pair of escapes)"
-            ) from None
-    return value
-
-
-class NotUtf8(ValueError):
-    """A text file that is not UTF-8; the message names its first line that is not, and the
-    byte there. Each reader adds what to do about it."""
-
-
-def read_utf8(path: Path) -> str:
-    """The text of ``path``, UTF-8 with or without BOM; :class:`NotUtf8` if it is not."""
-    data = path.read_bytes()
-    try:
-        return data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
-    except UnicodeDecodeError:
-        raise NotUtf8(_first_line_not_utf8(path.name, data)) from None
-
-
-def not_utf8(path: Path) -> NotUtf8:
-    """The error for ``path``, found not to be UTF-8 while it was read as a stream."""
-    return NotUtf8(_first_line_not_utf8(path.name, path.read_bytes()))
-
-
-def _first_line_not_utf8(name: str, data: bytes) -> str:
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return f"{name} line {number} is not UTF-8 (byte 0x{line[error.start]:02x})"
-    return f"{name} is not UTF-8"
-
-
-def _resave(error: NotUtf8, path: Path) -> str:
-    """What a dataset file that is not UTF-8 is told: its first line that is not, and the fix."""
-    return f"{error}; re-save {path} as UTF-8 (with or without BOM)"
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runners.config import RunConfig, RunnerConfig, RunnerError, to_settings
+from runners.config.schema import RunConfig, RunnerConfig, to_settings
+from runners.errors import RunnerError
 from tests.support.helpers import error_lines, make_config, run_cli, torch_refused, write_dataset
 
 # The model a refused run must never get to: loading it would import torch and take seconds.

@@ -11,7 +11,6 @@ import pytest
 
 from runners.metrics import (
     METRICS,
-    QualitySummary,
     anls,
     cer,
     exact_match,
@@ -21,6 +20,7 @@ from runners.metrics import (
     score,
     wer,
 )
+from runners.metrics.summaries import QualitySummary
 from tests.support.helpers import REPO_ROOT
 
 

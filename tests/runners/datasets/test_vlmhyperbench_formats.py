@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import sacrebleu
 
-from runners.metrics import CorpusErrorRates, bleu
+from runners.metrics import bleu
+from runners.metrics.summaries import CorpusErrorRates
 from runners.run import PROJECT_ROOT, RunnerError, run_experiment
 from tests.support.helpers import error_lines, make_config, read_predictions, run_cli, write_dataset
 
