@@ -31,9 +31,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runners.config.job import JobOutcome
+from runners.config.job import JobOutcome, hydra_main, run_hydra_command
 from runners.config.schema import EvaluateConfig, to_settings
+from runners.datasets import decode_reference, encode_reference
+from runners.datasets.text import NotUtf8, read_utf8
 from runners.errors import RunnerError
+from runners.execution.plan import Plan, dataset_and_task
+from runners.execution.scoring import score, write_metrics
+from runners.reports.write import report_run
+from runners.rundir.predictions import PredictionsFile, sample_columns
 
 log = logging.getLogger("runners.evaluate")
 
@@ -44,10 +50,6 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     Returns the metrics row. Raises :class:`RunnerError` for a mistake in the config, the
     dataset or the answers file.
     """
-    from runners.execution.plan import Plan, dataset_and_task
-    from runners.execution.scoring import score, write_metrics
-    from runners.rundir.predictions import PredictionsFile
-
     settings: EvaluateConfig = to_settings(cfg, EvaluateConfig)
     dataset, task, selection = dataset_and_task(
         settings.dataset, settings.task, list(settings.runner.metrics), None
@@ -76,8 +78,6 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     }
     write_metrics(run_dir, row, quality, task)
     if settings.runner.report:
-        from runners.reports.write import report_run
-
         report_run(run_dir)
     log.info("scored %d answers into %s", len(rows), run_dir)
     return row
@@ -104,8 +104,6 @@ def read_answers(path: Path, dataset: Any, task: Any) -> list[dict[str, Any]]:
     belongs to no sample, a sample answered twice, and a predictions.csv made for other samples
     (:func:`_predictions_file`).
     """
-    from runners.rundir.predictions import sample_columns
-
     if not path.is_file():
         raise RunnerError(
             f"predictions={str(path)!r} does not exist; name a predictions.csv or an answers file"
@@ -229,8 +227,6 @@ def _compared(row: dict[str, str], sample: Any, task: Any) -> list[tuple[str, st
     """The row's prompt and reference beside what they must be for ``sample``: ``(column, the
     file's value, the expected value as text, whether they agree)``. Only what both sides have
     is compared: an empty column in the file, or a sample without a reference, is left out."""
-    from runners.datasets import encode_reference
-
     compared = []
     if row.get("prompt"):
         # A run writes the prompt it sent: the task's, built from the sample (runners.run).
@@ -245,8 +241,6 @@ def _compared(row: dict[str, str], sample: Any, task: Any) -> list[tuple[str, st
 def _same_reference(written: str, reference: Any) -> bool:
     """Whether a reference cell says the dataset's reference. It is compared decoded, so that a
     list or an object of fields written as JSON equals the dataset's however it is spaced."""
-    from runners.datasets import decode_reference
-
     if isinstance(reference, Mapping):  # fields, written as a JSON object
         try:
             return json.loads(written) == reference
@@ -274,8 +268,6 @@ def _excerpts(first: str, second: str, width: int = 60) -> tuple[str, str]:
 
 def _utf8_text(path: Path) -> str:
     """The file's text, UTF-8 with or without BOM; one line naming the first line that isn't."""
-    from runners.datasets.text import NotUtf8, read_utf8
-
     try:
         return read_utf8(path)
     except NotUtf8 as error:
@@ -347,8 +339,6 @@ def _answers_file(path: Path, text: str, by_position: dict[int, Any]) -> list[tu
 def cli() -> None:
     """``python -m runners.evaluate``."""
     from hydra.core.hydra_config import HydraConfig
-
-    from runners.config.job import hydra_main, run_hydra_command
 
     outcome = JobOutcome()
     run_hydra_command(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runners.errors import RunnerError
+from runners.execution.shards import merge_run_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +25,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s", datefmt="%H:%M:%S"
     )
-    from runners.execution.shards import merge_run_dir
 
     try:
         row = merge_run_dir(args.run_dir)

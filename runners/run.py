@@ -29,9 +29,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runners.config.job import JobOutcome
+from runners.callbacks import run_sweep_job
+from runners.config.job import JobOutcome, hydra_main, run_hydra_command
 from runners.config.paths import CONFIG_DIR, PROJECT_ROOT
 from runners.errors import Interrupted, RunnerError
+from runners.execution import fingerprint
+from runners.execution.pipeline import answer_samples
 from runners.execution.plan import Plan, check
 from runners.execution.scoring import (
     Answered,
@@ -43,6 +46,15 @@ from runners.execution.scoring import (
     write,
 )
 from runners.execution.shards import finish_shard
+from runners.rundir.environment import environment_record
+from runners.rundir.files import (
+    LOCK_FILE,
+    exclusive,
+    remove_stale_temporaries,
+    write_error,
+    write_json,
+)
+from runners.rundir.predictions import PredictionsFile, sample_columns
 
 __all__ = ["CONFIG_DIR", "PROJECT_ROOT", "ModelCache", "RunnerError", "run_experiment"]
 
@@ -64,7 +76,6 @@ def run_experiment(
     if models is None:
         with ModelCache() as models:
             return run_experiment(cfg, output_dir, models)
-    from runners.rundir.files import LOCK_FILE, exclusive, write_error
 
     run_dir = Path(output_dir)
     plan = check(cfg)
@@ -115,9 +126,6 @@ RANDOM_WEIGHTS_NOTE = (
 def claim(run_dir: Path, plan: Plan) -> None:
     """Make the run directory this run's: refuse answers there from another configuration
     (any shard's), and record the fingerprint. Files a killed process was writing go."""
-    from runners.execution import fingerprint
-    from runners.rundir.files import remove_stale_temporaries
-
     for folder in {run_dir, plan.answers_dir(run_dir)}:
         remove_stale_temporaries(folder)  # what a killed attempt (or merge) was writing
     fingerprint.claim(
@@ -191,10 +199,6 @@ def resume(
     Returns the file, a function giving the samples still to answer, their number, and one
     row answered before (None if there is none).
     """
-    from runners.rundir.environment import environment_record
-    from runners.rundir.files import write_json
-    from runners.rundir.predictions import PredictionsFile
-
     settings = plan.settings
     _seed_everything(settings.seed)
     answers_dir = plan.answers_dir(run_dir)
@@ -229,7 +233,6 @@ def answer(
 ) -> Answered:
     """Answer the samples still to do, appending each batch to predictions.csv as it comes."""
     from model_interface import ModelUnavailable, measure
-    from runners.execution.pipeline import answer_samples
 
     runner = plan.settings.runner
     progress = _progress_bar(n_todo, enabled=runner.progress)
@@ -266,8 +269,6 @@ def answer(
 
 
 def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
-    from runners.rundir.predictions import sample_columns
-
     prediction = answer.prediction
     return {
         **sample_columns(answer.sample, dataset_name),
@@ -306,8 +307,6 @@ def job(cfg: DictConfig, models: ModelCache, outcome: JobOutcome) -> dict[str, A
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from runners.callbacks import run_sweep_job
-
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     if hydra_config.mode == RunMode.MULTIRUN:
@@ -334,8 +333,6 @@ def cli() -> None:
     and the exit handlers have run (log flushing), a single run leaves at once. Sweeps exit
     normally: their launchers (joblib, submitit) clean up worker resources in finalisers.
     """
-    from runners.config.job import hydra_main, run_hydra_command
-
     outcome = JobOutcome()
     with ModelCache() as models:  # what the jobs of a sweep run in this process share
         main = hydra_main("config", lambda cfg: job(cfg, models, outcome))

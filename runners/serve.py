@@ -16,16 +16,16 @@ import sys
 from omegaconf import DictConfig
 
 from model_interface.server import INSTALL_HINT, create_app, require_fastapi, uvicorn_limits
-from runners.config.job import JobOutcome
+from runners.config.job import JobOutcome, hydra_main, run_hydra_command
+from runners.config.schema import ServeAppConfig, model_config, to_settings
+from runners.errors import RunnerError
+from runners.run import load_model
 
 log = logging.getLogger("runners.serve")
 
 
 def serve(cfg: DictConfig) -> None:
     """Load the configured model and serve it until interrupted."""
-    from runners.config.schema import ServeAppConfig, model_config, to_settings
-    from runners.run import load_model
-
     require_fastapi()
     try:
         import uvicorn
@@ -75,8 +75,6 @@ def serve(cfg: DictConfig) -> None:
 
 
 def _api_key(variable: str | None) -> str | None:
-    from runners.errors import RunnerError
-
     if variable is None:
         return None
     key = os.environ.get(variable, "")
@@ -98,8 +96,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve_or_say_why(cfg: DictConfig) -> None:
-    from runners.errors import RunnerError
-
     try:
         serve(cfg)
     except ImportError as error:  # the serve extra not installed, or the model's framework
@@ -108,8 +104,6 @@ def _serve_or_say_why(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """``python -m runners.serve`` and the ``vlm-serve`` command."""
-    from runners.config.job import hydra_main, run_hydra_command
-
     outcome = JobOutcome()
     run_hydra_command(hydra_main("serve", lambda cfg: outcome.run(lambda: _serve_or_say_why(cfg))))
     sys.exit(outcome.exit_status)

@@ -30,8 +30,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runners.callbacks import finish_sweep, shard_folder_of
+from runners.execution.shards import RECORD_FILE
 from runners.records import flatten
-from runners.rundir.files import read_json, write_json
+from runners.rundir.files import read_complete_rows, read_json, write_json
 from runners.rundir.sweeps import JOB_FILE
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,6 @@ def _parent_run(sweep_dir: Path) -> str | None:
 
 
 def _metrics_row(run_dir: Path) -> dict[str, str]:
-    from runners.rundir.files import read_complete_rows
-
     path = run_dir / "metrics.csv"
     rows = read_complete_rows(path) if path.is_file() else []
     return rows[0] if rows else {}
@@ -172,8 +171,6 @@ def _metrics_row(run_dir: Path) -> dict[str, str]:
 
 def _shard_row(shard_dir: Path) -> dict[str, str]:
     """A shard's own record (shard.json: counts, cost, status), as a metrics row."""
-    from runners.execution.shards import RECORD_FILE
-
     path = shard_dir / RECORD_FILE
     record = read_json(path) if path.is_file() else {}
     return {key: str(value) for key, value in record.items() if key != "fingerprint"}

@@ -24,6 +24,7 @@ from model_interface.cache import default_cache_dir
 from model_interface.images import DEFAULT_MAX_PIXELS
 from model_interface.server import RequestLimits
 from runners.config.paths import PROJECT_ROOT
+from runners.datasets.text import NotUtf8, read_utf8
 from runners.errors import RunnerError, one_line
 from runners.rundir.naming import shard_folder, sweep_subdir
 
@@ -215,7 +216,6 @@ def model_config(model: Any, data_root: str | None = None) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_absolute() and not file.exists() and data_root is not None:
         file = Path(data_root) / file
-    from runners.datasets.text import NotUtf8, read_utf8
 
     try:
         params["system_prompt"] = read_utf8(file).strip()

@@ -18,8 +18,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runners.config.schema import RunConfig, model_config, to_settings
+from runners.datasets import Dataset, DatasetError
 from runners.errors import RunnerError
+from runners.execution.fingerprint import fingerprint
 from runners.rundir.naming import shard_folder
+from runners.tasks import make_task
 from runners.tasks.base import TaskError
 
 log = logging.getLogger("runners.run")
@@ -66,7 +69,6 @@ def check(cfg: DictConfig) -> Plan:
     """Check the config and every record of the dataset against the task; the plan of the run,
     with its fingerprint. Reads the annotation file (never an image) and imports no model."""
     from model_interface import ModelFactoryError
-    from runners.execution.fingerprint import fingerprint
 
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
@@ -120,9 +122,6 @@ def dataset_and_task(
 ) -> tuple[Any, Any, Selection]:
     """The dataset, the task and the run's selection (``runner.limit`` samples of the dataset's
     own selection), every record of the dataset read and checked by the task on the way."""
-    from runners.datasets import Dataset, DatasetError
-    from runners.tasks import make_task
-
     selection = Selection()
     try:
         task = make_task(task_config, metric_names)

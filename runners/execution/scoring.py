@@ -14,6 +14,11 @@ from typing import Any
 
 from runners.errors import RunnerError
 from runners.execution.plan import Plan, ids_digest
+from runners.metrics.summaries import RunTally
+from runners.reports.write import report_run
+from runners.rundir.files import read_metrics, write_csv, write_json
+from runners.rundir.predictions import PREDICTION_COLUMNS, answers_stream
+from runners.tasks.base import SCORE_GUIDE_FILE
 
 log = logging.getLogger("runners.run")
 
@@ -92,9 +97,6 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
     """Score every row of predictions.csv with the task, against the dataset's references, and
     write the file back in dataset order with the task's columns, and answers.csv beside it.
     Returns the run's tally of counts and timing, and the task's tally of quality."""
-    from runners.metrics.summaries import RunTally
-    from runners.rundir.predictions import PREDICTION_COLUMNS, answers_stream
-
     for stale in FINISHED_RUN_FILES:  # written again below; until then the run is not finished
         (run_dir / stale).unlink(missing_ok=True)
     reference_of = references_in_order(plan.dataset)
@@ -149,9 +151,6 @@ def finished_run(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
 
     So a finished run (a sweep run again to retry its failed jobs, say) costs a read of its
     answers' ids, not a scoring pass and a report."""
-    from runners.rundir.files import read_metrics
-    from runners.rundir.predictions import PREDICTION_COLUMNS
-
     runner = plan.settings.runner
     wanted = FINISHED_RUN_FILES if runner.report else FINISHED_RUN_FILES[:1]
     predictions = run_dir / "predictions.csv"
@@ -201,8 +200,6 @@ def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
     write_metrics(run_dir, row, quality, plan.task)
     if runner.report:
-        from runners.reports.write import report_run
-
         report_run(run_dir)
     log.info("results in %s\n%s", run_dir, _table(row))
     return row
@@ -211,9 +208,6 @@ def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any
 def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any, task: Any) -> None:
     """metrics.csv (``row``), metrics_by_group.csv, the task's own small files, and how its
     scores read (score_guide.json, for reports)."""
-    from runners.rundir.files import write_csv, write_json
-    from runners.tasks.base import SCORE_GUIDE_FILE
-
     write_csv(run_dir / "metrics.csv", [row])
     write_csv(run_dir / "metrics_by_group.csv", quality.groups())
     for name, rows in quality.files().items():

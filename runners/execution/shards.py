@@ -30,8 +30,10 @@ from typing import Any
 from runners.config.paths import PROJECT_ROOT
 from runners.config.schema import register
 from runners.errors import RunnerError
+from runners.execution.fingerprint import differences, summary
 from runners.execution.plan import bounds, check
 from runners.execution.scoring import RunCost, score, write
+from runners.metrics.summaries import RunTally
 from runners.rundir.environment import environment_record
 from runners.rundir.files import (
     exclusive,
@@ -63,8 +65,6 @@ def finish_shard(run_dir: Path, plan: Any, cost: Any) -> dict[str, Any]:
     Returns the merged run's metrics row (with ``merged`` True), or this shard's own counts and
     status (``merged`` False, ``waiting_for`` naming the shards not finished yet).
     """
-    from runners.metrics.summaries import RunTally
-
     runner = plan.settings.runner
     index, count = runner.shard_index, runner.num_shards
     folder = plan.answers_dir(run_dir)
@@ -134,8 +134,6 @@ def shards_of(run_dir: Path, plan: Any) -> list[Shard]:
 def unfinished(shards: list[Shard], plan: Any) -> list[str]:
     """Why each shard that is not finished is not (empty: all are). Raises
     :class:`RunnerError` for a shard that ran with another configuration or selection."""
-    from runners.execution.fingerprint import differences, summary
-
     count = plan.settings.runner.num_shards
     waiting = []
     for shard in shards:

@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runners.datasets import inside_root
+from runners.metrics.summaries import percentile
 from runners.reports.compare import Pair
 from runners.reports.read import Run
 from runners.rundir.files import number_or_none
@@ -257,8 +259,6 @@ def inside_dataset_root(entry: str, root: Path | None) -> Path | None:
     made to be mailed, so a report shows no more than its run could read: an absolute path
     elsewhere, ``..`` or a link leading out gets no thumbnail. Only names and links are looked
     at here; no file is opened."""
-    from runners.datasets import inside_root  # the runner's own rule
-
     if root is None:
         return None
     try:
@@ -341,7 +341,6 @@ def _cell(column: str, value: Any, bars: Collection[str]) -> str:
 
 def _call_time_figures(values: Sequence[float]) -> str:
     # metrics.csv's percentile, so that its call_p50_s and call_p95_s are the figures shown here.
-    from runners.metrics.summaries import percentile
 
     return (
         f"{len(values)} samples, median {percentile(values, 0.5):.4g} s, "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.errors import RunnerError
-from runners.rundir.files import number_or_none, read_json
+from runners.rundir.files import iter_complete_rows, number_or_none, read_complete_rows, read_json
 from runners.rundir.predictions import PREDICTION_COLUMNS
 from runners.rundir.sweeps import SWEEP_FILE, sweep_runs
 from runners.tasks.base import SCORE_GUIDE_FILE, ScoreGuide
@@ -147,8 +147,6 @@ def _read_predictions(
     """One pass over predictions.csv: its number of rows, its score columns (those holding a
     number), each row's call_s, and its ``worst`` worst rows: failed ones first, then by the
     score its task ranks by, then in sample order."""
-    from runners.rundir.files import iter_complete_rows
-
     rows = iter_complete_rows(path)
     first = next(rows, None)
     columns = [column for column in first or {} if column not in PREDICTION_COLUMNS]
@@ -211,8 +209,6 @@ def run_dirs(paths: Iterable[Path]) -> list[Path]:
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    from runners.rundir.files import read_complete_rows
-
     return list(read_complete_rows(path))
 
 

@@ -7,11 +7,12 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from runners.metrics.summaries import RunTally
 from runners.reports.compare import Agreement, Pair, compare, same_dataset
 from runners.reports.page import Page, shortened, shown
 from runners.reports.plots import summary_figure
 from runners.reports.read import ReportError, Run, read_run
-from runners.rundir.files import number_or_none
+from runners.rundir.files import number_or_none, replace_atomically
 
 # metrics.csv columns of speed and resources; True: higher is better.
 SPEED = {
@@ -99,8 +100,6 @@ def _one_run(page: Page, run: Run, worst: int) -> None:
 def quality_columns(metrics: dict[str, str]) -> list[str]:
     """The columns of a metrics.csv row that its task computed (the rest are counts, timing
     and resources)."""
-    from runners.metrics.summaries import RunTally
-
     run_columns = {
         *RunTally().summary(),
         *SPEED,
@@ -299,8 +298,6 @@ def _shares(*runs: Run) -> set[str]:
 def _write_text(path: Path, text: str) -> None:
     """``text`` into ``path`` through a temporary file renamed over it: a report that can't be
     written leaves the one before it whole."""
-    from runners.rundir.files import replace_atomically
-
     replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")), _cannot_write)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from runners.datasets import encode_reference
 from runners.errors import RunnerError
 from runners.rundir.files import (
     csv_cell,
@@ -50,8 +51,6 @@ PREDICTION_COLUMNS = [
 def sample_columns(sample: Any, dataset_name: str) -> dict[str, Any]:
     """The columns of a predictions.csv row that come from its sample (the others come from the
     model's answer)."""
-    from runners.datasets import encode_reference
-
     return {
         "sample_id": sample.id,
         "sample_index": sample.position,
