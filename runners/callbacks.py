@@ -63,20 +63,25 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
-_finished: dict[tuple[Path, str | None], Any] = {}
-
-
 def finish_sweep(sweep_dir: Path) -> Any:
-    """Write the sweep's summary.csv, summary.png and report, once per sweep (other callbacks,
-    e.g. tracking, ask for them too, in any order); returns the summary (None: no job)."""
+    """Write the sweep's summary.csv, summary.png and report once per sweep, and return the
+    summary (None: no job left a record). Every callback that needs them (this one, tracking)
+    asks, in any order: the first writes them and says so in sweep.json, the others read
+    summary.csv back. A sweep run again into the same folder writes a new sweep.json."""
+    import pandas as pd
+
     sweep_file = sweep_dir / SWEEP_FILE
-    key = (sweep_dir.resolve(), read_json(sweep_file)["id"] if sweep_file.is_file() else None)
-    if key not in _finished:
-        summary = write_summary(sweep_dir)
-        if summary is not None:
-            _write_sweep_report(sweep_dir)
-        _finished[key] = summary
-    return _finished[key]
+    record = read_json(sweep_file) if sweep_file.is_file() else None
+    if record is not None and "summarized" in record:
+        if not record["summarized"]:
+            return None
+        return pd.read_csv(sweep_dir / "summary.csv").convert_dtypes()
+    summary = write_summary(sweep_dir)
+    if summary is not None:
+        _write_sweep_report(sweep_dir)
+    if record is not None:
+        write_json(sweep_file, {**record, "summarized": summary is not None})
+    return summary
 
 
 def _write_sweep_report(sweep_dir: Path) -> None:

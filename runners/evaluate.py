@@ -37,8 +37,7 @@ from runners.datasets import decode_reference, encode_reference
 from runners.datasets.text import NotUtf8, read_utf8
 from runners.errors import RunnerError
 from runners.execution.plan import Plan, dataset_and_task
-from runners.execution.scoring import score, write_metrics
-from runners.reports.write import report_run
+from runners.execution.scoring import metrics_row, score, write_metrics
 from runners.rundir.predictions import PredictionsFile, sample_columns
 
 log = logging.getLogger("runners.evaluate")
@@ -67,18 +66,15 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     predictions.close()
     run_tally, quality = score(run_dir, predictions, Plan(settings, {}, dataset, task, len(rows)))
     models = {row["model"] for row in rows}
-    row = {
+    identity = {
         "model": models.pop() if len(models) == 1 else "",
         "framework": rows[0]["framework"] if rows else "",
         "dataset": dataset.name,
         "task": task.name,
         "answers": str(settings.predictions),
-        **run_tally.summary(),
-        **quality.summary(),
     }
-    write_metrics(run_dir, row, quality, task)
-    if settings.runner.report:
-        report_run(run_dir)
+    row = metrics_row(identity, run_tally, quality)
+    write_metrics(run_dir, row, quality, task, report=settings.runner.report)
     log.info("scored %d answers into %s", len(rows), run_dir)
     return row
 

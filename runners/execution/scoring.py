@@ -75,6 +75,20 @@ class RunCost:
             peak_gpu_mb=max_or_none(answered.peak_gpu_mb, loaded.peak_gpu_mb),
         )
 
+    def columns(self, batch_size: int) -> dict[str, Any]:
+        """The cost columns of metrics.csv, in their order."""
+        return {
+            "answered_now": self.answered_now,
+            "batch_size": batch_size,
+            "import_s": self.import_s,
+            "load_s": self.load_s,
+            "model_reused": self.model_reused,
+            "cache_hit": self.cache_hit,
+            "wall_s": self.wall_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "peak_gpu_mb": self.peak_gpu_mb,
+        }
+
     @classmethod
     def nothing_to_answer(cls, answered_row: dict[str, str] | None) -> RunCost:
         """An invocation that found every sample answered (or a shard with none to answer): no
@@ -180,39 +194,40 @@ def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any
     """Write metrics.csv, metrics_by_group.csv and the task's own files; return the metrics
     row."""
     runner = plan.settings.runner
-    row = {
+    identity = {
         "model": cost.model,
         "framework": cost.framework,
         "dataset": plan.dataset.name,
         "task": plan.task.name,
-        **run_tally.summary(),
-        "answered_now": cost.answered_now,
-        "batch_size": runner.batch_size,
-        "import_s": cost.import_s,
-        "load_s": cost.load_s,
-        "model_reused": cost.model_reused,
-        "cache_hit": cost.cache_hit,
-        "wall_s": cost.wall_s,
-        "peak_rss_mb": cost.peak_rss_mb,
-        "peak_gpu_mb": cost.peak_gpu_mb,
-        **quality.summary(),
     }
+    row = metrics_row(identity, run_tally, quality, cost=cost.columns(runner.batch_size))
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
-    write_metrics(run_dir, row, quality, plan.task)
-    if runner.report:
-        report_run(run_dir)
+    write_metrics(run_dir, row, quality, plan.task, report=runner.report)
     log.info("results in %s\n%s", run_dir, _table(row))
     return row
 
 
-def write_metrics(run_dir: Path, row: dict[str, Any], quality: Any, task: Any) -> None:
-    """metrics.csv (``row``), metrics_by_group.csv, the task's own small files, and how its
-    scores read (score_guide.json, for reports)."""
+def metrics_row(
+    identity: dict[str, Any], run_tally: Any, quality: Any, cost: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """metrics.csv's one row, of a run or of answers scored by ``runners.evaluate``: what ran
+    on what (``identity``), the tally of its answers, what it cost (a run only), then mean
+    quality."""
+    return {**identity, **run_tally.summary(), **(cost or {}), **quality.summary()}
+
+
+def write_metrics(
+    run_dir: Path, row: dict[str, Any], quality: Any, task: Any, *, report: bool
+) -> None:
+    """metrics.csv (``row``), metrics_by_group.csv, the task's own small files, how its scores
+    read (score_guide.json, for reports), and the report if asked for."""
     write_csv(run_dir / "metrics.csv", [row])
     write_csv(run_dir / "metrics_by_group.csv", quality.groups())
     for name, rows in quality.files().items():
         write_csv(run_dir / name, rows)
     write_json(run_dir / SCORE_GUIDE_FILE, task.score_guide().to_json())
+    if report:
+        report_run(run_dir)
 
 
 def max_or_none(*values: float | None) -> float | None:

@@ -83,6 +83,10 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job(model_cache, tmp_path) -> 
     record = json.loads((tmp_path / "outputs/multirun/s/tracking.json").read_text())
     assert record["run_id"] == parent.info.run_id
     assert {"summary.csv", "summary.png", "report.html"} <= artifacts(store, parent.info.run_id)
+    # Both callbacks ask for the summary; it is written once, and sweep.json says so.
+    assert result.stdout.count("sweep report:") == 1, result.stdout[-3000:]
+    sweep = json.loads((tmp_path / "outputs/multirun/s/sweep.json").read_text())
+    assert sweep["summarized"] is True
     for job, samples in (("0_dummy_sample_docs", 2), ("1_dummy_sample_docs", 3)):
         child = runs[job]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
