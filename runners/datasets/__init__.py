@@ -34,7 +34,7 @@ import io
 import itertools
 import json
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -215,14 +215,16 @@ class Dataset:
                     digest.update(block)
         return digest.hexdigest()
 
-    def samples(self) -> Iterator[Sample]:
-        """The dataset's samples after filters, shuffling and ``limit``.
+    def samples(self, records: Iterable[Sample] | None = None) -> Iterator[Sample]:
+        """The dataset's samples after filters, shuffling and ``limit``: the selection, of
+        ``records`` if given (every record of the file, as :meth:`all_samples` reads them).
 
         Shuffled, they are also stratified by :attr:`stratum`: any first k of them hold each
         stratum in proportion to its share (within one sample), so a limit of any size takes a
-        subset that looks like the whole.
+        subset that looks like the whole. Unshuffled, they are the first the filters keep, and
+        no record after the last of them is read.
         """
-        samples = self.filtered()
+        samples = filter(self.keeps, self._read() if records is None else records)
         if self.shuffle:
             samples = _stratified_shuffle(list(samples), random.Random(self.seed), self.stratum)
         yield from itertools.islice(samples, self.limit)

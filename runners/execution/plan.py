@@ -125,23 +125,24 @@ def dataset_and_task(
     selection = Selection()
     try:
         task = make_task(task_config, metric_names)
+        # The task's strata (a classification task's classes) are known once it has seen every
+        # sample: a shuffle reads them all before it orders them.
         dataset = Dataset.from_config(dataclasses.asdict(dataset_settings))
-        limits = [limit for limit in (dataset.limit, runner_limit) if limit is not None]
-        cap = min(limits) if limits else None
-        for sample in dataset.all_samples():
-            task.check(sample)
-            # Unshuffled, the selection is the first samples the filters keep: counted here.
-            wanted = not dataset.shuffle and (cap is None or selection.size < cap)
-            if wanted and dataset.keeps(sample):
-                selection.add(sample, task.stratum(sample))
+        dataset = dataclasses.replace(dataset, stratum=task.stratum)
+        records = _checked(dataset.all_samples(), task)
+        for sample in itertools.islice(dataset.samples(records), runner_limit):
+            selection.add(sample, task.stratum(sample))
+        for _ in records:  # the records after the selection's last are checked too
+            pass
     except (DatasetError, TaskError) as error:
         raise RunnerError(str(error)) from None
-    # The task has seen every sample (a classification task knows its classes now).
-    dataset = dataclasses.replace(dataset, stratum=task.stratum)
-    if dataset.shuffle:  # a stratified order of every sample the filters keep
-        for sample in itertools.islice(dataset.samples(), runner_limit):
-            selection.add(sample, task.stratum(sample))
     return dataset, task, selection
+
+
+def _checked(samples: Iterable[Any], task: Any) -> Iterator[Any]:
+    for sample in samples:
+        task.check(sample)
+        yield sample
 
 
 def _nothing_to_run(dataset: Any, runner_limit: int | None) -> str:
