@@ -21,8 +21,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from model_interface.cache import default_cache_dir
+from model_interface.chat_requests import RequestLimits
 from model_interface.images import DEFAULT_MAX_PIXELS
-from model_interface.server import RequestLimits
 from runners.config.paths import PROJECT_ROOT
 from runners.datasets.text import NotUtf8, read_utf8
 from runners.errors import RunnerError, one_line

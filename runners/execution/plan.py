@@ -80,7 +80,7 @@ def check(cfg: DictConfig) -> Plan:
     if n_selected == 0:
         raise RunnerError(_nothing_to_run(dataset, runner.limit))
     if len(strata) == 1:
-        _warn_if_one_stratum_of_several(dataset, task, runner.limit, strata)
+        _warn_if_one_stratum_of_several(dataset, runner.limit, strata, selection.kept_strata)
     try:
         current = fingerprint(model, dataset, settings.task, task)
     except (ModelFactoryError, TaskError) as error:
@@ -92,9 +92,11 @@ def check(cfg: DictConfig) -> Plan:
 
 @dataclass
 class Selection:
-    """The samples a run selects, counted: by stratum, and a digest of their ids."""
+    """The samples a run selects, counted: by stratum, and a digest of their ids; and the
+    strata of every sample the filters keep, the whole it was selected from."""
 
     strata: Counter[Any] = dataclasses.field(default_factory=Counter)
+    kept_strata: Counter[Any] = dataclasses.field(default_factory=Counter)
     digest: int = 0
     size: int = 0
 
@@ -129,7 +131,7 @@ def dataset_and_task(
         # sample: a shuffle reads them all before it orders them.
         dataset = Dataset.from_config(dataclasses.asdict(dataset_settings))
         dataset = dataclasses.replace(dataset, stratum=task.stratum)
-        records = _checked(dataset.all_samples(), task)
+        records = _checked(dataset.all_samples(), task, dataset, selection.kept_strata)
         for sample in itertools.islice(dataset.samples(records), runner_limit):
             selection.add(sample, task.stratum(sample))
         for _ in records:  # the records after the selection's last are checked too
@@ -139,9 +141,14 @@ def dataset_and_task(
     return dataset, task, selection
 
 
-def _checked(samples: Iterable[Any], task: Any) -> Iterator[Any]:
+def _checked(
+    samples: Iterable[Any], task: Any, dataset: Any, kept_strata: Counter[Any]
+) -> Iterator[Any]:
+    """The samples, each checked by the task and, if the filters keep it, counted by stratum."""
     for sample in samples:
         task.check(sample)
+        if dataset.keeps(sample):
+            kept_strata[task.stratum(sample)] += 1
         yield sample
 
 
@@ -165,12 +172,11 @@ def _nothing_to_run(dataset: Any, runner_limit: int | None) -> str:
 
 
 def _warn_if_one_stratum_of_several(
-    dataset: Any, task: Any, runner_limit: int | None, selected: Counter[Any]
+    dataset: Any, runner_limit: int | None, selected: Counter[Any], whole: Counter[Any]
 ) -> None:
     """A limit that keeps one class of several makes scores that say nothing of the others
     (six invoices of a four-class dataset score accuracy 1.0 for a model that always says
     "invoice"): say so."""
-    whole = Counter(task.stratum(sample) for sample in dataset.filtered())
     if len(whole) < 2:
         return
     ((kept, n_selected),) = selected.items()

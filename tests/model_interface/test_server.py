@@ -21,8 +21,9 @@ from PIL import Image
 
 from model_interface.backends.dummy import DummyModel
 from model_interface.chat import image_to_data_url, openai_messages
+from model_interface.chat_requests import BadRequest, parse_chat_request
 from model_interface.model_interface import Prediction, PredictionRequest
-from model_interface.server import BadRequest, create_app, parse_chat_request
+from model_interface.server import create_app
 
 
 class RecordingDummy(DummyModel):

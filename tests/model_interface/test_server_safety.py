@@ -25,11 +25,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import model_interface.chat_requests
 import model_interface.server
 from model_interface.backends.dummy import DummyModel
 from model_interface.chat import image_to_data_url
+from model_interface.chat_requests import RequestLimits, json_depth
 from model_interface.model_interface import Prediction, PredictionRequest, UnsupportedRequest
-from model_interface.server import RequestLimits, create_app, json_depth, uvicorn_limits
+from model_interface.server import create_app, uvicorn_limits
 from tests.support.helpers import error_lines, free_port, run_cli, serve_in_thread
 
 
@@ -191,9 +193,9 @@ def test_an_image_over_the_limit_is_refused_from_its_header_without_decoding() -
         decoded.append(args[0])
         return real_load_image(*args, **kwargs)
 
-    real_load_image = model_interface.server.load_image
+    real_load_image = model_interface.chat_requests.load_image
     with pytest.MonkeyPatch.context() as patch, TestClient(create_app(model, "picky")) as client:
-        patch.setattr(model_interface.server, "load_image", recording_load_image)
+        patch.setattr(model_interface.chat_requests, "load_image", recording_load_image)
         part = {"type": "image_url", "image_url": {"url": image_to_data_url_raw(bomb)}}
         response = post(client, {"role": "user", "content": [part, {"type": "text", "text": "?"}]})
         assert post(client, user("a small one", SQUARE)).status_code == 200
