@@ -91,21 +91,13 @@ else:
 
 
 log = logging.getLogger("model_interface.server")
-
-
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.25
-
-
 # How far back the batcher looks for how many requests clients keep in flight together.
 RECENT_S = 2.0
-
-
 # Bodies up to this size are parsed on the event loop (microseconds); bigger ones in a worker
 # thread, so that /health and other clients are answered while they are.
 INLINE_PARSE_BYTES = 64 * 1024
-
-
 # Seconds an idle keep-alive connection is kept open after its last answer (uvicorn's default,
 # said out loud: it is part of what bounds the connections slow clients can hold).
 KEEP_ALIVE_S = 5

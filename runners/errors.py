@@ -25,8 +25,6 @@ class Interrupted(KeyboardInterrupt):
 
 
 INTERRUPTED = "interrupted: what was answered is kept, run the same command to resume"
-
-
 INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by SIGINT
 
 

@@ -50,8 +50,6 @@ from runners.datasets.text import (
 )
 
 FILTER_FIELDS = ("split", "doc_class", "question_type")
-
-
 # A VLMHyperBench annotation.csv's columns, in their order (';'-separated).
 VLMHYPERBENCH_COLUMNS = (
     "data_index",
@@ -62,8 +60,6 @@ VLMHYPERBENCH_COLUMNS = (
     "doc_class",
     "question_type",
 )
-
-
 # One answer, several acceptable ones, or (for field extraction) an object of fields.
 Reference = str | tuple[str, ...] | Mapping[str, Any]
 
@@ -124,8 +120,6 @@ FORMATS = {
         ("id", "image"),
     ),
 }
-
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
@@ -269,15 +263,15 @@ class Dataset:
                     f"of which {list(spec.non_empty)} may not be empty"
                 )
             fields = {name: row.get(column) for column, name in spec.columns.items()}
-            if spec.ids_by_row:
+            if spec.ids_by_row:  # unique by construction: no id is remembered
                 sample_id = str(position)
             else:
                 sample_id = str(fields["id"]) if _present(fields["id"]) else str(line)
-            if sample_id in seen:
-                raise DatasetError(
-                    f"{where}: duplicate sample id {sample_id!r}; ids must be unique"
-                )
-            seen.add(sample_id)
+                if sample_id in seen:
+                    raise DatasetError(
+                        f"{where}: duplicate sample id {sample_id!r}; ids must be unique"
+                    )
+                seen.add(sample_id)
             groups = {name: _optional_str(row.get(name)) for name in FILTER_FIELDS}
             question = str(fields["prompt"])
             if self.prompt_collection is not None and self._passes_filters(groups):

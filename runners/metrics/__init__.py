@@ -35,14 +35,8 @@ from rapidfuzz.distance import Levenshtein
 from model_interface.registry import Registry
 
 Reference = str | Sequence[str]  # one answer or several acceptable ones
-
-
 EDGE_CHARS = " .,:;!?\"'`“”„‘’‚«»"
-
-
 ANLS_THRESHOLD = 0.5  # DocVQA: a normalised edit distance of 0.5 or more scores 0
-
-
 _WHITESPACE = re.compile(r"\s+")
 
 

@@ -23,16 +23,10 @@ from runners.reports.read import Run
 from runners.rundir.files import number_or_none
 
 THUMBNAIL_PX = 220
-
-
 MAX_THUMBNAIL_SOURCE_PIXELS = 64_000_000
-
-
 # A prompt, reference or answer is shown up to this many characters: marking the differences
 # takes time quadratic in the length, and a page is for reading (the CSV files hold it all).
 MAX_SHOWN_CHARS = 2000
-
-
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;
   padding:0 16px}
@@ -53,8 +47,6 @@ del{background:#ffd6d6;text-decoration:none}ins{background:#c9f2c9;text-decorati
 .err{color:#b00}.cards{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
 svg text{font-size:11px;fill:#444}
 """
-
-
 # Sorting a table by a click on its header: the only script, so the page works without it.
 SCRIPT = """
 document.querySelectorAll("table.sortable th").forEach(function (th, column) {
@@ -371,8 +363,6 @@ def _e(text: str) -> str:
 # underscore unless a letter or digit is on both sides of it (there it is plain text, and
 # column names such as exact_match stay readable).
 _MD_SPECIAL = re.compile(r"[&<>\\`*\[\]|~#]|(?<![^\W_])_|_(?![^\W_])")
-
-
 _MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 

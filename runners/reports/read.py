@@ -38,11 +38,7 @@ LEGACY_SCORES = {
     "wer": False,
     "field_cer": False,
 }
-
-
 LEGACY_CORRECTNESS = ("exact_match", "correct", "all_fields_correct")
-
-
 LEGACY_GROUP_FILES = (
     "metrics_by_group.csv",
     "metrics_by_doc_class.csv",

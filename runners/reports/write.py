@@ -25,8 +25,6 @@ SPEED = {
     "peak_rss_mb": False,
     "peak_gpu_mb": False,
 }
-
-
 MAX_GROUP_ROWS = 20  # a table with more rows shows its worst 20
 
 
