@@ -9,7 +9,7 @@ import functools
 import heapq
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from runners.rundir.files import iter_complete_rows, number_or_none, read_comple
 from runners.rundir.predictions import PREDICTION_COLUMNS
 from runners.rundir.sweeps import SWEEP_FILE, sweep_runs
 from runners.tasks.base import SCORE_GUIDE_FILE, ScoreGuide
+
+MAX_GROUP_ROWS = 20  # a per-group table with more rows shows its worst 20
 
 # What the report knew of the built-in tasks before each run wrote its score_guide.json
 # (model-interface 0.2): runs made then are read with it. The first score a run has ranks it.
@@ -54,6 +56,16 @@ class ReportError(RunnerError):
 
 
 @dataclass
+class GroupTable:
+    """A per-group metrics file as a report shows it: its lowest-scoring rows (all, if it has
+    no more than MAX_GROUP_ROWS), and how many rows it has. A run may have a group per document,
+    so the file is read a row at a time, never held."""
+
+    rows: list[dict[str, str]]
+    total: int
+
+
+@dataclass
 class Run:
     """A finished run directory, as the report reads it."""
 
@@ -66,7 +78,7 @@ class Run:
     call_times: list[float]  # ... each row's call_s,
     worst: list[dict[str, str]]  # ... and its worst rows (worst_samples)
     guide: ScoreGuide  # how its task's scores read
-    tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    tables: dict[str, GroupTable] = field(default_factory=dict)  # by group file
     config: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] | None = None
@@ -128,7 +140,9 @@ def read_run(path: Path, name: str | None = None, *, worst: int = 12) -> Run:
         call_times=call_times,
         worst=worst_rows,
         tables={
-            file: _read_csv(path / file) for file in guide.group_files if (path / file).is_file()
+            file: read_group_table(path / file, guide)
+            for file in guide.group_files
+            if (path / file).is_file()
         },
         config=hydra_config.read_text(encoding="utf-8") if hydra_config.is_file() else "",
         environment=_read_json_or_empty(path / "environment.json"),
@@ -202,6 +216,34 @@ def run_dirs(paths: Iterable[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def read_group_table(path: Path, guide: ScoreGuide) -> GroupTable:
+    """The file's worst MAX_GROUP_ROWS rows by the first score the guide names that the file
+    has (lowest first, or highest for a lower-is-better score), ties in file order; its first
+    rows if it has no score."""
+    header = _header(path)
+    ranked = [guide.rank_by, *guide.higher_is_better]
+    score = next((name for name in ranked if name and name in header), None)
+    total = 0
+
+    def counted(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
+        nonlocal total
+        for row in rows:
+            total += 1
+            yield row
+
+    rows = counted(iter_complete_rows(path))
+    if score is None:
+        shown = list(itertools.islice(rows, MAX_GROUP_ROWS))
+        for _ in rows:  # counted
+            pass
+    else:
+        sign = 1 if guide.higher_is_better.get(score, True) else -1
+        shown = heapq.nsmallest(
+            MAX_GROUP_ROWS, rows, key=lambda row: sign * (number_or_none(row[score]) or 0)
+        )
+    return GroupTable(shown, total)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ from runners.reports.compare import Agreement, Pair, compare, same_dataset
 from runners.reports.page import Page, shortened, shown
 from runners.reports.plots import summary_figure
 from runners.reports.read import ReportError, Run, read_run
-from runners.rundir.files import number_or_none, replace_atomically
+from runners.rundir.files import replace_atomically
 
 # metrics.csv columns of speed and resources; True: higher is better.
 SPEED = {
@@ -25,7 +25,6 @@ SPEED = {
     "peak_rss_mb": False,
     "peak_gpu_mb": False,
 }
-MAX_GROUP_ROWS = 20  # a table with more rows shows its worst 20
 
 
 def write_report(
@@ -133,29 +132,18 @@ def _run_figures(page: Page, run: Run, worst: int) -> None:
         f"{score or 'sample order'}{highest}"
     )
     page.samples(ranked, run, [score] if score else [])
-    for name, rows in run.tables.items():
+    for name, table in run.tables.items():
         page.section(name, level=3)
-        shown = _worst_groups(rows, run)
-        if len(shown) < len(rows):
-            page.note(f"the {len(shown)} lowest-scoring of {len(rows)} rows; all are in {name}")
-        page.table(shown, bars=_shares(run))
+        if len(table.rows) < table.total:
+            note = f"the {len(table.rows)} lowest-scoring of {table.total} rows; all are in {name}"
+            page.note(note)
+        page.table(table.rows, bars=_shares(run))
 
 
 def worst_samples(run: Run, count: int) -> list[dict[str, str]]:
     """The ``count`` worst rows (at most those :func:`read_run` kept): failed ones first, then
     by the score its task ranks by."""
     return run.worst[:count]
-
-
-def _worst_groups(rows: list[dict[str, str]], run: Run) -> list[dict[str, str]]:
-    if len(rows) <= MAX_GROUP_ROWS:
-        return rows
-    ranked = [run.guide.rank_by, *run.guide.higher_is_better]
-    score = next((name for name in ranked if name and name in rows[0]), None)
-    if score is None:
-        return rows[:MAX_GROUP_ROWS]
-    sign = 1 if run.higher_is_better(score) else -1
-    return sorted(rows, key=lambda row: sign * (number_or_none(row[score]) or 0))[:MAX_GROUP_ROWS]
 
 
 def _side_by_side(page: Page, runs: Sequence[Run]) -> None:
