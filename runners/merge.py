@@ -2,8 +2,8 @@
 
 The last shard to end merges the run by itself; this is for shards answered elsewhere (their
 ``shards/<i>-of-<n>/`` folders copied into one run directory) or a merge that failed. It
-writes what a single run writes (runners/shards.py) and exits 2, with one line, if a shard is
-missing, unfinished or ran with another configuration.
+writes what a single run writes (runners/execution/shards.py) and exits 2, with one line, if
+a shard is missing, unfinished or ran with another configuration.
 """
 
 from __future__ import annotations

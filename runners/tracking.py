@@ -4,10 +4,10 @@ A Hydra callback. Each job becomes an MLflow run when it ends: the flattened con
 its metrics.csv row as metrics (numbers only), status, model, dataset and task as tags, and the
 run directory's files as artifacts (predictions.csv, the metrics files, report.html/.md,
 fingerprint.json, environment.json, run.log and ``.hydra/``). A shard of a run
-(runners/shards.py) is a run of its own, with its shard.json as metrics and its folder's files;
-the shard that merged the run adds the merged run's metrics and files. A sweep is a parent run, made
-when the sweep starts, with a child run per job; the parent gets the sweep's summary.csv,
-summary.png and report when it ends.
+(runners/execution/shards.py) is a run of its own, with its shard.json as metrics and its
+folder's files; the shard that merged the run adds the merged run's metrics and files. A sweep
+is a parent run, made when the sweep starts, with a child run per job; the parent gets the
+sweep's summary.csv, summary.png and report when it ends.
 
 The jobs of a sweep may run in other processes (joblib, SLURM), so the parent run's id is kept
 in ``tracking.json`` at the sweep's root, where every job finds it. The default store is a

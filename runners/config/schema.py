@@ -32,7 +32,7 @@ from runners.rundir.naming import shard_folder, sweep_subdir
 @dataclass
 class DatasetConfig:
     name: str | None = None  # null: the root folder's name
-    format: str = "vlmhyperbench"  # vlmhyperbench, csv or jsonl (runners/datasets.py)
+    format: str = "vlmhyperbench"  # vlmhyperbench, csv or jsonl (runners/datasets/)
     root: str = MISSING
     # The annotation file inside root; null means the format's default.
     file: str | None = None
@@ -73,8 +73,9 @@ class RunnerConfig:
     progress: bool = True
     # report.html and report.md in the run directory when the run ends (runners/report.py).
     report: bool = True
-    # Split the run over workers (runners/shards.py): this one answers the shard_index-th of
-    # num_shards equal consecutive slices of the selected samples; the last to end merges them.
+    # Split the run over workers (runners/execution/shards.py): this one answers the
+    # shard_index-th of num_shards equal consecutive slices of the selected samples; the last to
+    # end merges them.
     num_shards: int = 1
     shard_index: int = 0
 

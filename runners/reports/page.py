@@ -247,7 +247,7 @@ def inside_dataset_root(entry: str, root: Path | None) -> Path | None:
     inside the dataset ``root``; None for anything else, and for every entry when the run
     recorded no root.
 
-    The runner refuses to read an image outside the root (runners/datasets.py) and a report is
+    The runner refuses to read an image outside the root (runners/datasets/) and a report is
     made to be mailed, so a report shows no more than its run could read: an absolute path
     elsewhere, ``..`` or a link leading out gets no thumbnail. Only names and links are looked
     at here; no file is opened."""

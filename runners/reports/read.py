@@ -114,7 +114,7 @@ def read_run(path: Path, name: str | None = None, *, worst: int = 12) -> Run:
             f"{path} is not a finished run (no {' or '.join(missing)}): give a run's output "
             "directory, or a sweep's, e.g. outputs/<run_name> or outputs/multirun/<run_name>"
         )
-    # A merged run's config is its shards' (runners/shards.py), each in its own folder.
+    # A merged run's config is its shards' (runners/execution/shards.py), each in its own folder.
     configs = [path / ".hydra" / "config.yaml", *sorted(path.glob("shards/*/.hydra/config.yaml"))]
     hydra_config = next((config for config in configs if config.is_file()), configs[0])
     guide_file = path / SCORE_GUIDE_FILE

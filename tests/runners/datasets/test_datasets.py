@@ -1,4 +1,4 @@
-"""Tests of the dataset readers in runners/datasets.py, on real files written under tmp_path."""
+"""Tests of the dataset readers in runners/datasets/, on real files written under tmp_path."""
 
 from __future__ import annotations
 
