@@ -29,6 +29,8 @@ from model_interface.model_interface import PredictionRequest
 from model_interface.tiny import ensure_tiny_model
 from runners import report
 from runners.config.paths import PROJECT_ROOT
+from runners.reports.compare import agreement, compare, paired_rows
+from runners.reports.read import read_run
 from tests.support.helpers import (
     ServerProcess,
     error_lines,
@@ -119,7 +121,7 @@ def test_the_runner_against_vllm_serve_answers_as_the_engine_in_process(
     capsys.readouterr()
     assert report.main([str(in_process_run), str(served), "--out", str(tmp_path / "r")]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "answers: 48 of 48 the same, 0 different"
-    pair = report.compare(report.read_run(in_process_run), report.read_run(served))
+    pair = compare(read_run(in_process_run), read_run(served))
     assert pair.answers.as_written == 48 and pair.answers.same_token_count == 48
     assert (
         read_predictions(in_process_run)["prompt_tokens"]
@@ -241,8 +243,8 @@ def test_a_server_killed_mid_run_ends_it_in_one_line_and_the_run_resumes(
     assert f"resuming: {len(kept)} samples already answered, {48 - len(kept)} to go" in (
         resumed.stdout
     )
-    after = report.read_run(run_dir)
-    answers = report.agreement(report.paired_rows(report.read_run(in_process_run), after))
+    after = read_run(run_dir)
+    answers = agreement(paired_rows(read_run(in_process_run), after))
     assert (answers.compared, answers.as_written) == (48, 48)
 
 

@@ -157,6 +157,8 @@ def test_the_runner_with_vllm_writes_what_it_writes_with_transformers_and_the_sa
 ) -> None:
     """The tiny Qwen2-VL in both backends, float32 and greedy, on the 48 sample questions."""
     from runners import report
+    from runners.reports.compare import compare
+    from runners.reports.read import read_run
     from runners.run import run_experiment
     from tests.support.helpers import make_config, read_predictions
 
@@ -173,7 +175,7 @@ def test_the_runner_with_vllm_writes_what_it_writes_with_transformers_and_the_sa
     capsys.readouterr()  # what the engine printed
     assert report.main([str(hf), str(vllm), "--out", str(tmp_path / "report")]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "answers: 48 of 48 the same, 0 different"
-    pair = report.compare(report.read_run(hf), report.read_run(vllm))
+    pair = compare(read_run(hf), read_run(vllm))
     assert pair.answers.as_written == 48 and pair.answers.same_token_count == 48
     assert all(metric.mean_a == metric.mean_b for metric in pair.metrics)
 
