@@ -1,6 +1,7 @@
 """Per-sample answer-quality metrics for document VQA, picked by name from config.
 
-Every metric compares ``normalize(prediction)`` with ``normalize(reference)``:
+Every metric but ``relaxed_accuracy`` (ChartQA's own rule, in its docstring) compares
+``normalize(prediction)`` with ``normalize(reference)``:
 
 1. Unicode NFKC (full-width digits and letters, ligatures, NBSP and the like become plain forms);
 2. ``str.casefold()`` (case-insensitive, also for Cyrillic, Greek, German ``ß`` -> ``ss``);
@@ -48,10 +49,7 @@ def normalize(text: str | None) -> str:
 
 
 def _refs(reference: Reference) -> list[str]:
-    refs = [reference] if isinstance(reference, str) else list(reference)
-    if not refs:
-        raise ValueError("empty list of references")
-    return [normalize(str(r)) for r in refs]
+    return [normalize(str(r)) for r in _raw_refs(reference)]
 
 
 def exact_match(prediction: str | None, reference: Reference) -> float:
@@ -108,6 +106,46 @@ def wer(prediction: str | None, reference: Reference) -> float:
 
 cer.higher_is_better = wer.higher_is_better = False  # type: ignore[attr-defined]
 
+RELAXED_TOLERANCE = 0.05  # ChartQA: a number within 5% of the reference is right
+
+
+def relaxed_accuracy(prediction: str | None, reference: Reference) -> float:
+    """ChartQA's relaxed accuracy (Masry et al. 2022, section 5.1, as lmms-eval and Qwen-VL
+    score it), best over the references. With no normalisation but these rules:
+
+    * both texts read as numbers (Python's ``float``; a trailing ``%`` divides by 100, so
+      ``"45%"`` is 0.45) and the reference is not zero: right when
+      ``|prediction - reference| / |reference| <= 0.05``;
+    * otherwise: right when the texts are equal ignoring case (``"5 kg"`` is no number, and a
+      reference of ``0`` is compared as text: ``"0.0"`` is wrong).
+
+    The one difference from that scorer: whitespace around the answer is stripped (a model's
+    trailing newline is not an answer), there as in lmms-eval's own answer extraction.
+    """
+    answer = (prediction or "").strip()
+    return float(any(_relaxed_match(answer, str(ref)) for ref in _raw_refs(reference)))
+
+
+def _relaxed_match(prediction: str, target: str) -> bool:
+    predicted, expected = _chart_number(prediction), _chart_number(target)
+    if predicted is not None and expected:
+        return abs(predicted - expected) / abs(expected) <= RELAXED_TOLERANCE
+    return prediction.lower() == target.lower()
+
+
+def _chart_number(text: str) -> float | None:
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+
+
+def _raw_refs(reference: Reference) -> list[str]:
+    refs = [reference] if isinstance(reference, str) else list(reference)
+    if not refs:
+        raise ValueError("empty list of references")
+    return refs
+
 
 @dataclass(frozen=True)
 class CorpusMetric:
@@ -138,7 +176,8 @@ METRICS: Registry[Callable[[str | None, Reference], float] | CorpusMetric] = Reg
     kind="metric",
     group="model_interface.metrics",
     builtins={
-        name: f"runners.metrics:{name}" for name in ("exact_match", "anls", "cer", "wer", "bleu")
+        name: f"runners.metrics:{name}"
+        for name in ("exact_match", "anls", "cer", "wer", "relaxed_accuracy", "bleu")
     },
     accepts=lambda found: callable(found) or isinstance(found, CorpusMetric),
     expected="a function (prediction, reference) -> float, or a CorpusMetric",
