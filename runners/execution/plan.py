@@ -127,8 +127,8 @@ def dataset_and_task(
     selection = Selection()
     try:
         task = make_task(task_config, metric_names)
-        # The task's strata (a classification task's classes) are known once it has seen every
-        # sample: a shuffle reads them all before it orders them.
+        # A shuffled selection is stratified by the task's stratum (the document class, or a
+        # classification's reference class).
         dataset = Dataset.from_config(dataclasses.asdict(dataset_settings))
         dataset = dataclasses.replace(dataset, stratum=task.stratum)
         records = _checked(dataset.all_samples(), task, dataset, selection.kept_strata)
