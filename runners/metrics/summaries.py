@@ -13,7 +13,7 @@ from typing import Any
 from rapidfuzz.distance import Levenshtein
 
 from runners.metrics import Reference
-from runners.rundir.files import number_or_none
+from runners.rundir.files import cell_number
 
 
 class QualitySummary:
@@ -129,18 +129,18 @@ class RunTally:
     def add(self, row: Mapping[str, Any]) -> None:
         """Count one row of predictions.csv."""
         self.n_samples += 1
-        batch_size = number_or_none(row["batch_size"])
+        batch_size = cell_number(row["batch_size"])
         if batch_size is None:  # answers made elsewhere: nothing known of how
             self.n_model_errors += bool(row["error"])
         elif batch_size == 0:
             self.n_input_errors += 1
         else:
-            call_s = number_or_none(row["call_s"]) or 0.0
+            call_s = cell_number(row["call_s"]) or 0.0
             self.call_times.append(call_s)
             self.model_s += call_s / batch_size
             self.n_model_errors += bool(row["error"])
-        self.prompt_tokens += int(number_or_none(row["prompt_tokens"]) or 0)
-        self.completion_tokens += int(number_or_none(row["completion_tokens"]) or 0)
+        self.prompt_tokens += int(cell_number(row["prompt_tokens"]) or 0)
+        self.completion_tokens += int(cell_number(row["completion_tokens"]) or 0)
 
     def summary(self) -> dict[str, Any]:
         """Counts, timing and token figures."""

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runners.reports.read import ReportError, Run
-from runners.rundir.files import number_or_none
+from runners.reports.read import ReportError, Run, number_or_none
 
 BOOTSTRAP_RESAMPLES = 2000
 

@@ -19,8 +19,7 @@ from typing import Any
 from runners.datasets import inside_root
 from runners.metrics.summaries import percentile
 from runners.reports.compare import Pair
-from runners.reports.read import Run
-from runners.rundir.files import number_or_none
+from runners.reports.read import Run, number_or_none
 
 THUMBNAIL_PX = 220
 MAX_THUMBNAIL_SOURCE_PIXELS = 64_000_000

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.errors import RunnerError
-from runners.rundir.files import iter_complete_rows, number_or_none, read_complete_rows, read_json
+from runners.rundir.files import cell_number, iter_complete_rows, read_complete_rows, read_json
 from runners.rundir.predictions import PREDICTION_COLUMNS
 from runners.rundir.sweeps import SWEEP_FILE, sweep_runs
 from runners.tasks.base import SCORE_GUIDE_FILE, ScoreGuide
@@ -252,3 +252,14 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def _read_json_or_empty(path: Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
+
+
+def number_or_none(value: Any) -> float | None:
+    """A value of a run's files as a report reads it: None for an empty cell, a bool, or text
+    that is no number (a report shows a hand-edited file as it is rather than failing on it)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return cell_number(value)
+    except (TypeError, ValueError):
+        return None

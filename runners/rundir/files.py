@@ -192,15 +192,12 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def number_or_none(value: Any) -> float | None:
-    """A cell of a run's CSV as a number: None for an empty cell, a bool, or text that is no
-    number (a report shows a hand-edited file as it is rather than failing on it)."""
-    if value is None or isinstance(value, bool) or value == "":
+def cell_number(value: Any) -> float | None:
+    """A cell of a run's CSV as a number; None for an empty cell. Text that is no number raises
+    ``ValueError``: the run's own tallies must not count it as nothing."""
+    if value is None or value == "":
         return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return float(value)
 
 
 def read_complete_rows(path: Path) -> list[dict[str, str]]:
