@@ -119,7 +119,7 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
 
     def scored(row: dict[str, str]) -> dict[str, Any]:
         reference = reference_of(row["sample_id"], int(row["sample_index"]))
-        row = {**row, **plan.task.score(row["prediction"], reference)}
+        row = {**row, **plan.task.score_row(row, reference)}
         run_tally.add(row)
         quality.add(row, reference)
         answers.write({"id": row["sample_index"], "model_answer": row["prediction"]})

@@ -1,7 +1,7 @@
 """Per-sample answer-quality metrics for document VQA, picked by name from config.
 
-Every metric but ``relaxed_accuracy`` (ChartQA's own rule, in its docstring) compares
-``normalize(prediction)`` with ``normalize(reference)``:
+Every metric here compares ``normalize(prediction)`` with ``normalize(reference)`` (the
+standard benchmarks' own rules, which do not, are in :mod:`runners.metrics.benchmarks`):
 
 1. Unicode NFKC (full-width digits and letters, ligatures, NBSP and the like become plain forms);
 2. ``str.casefold()`` (case-insensitive, also for Cyrillic, Greek, German ``ß`` -> ``ss``);
@@ -28,8 +28,9 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
@@ -49,7 +50,7 @@ def normalize(text: str | None) -> str:
 
 
 def _refs(reference: Reference) -> list[str]:
-    return [normalize(str(r)) for r in _raw_refs(reference)]
+    return [normalize(str(r)) for r in reference_list(reference)]
 
 
 def exact_match(prediction: str | None, reference: Reference) -> float:
@@ -106,41 +107,8 @@ def wer(prediction: str | None, reference: Reference) -> float:
 
 cer.higher_is_better = wer.higher_is_better = False  # type: ignore[attr-defined]
 
-RELAXED_TOLERANCE = 0.05  # ChartQA: a number within 5% of the reference is right
 
-
-def relaxed_accuracy(prediction: str | None, reference: Reference) -> float:
-    """ChartQA's relaxed accuracy (Masry et al. 2022, section 5.1, as lmms-eval and Qwen-VL
-    score it), best over the references. With no normalisation but these rules:
-
-    * both texts read as numbers (Python's ``float``; a trailing ``%`` divides by 100, so
-      ``"45%"`` is 0.45) and the reference is not zero: right when
-      ``|prediction - reference| / |reference| <= 0.05``;
-    * otherwise: right when the texts are equal ignoring case (``"5 kg"`` is no number, and a
-      reference of ``0`` is compared as text: ``"0.0"`` is wrong).
-
-    The one difference from that scorer: whitespace around the answer is stripped (a model's
-    trailing newline is not an answer), there as in lmms-eval's own answer extraction.
-    """
-    answer = (prediction or "").strip()
-    return float(any(_relaxed_match(answer, str(ref)) for ref in _raw_refs(reference)))
-
-
-def _relaxed_match(prediction: str, target: str) -> bool:
-    predicted, expected = _chart_number(prediction), _chart_number(target)
-    if predicted is not None and expected:
-        return abs(predicted - expected) / abs(expected) <= RELAXED_TOLERANCE
-    return prediction.lower() == target.lower()
-
-
-def _chart_number(text: str) -> float | None:
-    try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        return None
-
-
-def _raw_refs(reference: Reference) -> list[str]:
+def reference_list(reference: Reference) -> list[str]:
     refs = [reference] if isinstance(reference, str) else list(reference)
     if not refs:
         raise ValueError("empty list of references")
@@ -170,14 +138,19 @@ references, texts as they are (no normalisation). Needs ``pip install sacrebleu`
 
 
 # Every metric is found by name here, like models in ModelFactory: a function
-# (prediction, reference) -> float, reference one answer or several acceptable ones, or a
-# CorpusMetric. A package adds its own under the "model_interface.metrics" entry-point group.
+# (prediction, reference) -> float, reference one answer or several acceptable ones (with a
+# keyword ``row`` too, if it says ``takes_row = True``; see score()), or a CorpusMetric. A
+# package adds its own under the "model_interface.metrics" entry-point group.
 METRICS: Registry[Callable[[str | None, Reference], float] | CorpusMetric] = Registry(
     kind="metric",
     group="model_interface.metrics",
     builtins={
-        name: f"runners.metrics:{name}"
-        for name in ("exact_match", "anls", "cer", "wer", "relaxed_accuracy", "bleu")
+        **{name: f"runners.metrics:{name}" for name in ("exact_match", "anls", "cer", "wer")},
+        **{
+            name: f"runners.metrics.benchmarks:{name}"
+            for name in ("docvqa_anls", "relaxed_accuracy", "ocrbench_accuracy", "vqa_accuracy")
+        },
+        "bleu": "runners.metrics:bleu",
     },
     accepts=lambda found: callable(found) or isinstance(found, CorpusMetric),
     expected="a function (prediction, reference) -> float, or a CorpusMetric",
@@ -224,15 +197,24 @@ def validate_names(names: Sequence[str]) -> None:
 
 
 def score(
-    prediction: str | None, reference: Reference | None, names: Sequence[str]
+    prediction: str | None,
+    reference: Reference | None,
+    names: Sequence[str],
+    row: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Score one sample with each named metric; ``{}`` when there is no reference."""
+    """Score one sample with each named metric; ``{}`` when there is no reference. A metric
+    whose rule depends on the sample (``takes_row = True``, e.g. OCRBench's category) is given
+    its ``row`` of predictions.csv too."""
     functions = metric_functions(names)  # even without a reference: a typo fails on any sample
     row_names = [name for name in names if not is_corpus_metric(name)]
     missing = reference is None or (isinstance(reference, float) and math.isnan(reference))
     if missing or (not isinstance(reference, str) and len(reference) == 0):
         return {}
     return {
-        name: function(prediction, reference)
+        name: (
+            function(prediction, reference, row=row)
+            if getattr(function, "takes_row", False)
+            else function(prediction, reference)
+        )
         for name, function in zip(row_names, functions, strict=True)
     }

@@ -123,6 +123,11 @@ class Task(ABC):
         Keys that are not in :attr:`columns` reach the tally with the row but are not written.
         """
 
+    def score_row(self, row: Mapping[str, Any], reference: Any) -> dict[str, Any]:
+        """:meth:`score` given the whole row of predictions.csv (the sample's columns beside
+        its ``prediction``), for rules that depend on the sample; by default the prediction's."""
+        return self.score(row["prediction"], reference)
+
     @abstractmethod
     def tally(self, run_dir: Path) -> Tally:
         """A new, empty summary of scored rows; it may write files of its own in ``run_dir``."""

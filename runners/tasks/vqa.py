@@ -61,6 +61,9 @@ class VQATask(Task):
     def score(self, prediction: str, reference: Any) -> dict[str, Any]:
         return quality.score(prediction, reference, self.row_metrics)
 
+    def score_row(self, row: Mapping[str, Any], reference: Any) -> dict[str, Any]:
+        return quality.score(row["prediction"], reference, self.row_metrics, row)
+
     def tally(self, run_dir: Path) -> Tally:
         return _VQATally(self.row_metrics, self.corpus_metrics)
 
