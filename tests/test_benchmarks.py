@@ -40,6 +40,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
             ["help_s", "cfg_job_s", "end_to_end_s", "end_to_end_over_bare"],
         ),
         ("sweep_reuse.py", ["--limit", "2"], ["sweep_model_loads"]),
+        (
+            "hub_scale.py",
+            ["--sizes", "20", "200"],
+            ["run_rss_mb_200", "prepare_rss_mb_200", "run_rss_largest_over_smallest"],
+        ),
         ("http_concurrency.py", ["--samples", "4", "--repeats", "1"], ["http_c8_speedup"]),
         (
             "kie_scoring.py",

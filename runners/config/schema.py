@@ -30,10 +30,26 @@ from runners.rundir.naming import shard_folder, sweep_subdir
 
 
 @dataclass
+class HubDatasetConfig:
+    """``dataset.format=hf``: one split of a dataset the ``datasets`` library loads."""
+
+    path: str = MISSING  # a hub repository id (lmms-lab/DocVQA), or a local folder of parquet
+    name: str | None = None  # the dataset's config (subset), if it has several
+    split: str = MISSING
+    revision: str | None = None  # a hub branch, tag or commit; null: the default branch
+    # Local files for a builder such as path=parquet (absolute, or relative to where you run).
+    data_files: list[str] | None = None
+    # role -> column: image, question (required), answers, id, split, doc_class,
+    # question_type, document (runners/datasets/hub.py)
+    columns: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
 class DatasetConfig:
-    name: str | None = None  # null: the root folder's name
-    format: str = "vlmhyperbench"  # vlmhyperbench, csv or jsonl (runners/datasets/)
-    root: str = MISSING
+    name: str | None = None  # null: the root folder's (or hub dataset's) name
+    # vlmhyperbench, csv, jsonl, kie_json or hf (runners/datasets/)
+    format: str = "vlmhyperbench"
+    root: str | None = MISSING  # null for format hf
     # The annotation file inside root; null means the format's default.
     file: str | None = None
     # Python str.format template: {prompt} is the dataset's question, any column works too.
@@ -49,6 +65,7 @@ class DatasetConfig:
     # each question is replaced by the prompt keyed "<doc_class> <question_type>". A relative
     # path is looked up in the current directory, then in the dataset root.
     prompt_collection: str | None = None  # (dataset.limit is checked with the dataset)
+    hf: HubDatasetConfig | None = None
 
 
 @dataclass

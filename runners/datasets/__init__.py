@@ -17,6 +17,9 @@ Formats:
   ``images/<page>.<png|jpg|...>``; each JSON is the page's fields, a flat object
   (``{"Фамилия": "ОСИПОВ"}``) or ``{"fields": {name: {"value": ..., "bboxes": [...]}}}``. The
   sample id is the page name; there is no question (the task asks for the fields).
+* ``hf``: one split of a dataset the Hugging Face ``datasets`` library loads (a hub
+  repository, or local parquet/arrow files), its columns named in ``dataset.hf.columns``;
+  images are read from the table (:mod:`runners.datasets.hub`).
 
 Image paths are relative to the dataset root and may not leave it.
 
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from model_interface.images import ImageLoadError
+from runners.datasets.hub import HubSource, HubTable, TableImage
 from runners.datasets.text import (
     DatasetError,
     NotUtf8,
@@ -119,6 +123,19 @@ FORMATS = {
         ("id", "image", "answer"),
         ("id", "image"),
     ),
+    # Records built by runners.datasets.hub from the columns dataset.hf.columns names.
+    "hf": _Format(
+        "",
+        {
+            "id": "id",
+            "image": "images",
+            "prompt": "prompt",
+            "answer": "reference",
+            "document": "document",
+        },
+        ("id", "image", "prompt"),
+        ("id", "image"),
+    ),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
@@ -137,6 +154,7 @@ class Dataset:
     prompt_collection: PromptCollection | None = None
     # What a shuffled selection is stratified by (the task's stratum): see samples().
     stratum: Callable[[Sample], Any] | None = field(default=None, compare=False)
+    table: HubTable | None = field(default=None, compare=False)  # format hf: the split
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Dataset:
@@ -146,16 +164,6 @@ class Dataset:
             raise DatasetError(
                 f"unknown dataset format {data_format!r}; choose one of {sorted(FORMATS)}"
             )
-        if not config.get("root"):
-            raise DatasetError("dataset.root is not set; pass dataset.root=/path/to/dataset")
-        root = Path(config["root"]).expanduser().resolve()
-        if not root.is_dir():
-            raise DatasetError(f"dataset root {str(root)!r} is not a directory; fix dataset.root")
-        file = root / (config.get("file") or FORMATS[data_format].default_file)
-        if not (file.is_dir() if data_format == "kie_json" else file.is_file()):
-            raise DatasetError(
-                f"dataset file {str(file)!r} does not exist; fix dataset.file or dataset.root"
-            )
         filters = {
             name: frozenset(str(value) for value in _as_list(config[name]))
             for name in FILTER_FIELDS
@@ -164,22 +172,34 @@ class Dataset:
         limit = config.get("limit")
         if limit is not None and int(limit) < 0:
             raise DatasetError(f"dataset.limit must be >= 0 or null, got {limit}")
+        source = HubSource.from_config(config.get("hf") or {}) if data_format == "hf" else None
+        if source is None:
+            root, file = _annotation_file(config, data_format)
         collection = config.get("prompt_collection")
+        prompt_collection = (
+            PromptCollection.read(_collection_path(collection, root if source is None else None))
+            if collection
+            else None
+        )
+        table, default_name = None, None
+        if source is not None:  # checked all else first: preparing the split may download it
+            table = HubTable(source)
+            root = file = table.folder
+            default_name = source.path.rstrip("/").split("/")[-1]
         dataset = cls(
-            name=config.get("name") or root.name,
+            name=config.get("name") or default_name or root.name,
             format=data_format,
             root=root,
             file=file,
+            table=table,
             prompt_template=config.get("prompt_template") or "{prompt}",
             filters=filters,
             limit=None if limit is None else int(limit),
             shuffle=bool(config.get("shuffle", False)),
             seed=int(config.get("seed") or 0),
-            prompt_collection=PromptCollection.read(_collection_path(collection, root))
-            if collection
-            else None,
+            prompt_collection=prompt_collection,
         )
-        if data_format not in ("jsonl", "kie_json"):
+        if data_format not in ("jsonl", "kie_json", "hf"):
             with dataset._open() as handle:
                 dataset._csv_reader(handle)  # a wrong header or separator fails here, early
         return dataset
@@ -199,7 +219,10 @@ class Dataset:
 
     def content_sha256(self) -> str:
         """The annotation file's hash (of every ground-truth file's name and content, for a
-        folder of them): a run's answers belong to exactly this content."""
+        folder of them; for a hub dataset, the commit it was loaded from): a run's answers
+        belong to exactly this content."""
+        if self.table is not None:
+            return self.table.revision
         digest = hashlib.sha256()
         files = sorted(self.file.glob("*.json")) if self.file.is_dir() else [self.file]
         for path in files:
@@ -222,6 +245,12 @@ class Dataset:
         if self.shuffle:
             samples = _stratified_shuffle(list(samples), random.Random(self.seed), self.stratum)
         yield from itertools.islice(samples, self.limit)
+
+    def image_source(self, entry: str) -> Path | TableImage:
+        """Where a sample's image entry is read from: a file under the root, or a table cell."""
+        if self.table is not None:
+            return self.table.image(entry)
+        return self.image_path(entry)
 
     def image_path(self, relative: str) -> Path:
         """The file behind an image entry; refuses paths that leave the dataset root."""
@@ -246,7 +275,7 @@ class Dataset:
         spec = FORMATS[self.format]
         seen: set[str] = set()
         for position, (line, row) in enumerate(self._rows()):
-            where = f"{self.file.name} line {line}"
+            where = f"row {line}" if self.table is not None else f"{self.file.name} line {line}"
             if None in row:  # surplus fields, under the key None (see _record)
                 raise DatasetError(
                     f"{where} has more fields than the header {list(spec.required)}...; quote "
@@ -316,6 +345,9 @@ class Dataset:
         return reader, header
 
     def _decoded_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.table is not None:
+            yield from self.table.rows()
+            return
         if self.format == "kie_json":
             yield from self._ground_truth_files()
             return
@@ -381,6 +413,21 @@ class Dataset:
             ) from None
 
 
+def _annotation_file(config: Mapping[str, Any], data_format: str) -> tuple[Path, Path]:
+    """The dataset root and its annotation file, both checked to exist."""
+    if not config.get("root"):
+        raise DatasetError("dataset.root is not set; pass dataset.root=/path/to/dataset")
+    root = Path(config["root"]).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {str(root)!r} is not a directory; fix dataset.root")
+    file = root / (config.get("file") or FORMATS[data_format].default_file)
+    if not (file.is_dir() if data_format == "kie_json" else file.is_file()):
+        raise DatasetError(
+            f"dataset file {str(file)!r} does not exist; fix dataset.file or dataset.root"
+        )
+    return root, file
+
+
 def _record(header: list[str], width: int, fields: list[str]) -> dict[Any, Any]:
     """A CSV line's fields by column, as ``csv.DictReader`` gives them (a plain reader is twice
     as fast): columns a short line lacks are None, surplus fields a list under the key None."""
@@ -392,11 +439,11 @@ def _record(header: list[str], width: int, fields: list[str]) -> dict[Any, Any]:
     return record
 
 
-def _collection_path(path: str, root: Path) -> Path:
+def _collection_path(path: str, root: Path | None) -> Path:
     """A prompt collection's file: as given (absolute, or relative to the current directory),
-    else relative to the dataset root."""
+    else relative to the dataset root (if it has one)."""
     given = Path(path).expanduser()
-    return given if given.is_absolute() or given.exists() else root / given
+    return given if given.is_absolute() or given.exists() or root is None else root / given
 
 
 @dataclass(frozen=True)

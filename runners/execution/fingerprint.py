@@ -7,7 +7,8 @@ from the same model and the same questions. The fingerprint holds:
   generation settings, but without those that only say where or how fast it runs
   (:data:`NOT_ANSWER_SETTINGS`);
 * the dataset: format, root, annotation file, filters, prompt template, and the SHA-256 of the
-  annotation file's content and of the prompt collection's;
+  annotation file's content and of the prompt collection's (for a hub dataset, its source, and
+  the commit it was loaded from, or the local files' SHA-256);
 * the task: its class, its options, and what it adds of its own (e.g. a schema file's content).
 
 What only chooses *which* samples run (``limit``, ``shuffle``, ``seed``) or how they are batched
@@ -75,14 +76,17 @@ def fingerprint(
         "dataset": {
             "format": dataset.format,
             "sample_ids": "row" if FORMATS[dataset.format].ids_by_row else "id column",
-            "root": str(dataset.root),
-            "file": str(dataset.file),
+            # (A hub dataset's are where the datasets cache keeps it: no part of the answers.)
+            "root": str(dataset.root) if dataset.table is None else None,
+            "file": str(dataset.file) if dataset.table is None else None,
             "filters": {name: sorted(values) for name, values in sorted(dataset.filters.items())},
             "prompt_template": dataset.prompt_template,
             "annotation_sha256": dataset.content_sha256(),
             "prompt_collection_sha256": (
                 dataset.prompt_collection.content_sha256() if dataset.prompt_collection else None
             ),
+            # A hub dataset: which split, which columns; its revision is annotation_sha256.
+            **({"hf": dataset.table.source.to_json()} if dataset.table is not None else {}),
         },
         "task": {
             "class": TASKS.target(task_config["name"]),

@@ -28,7 +28,7 @@ from model_interface.model_interface import (
     PredictionRequest,
     predict_isolated,
 )
-from runners.datasets import Dataset, Sample
+from runners.datasets import Dataset, Sample, TableImage
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,18 @@ class DecodedImages:
 
     def __init__(self, max_bytes: int, max_images: int, max_pixels: int | None) -> None:
         self.max_bytes, self.max_images, self.max_pixels = max_bytes, max_images, max_pixels
-        self._images: OrderedDict[Path, tuple[Image.Image, int]] = OrderedDict()  # (picture, bytes)
+        # (picture, bytes) by the file or table cell it was read from
+        self._images: OrderedDict[Path | TableImage, tuple[Image.Image, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> Image.Image:
+    def get(self, path: Path | TableImage) -> Image.Image:
         with self._lock:
             if (cached := self._images.get(path)) is not None:
                 self._images.move_to_end(path)
                 return cached[0]
-        picture = load_image(path, max_pixels=self.max_pixels)
+        source = path.read() if isinstance(path, TableImage) else path
+        picture = load_image(source, max_pixels=self.max_pixels)
         size = picture.width * picture.height * len(picture.getbands())
         with self._lock:
             if path not in self._images and size <= self.max_bytes:
@@ -123,7 +125,7 @@ class DecodedImages:
 def _image_loader(dataset: Dataset, images_by_path: DecodedImages) -> Callable[[Sample], _Loaded]:
     def load(sample: Sample) -> _Loaded:
         try:
-            images = [images_by_path.get(dataset.image_path(path)) for path in sample.images]
+            images = [images_by_path.get(dataset.image_source(entry)) for entry in sample.images]
         except Exception as error:  # one bad image fails its sample, never the run
             return _Loaded(sample, None, f"{type(error).__name__}: {error}")
         return _Loaded(sample, images, None)

@@ -215,6 +215,8 @@ class Page:
         images = _image_entries(row)
         if not images:
             return "<div>(no image)</div>"
+        if run.dataset_format == "hf":  # no file: a cell of a table (not shown, for now)
+            return f"<div>(image {_e(images[0])} of the dataset's table)</div>"
         root = run.dataset_root
         path = inside_dataset_root(images[0], root)
         if root is None or path is None:

@@ -89,6 +89,10 @@ class Run:
         return _read_csv(self.path / "predictions.csv")
 
     @property
+    def dataset_format(self) -> str | None:
+        return (self.fingerprint or {}).get("dataset", {}).get("format")
+
+    @property
     def dataset_root(self) -> Path | None:
         root = (self.fingerprint or {}).get("dataset", {}).get("root")
         return Path(root) if root else None

@@ -479,7 +479,7 @@ def test_unknown_format(tmp_path: Path) -> None:
         Dataset.from_config(config(write_vlm(tmp_path / "ds"), format="parquet"))
     message = str(caught.value)
     assert "'parquet'" in message
-    assert "['csv', 'jsonl', 'kie_json', 'vlmhyperbench']" in message
+    assert "['csv', 'hf', 'jsonl', 'kie_json', 'vlmhyperbench']" in message
 
 
 @pytest.mark.parametrize("root", [None, ""])
