@@ -61,6 +61,9 @@ class Prediction:
     # The generated token ids, where a backend sees them (Hugging Face, vLLM): two backends'
     # answers then compare token by token, not only as decoded text.
     token_ids: tuple[int, ...] | None = None
+    # (width, height) of each image as the model received it, after its processor resized it
+    # (max_pixels and the like), where a backend can tell: scores move with resolution.
+    image_sizes: tuple[tuple[int, int], ...] | None = None
 
 
 class UnsupportedRequest(ValueError):

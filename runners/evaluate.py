@@ -89,6 +89,7 @@ ANSWER_COLUMNS = (
     "batch_size",
     "prompt_tokens",
     "completion_tokens",
+    "image_size",
     "error",
 )
 

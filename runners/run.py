@@ -280,6 +280,7 @@ def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
         "batch_size": answer.batch_size,
         "prompt_tokens": prediction.prompt_tokens,
         "completion_tokens": prediction.completion_tokens,
+        "image_size": ";".join(f"{w}x{h}" for w, h in prediction.image_sizes or ()),
         "error": prediction.error or "",
     }
 

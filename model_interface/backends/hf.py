@@ -176,6 +176,7 @@ class HFModel(ModelInterface):
         texts_out = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         generated = [self._generated(row) for row in new_tokens]
+        image_sizes = self._image_sizes(inputs, [len(r.images) for r in requests])
         return [
             Prediction(
                 # Stopped by the token limit inside a multi-byte character, the text ends in
@@ -184,9 +185,36 @@ class HFModel(ModelInterface):
                 prompt_tokens=int(prompt_tokens[row]),
                 completion_tokens=len(generated[row]),
                 token_ids=tuple(generated[row]),
+                image_sizes=image_sizes[row] if image_sizes else None,
             )
             for row, text in enumerate(texts_out)
         ]
+
+    def _image_sizes(
+        self, inputs: Mapping[str, Any], counts: Sequence[int]
+    ) -> list[tuple[tuple[int, int], ...]] | None:
+        """Each request's images as the processor resized them, (width, height): from the patch
+        grid of processors that tile by patches (Qwen-VL's ``image_grid_thw``), or the pixel
+        arrays of those that make one picture per image; None for those that cut an image into
+        a varying number of crops (Idefics3, SmolVLM), where no one size says what was seen."""
+        if not sum(counts):
+            return None
+        grid = inputs.get("image_grid_thw")
+        if grid is not None:
+            patch = int(getattr(self.processor.image_processor, "patch_size", 14))
+            sizes = [(int(w) * patch, int(h) * patch) for _, h, w in grid.tolist()]
+        else:
+            pixels = inputs.get("pixel_values")
+            if pixels is None or pixels.dim() != 4 or pixels.shape[0] != sum(counts):
+                return None
+            sizes = [(int(pixels.shape[3]), int(pixels.shape[2]))] * sum(counts)
+        if len(sizes) != sum(counts):
+            return None
+        parts, start = [], 0
+        for count in counts:
+            parts.append(tuple(sizes[start : start + count]))
+            start += count
+        return parts
 
     def close(self) -> None:
         if getattr(self, "model", None) is None:

@@ -40,6 +40,7 @@ PREDICTION_COLUMNS = [
     "batch_size",
     "prompt_tokens",
     "completion_tokens",
+    "image_size",  # as the model received each image, "448x336" ("a;b" for several)
     "error",
     "split",
     "doc_class",

@@ -125,6 +125,37 @@ def test_default_config_runs_tiny_qwen2_vl_on_the_sample_dataset(
 
 
 @pytest.mark.slow
+def test_each_sample_records_the_image_size_the_model_received(cache_dir, tmp_path) -> None:
+    def run(max_pixels: int, out: Path) -> pd.DataFrame:
+        cfg = make_config(
+            cache_dir,
+            "runner.limit=2",
+            "+model.init_params.processor_kwargs.min_pixels=784",
+            f"+model.init_params.processor_kwargs.max_pixels={max_pixels}",
+        )
+        run_experiment(cfg, out)
+        return read_predictions(out)
+
+    small, large = run(28 * 28 * 4, tmp_path / "small"), run(28 * 28 * 64, tmp_path / "large")
+    for sizes, budget in ((small, 28 * 28 * 4), (large, 28 * 28 * 64)):
+        for size in sizes["image_size"]:
+            width, height = map(int, size.split("x"))
+            assert width % 28 == height % 28 == 0 and width * height <= budget
+    assert small["image_size"].tolist() != large["image_size"].tolist()
+    # The resolution is part of what decides the answers: a run of another is not resumed.
+    with pytest.raises(RunnerError, match="max_pixels: 3136 -> 50176"):
+        run_experiment(
+            make_config(
+                cache_dir,
+                "runner.limit=2",
+                "+model.init_params.processor_kwargs.min_pixels=784",
+                "+model.init_params.processor_kwargs.max_pixels=50176",
+            ),
+            tmp_path / "small",
+        )
+
+
+@pytest.mark.slow
 def test_batched_run_equals_one_by_one_run(cache_dir, tmp_path) -> None:
     batched = make_config(cache_dir, "runner.batch_size=8", "runner.limit=16")
     single = make_config(cache_dir, "runner.batch_size=1", "runner.limit=16")

@@ -186,6 +186,33 @@ def test_options_and_their_errors(model_cache: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("max_pixels", "size"),
+    [
+        # Qwen2-VL's resize of 300x200 to multiples of 28 within max_pixels: scaled by
+        # sqrt(308 * 196 / max_pixels), each side floored to 28s.
+        (28 * 28 * 4, (56, 28)),  # / 4.39: 300 -> 2.4 x 28, 200 -> 1.6 x 28
+        (28 * 28 * 16, (112, 84)),  # / 2.19: 300 -> 4.9 x 28, 200 -> 3.3 x 28
+    ],
+)
+def test_each_image_size_the_model_received_is_reported(model_cache, max_pixels, size) -> None:
+    model = HFModel(
+        "tiny-qwen2-vl",
+        cache_dir=str(model_cache),
+        max_new_tokens=2,
+        processor_kwargs={"min_pixels": 28 * 28, "max_pixels": max_pixels},
+    )
+    picture = Image.new("RGB", (300, 200))
+    one, two = model.predict_batch(
+        [PredictionRequest([picture], "q"), PredictionRequest([picture, BLACK], "q")]
+    )
+    assert one.image_sizes == (size,)
+    assert two.image_sizes == (size, (56, 56))
+    llava = HFModel("tiny-llava", cache_dir=str(model_cache), max_new_tokens=2)
+    assert llava.predict_batch([PredictionRequest([picture], "q")])[0].image_sizes == ((56, 56),)
+
+
+@pytest.mark.slow
 def test_sampling_with_a_seed_is_reproducible(model_cache: Path) -> None:
     def sample() -> str:
         model = HFModel(
