@@ -7,7 +7,9 @@ file; nothing is fetched) and ``report.md`` with the same tables:
   with a bar in every score cell, the distribution of call times, and the worst samples with
   their image, prompt, reference and prediction, the differences marked;
 * several runs (a list, or a sweep's directory standing for its jobs): the runs side by side
-  and quality against speed;
+  and quality against speed; runs of several datasets also a results table, one row per model
+  and a column per dataset (printed in Markdown, and written to results.csv:
+  :mod:`runners.reports.results`);
 * exactly two runs of the same dataset: how many answers are the same (the check to make before
   trusting a switch of backend, e.g. transformers to vLLM: see
   :func:`runners.reports.compare.same_answer`) and where
@@ -34,6 +36,7 @@ from pathlib import Path
 from runners.errors import RunnerError
 from runners.reports.compare import agreement, paired_rows
 from runners.reports.read import read_run, run_dirs
+from runners.reports.results import results_markdown, results_table, spans_datasets
 from runners.reports.write import write_report
 
 
@@ -61,12 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in paths
         ]
         out = arguments.out or _default_out(arguments.runs)
-        html_path, _ = write_report(runs, out, worst=arguments.worst, pair=len(runs) == 2)
+        pair = len(runs) == 2 and not spans_datasets(runs)
+        html_path, _ = write_report(runs, out, worst=arguments.worst, pair=pair)
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    if len(runs) == 2:  # compared sample by sample above
+    if pair:  # compared sample by sample above
         print(agreement(paired_rows(*runs)).summary())
+    if spans_datasets(runs):  # also in results.csv beside the report
+        print(results_markdown(results_table(runs)))
     print(html_path)
     return 0
 

@@ -73,7 +73,21 @@ def what_it_needs(arguments: list[str]) -> str | None:
             return "SLURM"
         if key == "dataset.root" and not Path(value).exists():
             return f"the dataset {value}"
+        if key == "dataset" and _hub_dataset(value):
+            return "a hub dataset (test_standard_benchmarks.py runs local copies of these)"
+        if key == "dataset.hf.data_files":
+            return "parquet files of your own (tests/runners/datasets/test_hub.py reads some)"
     return None
+
+
+def _hub_dataset(choices: str) -> bool:
+    """Whether any of the dataset configs ``choices`` (``a,b``) loads a hub dataset."""
+    for choice in choices.split(","):
+        config = OmegaConf.load(CONFIG_DIR / "dataset" / f"{choice}.yaml")
+        fields = config.get("dataset", config)  # a benchmark's config is global
+        if fields.get("format") == "hf":
+            return True
+    return False
 
 
 def single_jobs(arguments: list[str]) -> list[list[str]]:

@@ -12,6 +12,7 @@ from runners.reports.compare import Agreement, Pair, compare, same_dataset
 from runners.reports.page import Page, shortened, shown
 from runners.reports.plots import summary_figure
 from runners.reports.read import ReportError, Run, read_run
+from runners.reports.results import results_csv, results_table, spans_datasets
 from runners.rundir.files import replace_atomically
 
 # metrics.csv columns of speed and resources; True: higher is better.
@@ -40,9 +41,13 @@ def write_report(
     if pair is None:
         pair = len(runs) == 2 and same_dataset(runs[0], runs[1])
     page = Page(_title(runs))
+    results = results_table(runs) if spans_datasets(runs) else []
     if len(runs) == 1:
         _one_run(page, runs[0], worst)
     else:
+        if results:
+            page.section("Results: each run's headline score", level=2)
+            page.table(results, bars=[column for column in results[0] if column != "model"])
         _side_by_side(page, runs)
         if pair:
             _pair(page, compare(runs[0], runs[1]), worst)
@@ -56,6 +61,8 @@ def write_report(
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
     _write_text(html_path, page.html())
     _write_text(md_path, page.markdown())
+    if results:
+        _write_text(out_dir / "results.csv", results_csv(results))
     return html_path, md_path
 
 

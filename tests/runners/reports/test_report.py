@@ -210,11 +210,30 @@ def test_mcnemar_is_the_exact_binomial_tail() -> None:
 def test_two_runs_of_different_datasets_are_refused(model_cache, known_flips, tmp_path, capsys):
     other = write_dataset(tmp_path / "other", [{"question": "q?"}], images=True)
     first = run_dummy(model_cache, tmp_path / "first", known_flips)
-    second = run_dummy(model_cache, tmp_path / "second", other)
+    # Of one name but not one content: no pair to compare sample by sample.
+    second = run_dummy(model_cache, tmp_path / "second", other, "dataset.name=data")
     assert main([str(first), str(second), "--out", str(tmp_path / "report")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: first and second ran on different datasets")
     assert not (tmp_path / "report").exists()
+
+
+def test_runs_of_several_datasets_get_a_results_table(model_cache, known_flips, tmp_path, capsys):
+    other = write_dataset(tmp_path / "other", [{"question": "q?", "answer": "no"}], images=True)
+    first = run_dummy(model_cache, tmp_path / "first", known_flips)
+    second = run_dummy(model_cache, tmp_path / "second", other)
+    assert main([str(first), str(second), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:3] == [
+        "| model | data (anls) | other (anls) |",
+        "| --- | --- | --- |",
+        f"| dummy | {read_metrics(first)['anls']:.4f} | 0.0000 |",
+    ]
+    results = (tmp_path / "report" / "results.csv").read_text(encoding="utf-8").splitlines()
+    assert results[0] == "model,data (anls),other (anls)"
+    assert "Results: each run's headline score" in (tmp_path / "report" / "report.md").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_a_directory_without_a_finished_run_is_refused(tmp_path, capsys) -> None:
