@@ -49,7 +49,7 @@ class DatasetConfig:
     name: str | None = None  # null: the root folder's (or hub dataset's) name
     # vlmhyperbench, csv, jsonl, kie_json or hf (runners/datasets/)
     format: str = "vlmhyperbench"
-    root: str | None = MISSING  # null for format hf
+    root: str | None = None  # the dataset's folder (format hf has none)
     # The annotation file inside root; null means the format's default.
     file: str | None = None
     # Python str.format template: {prompt} is the dataset's question, any column works too.

@@ -341,7 +341,7 @@ def test_a_failing_batch_is_retried_one_sample_at_a_time(cache_dir, tmp_path) ->
             ["model=custom", "model.init_params.model_name=x"],
             "model=custom needs the wrapper to run",
         ),
-        (["dataset=vlmhyperbench"], "dataset.root has no value"),
+        (["dataset=vlmhyperbench"], "dataset.root is not set; pass dataset.root="),
         (["dataset.root=/no/such/dir"], "is not a directory; fix dataset.root"),
         (["model=dummy", "runner.metrics=[anl]"], "Did you mean 'anls'?"),
         (["model=no_such_model"], "Could not find 'model/no_such_model'"),
