@@ -159,6 +159,11 @@ def _generation_overrides(body: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadRequest(f"{key!r} must be a number, got {value!r}")
         overrides[setting] = value
+    template_options = body.get("chat_template_kwargs")
+    if template_options is not None:
+        if not isinstance(template_options, dict):
+            raise BadRequest(f"'chat_template_kwargs' must be an object, got {template_options!r}")
+        overrides["chat_template_kwargs"] = template_options
     return overrides
 
 

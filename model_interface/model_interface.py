@@ -64,6 +64,11 @@ class Prediction:
     # (width, height) of each image as the model received it, after its processor resized it
     # (max_pixels and the like), where a backend can tell: scores move with resolution.
     image_sizes: tuple[tuple[int, int], ...] | None = None
+    # A reasoning model's thinking, apart from the answer in ``text`` (split_reasoning), with
+    # its tokens where known; ``truncated``: the thinking never ended, so there is no answer.
+    reasoning: str | None = None
+    reasoning_tokens: int | None = None
+    truncated: bool = False
 
 
 class UnsupportedRequest(ValueError):
@@ -106,6 +111,12 @@ class GenerationSettings:
     for Hugging Face)."""
     generation_kwargs: dict[str, Any] = field(default_factory=dict)
     """Backend-specific generation options passed through untouched (e.g. ``num_beams``)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options the model's chat template reads, e.g. ``{"enable_thinking": False}`` (Qwen3):
+    passed to the template by Hugging Face and vLLM, and sent to OpenAI-compatible servers."""
+    reasoning_markers: Sequence[str] | None = ("<think>", "</think>")
+    """The (start, end) markers around a reasoning model's thinking: text between them is
+    ``Prediction.reasoning``, the rest the answer (:func:`split_reasoning`). None: no split."""
 
     @property
     def greedy(self) -> bool:
@@ -158,6 +169,14 @@ class GenerationSettings:
         if not all(isinstance(text, str) and text for text in stop):
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(stop))  # frozen: settings can be compared
+        if self.reasoning_markers is not None:
+            markers = tuple(self.reasoning_markers)
+            if len(markers) != 2 or not all(isinstance(m, str) and m for m in markers):
+                raise ValueError(
+                    f"reasoning_markers must be two non-empty strings (start, end) or null, got "
+                    f"{self.reasoning_markers!r}"
+                )
+            object.__setattr__(self, "reasoning_markers", markers)
         if self.json_schema is not None and not isinstance(self.json_schema, Mapping):
             raise ValueError(f"json_schema must be a JSON Schema object, got {self.json_schema!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool):
@@ -383,4 +402,46 @@ def predict_isolated(
         unsupported = isinstance(error, (UnsupportedRequest, NotImplementedError))
         return [TimedPrediction(Prediction("", error=message), call_s, 1, unsupported)]
     call_s = time.perf_counter() - start
-    return [TimedPrediction(prediction, call_s, len(requests)) for prediction in predictions]
+    return [
+        TimedPrediction(
+            split_reasoning(prediction, _markers(model, request)), call_s, len(requests)
+        )
+        for prediction, request in zip(predictions, requests, strict=True)
+    ]
+
+
+def split_reasoning(prediction: Prediction, markers: Sequence[str] | None) -> Prediction:
+    """``prediction`` with a reasoning model's thinking moved from ``text`` to ``reasoning``.
+
+    The thinking is what lies between ``markers`` (start, end) at the start of the text, or
+    before the end marker alone (templates that open the block in the prompt, as DeepSeek-R1's
+    does); the answer is what follows. A text that starts the block and never ends it is
+    ``truncated``: all thinking, no answer (its tokens all reasoning). A prediction a backend
+    already split (a server's ``reasoning_content``), or one without markers, is left as it is.
+    """
+    if markers is None or prediction.reasoning is not None or prediction.error:
+        return prediction
+    start, end = markers
+    text = prediction.text.lstrip()
+    opened = text.startswith(start)
+    closed_at = text.find(end)
+    if not opened and (closed_at < 0 or start in text[:closed_at]):  # no block at the start
+        return prediction
+    if closed_at < 0:
+        return dataclasses.replace(
+            prediction,
+            text="",
+            reasoning=text[len(start) :].strip(),
+            truncated=True,
+            reasoning_tokens=prediction.reasoning_tokens or prediction.completion_tokens,
+        )
+    thinking = text[len(start) : closed_at] if opened else text[:closed_at]
+    answer = text[closed_at + len(end) :].strip()
+    return dataclasses.replace(prediction, text=answer, reasoning=thinking.strip())
+
+
+def _markers(model: ModelInterface, request: PredictionRequest) -> Sequence[str] | None:
+    try:
+        return model.settings_for(request).reasoning_markers
+    except UnsupportedRequest:  # the request failed on it already
+        return None

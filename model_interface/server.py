@@ -415,8 +415,17 @@ def error_response(status: int, message: str, code: str | None = None) -> JSONRe
 def _completion(prediction: Prediction, served_model_name: str, max_new_tokens: int) -> dict:
     """An OpenAI ``chat.completion`` object. Unknown token counts are sent as null."""
     prompt, completion = prediction.prompt_tokens, prediction.completion_tokens
-    finished = "length" if completion is not None and completion >= max_new_tokens else "stop"
+    cut = prediction.truncated or (completion is not None and completion >= max_new_tokens)
     total = prompt + completion if prompt is not None and completion is not None else None
+    message: dict[str, Any] = {"role": "assistant", "content": prediction.text}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+    }
+    if prediction.reasoning is not None:  # as vLLM and SGLang servers return a model's thinking
+        message["reasoning_content"] = prediction.reasoning
+        usage["completion_tokens_details"] = {"reasoning_tokens": prediction.reasoning_tokens}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -425,11 +434,11 @@ def _completion(prediction: Prediction, served_model_name: str, max_new_tokens: 
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": prediction.text},
-                "finish_reason": finished,
+                "message": message,
+                "finish_reason": "length" if cut else "stop",
             }
         ],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total},
+        "usage": usage,
     }
 
 
@@ -438,9 +447,15 @@ def _stream_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[
     the text in one piece, the finish reason, the usage if asked for, then ``[DONE]``."""
     (choice,) = completion["choices"]
     head = {key: completion[key] for key in ("id", "created", "model")}
+    message = choice["message"]
     deltas = [
         ({"role": "assistant", "content": ""}, None),
-        ({"content": choice["message"]["content"]}, None),
+        *(
+            [({"reasoning_content": message["reasoning_content"]}, None)]
+            if "reasoning_content" in message
+            else []
+        ),
+        ({"content": message["content"]}, None),
         ({}, choice["finish_reason"]),
     ]
     for delta, finish_reason in deltas:

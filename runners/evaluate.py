@@ -85,10 +85,13 @@ ANSWER_COLUMNS = (
     "framework",
     "prompt",
     "prediction",
+    "reasoning",
     "call_s",
     "batch_size",
     "prompt_tokens",
     "completion_tokens",
+    "reasoning_tokens",
+    "truncated",
     "image_size",
     "error",
 )

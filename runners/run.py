@@ -109,10 +109,18 @@ def run_experiment(
             return finish_shard(run_dir, plan, cost)
         run_tally, quality = score(run_dir, predictions, plan)
         row = write(run_dir, plan, cost, run_tally, quality)
+    if row.get("n_truncated"):
+        log.warning(TRUNCATED_NOTE, row["n_truncated"], row["n_samples"])
     if random_weights:
         log.warning(RANDOM_WEIGHTS_NOTE, cost.model)
     return row
 
+
+TRUNCATED_NOTE = (
+    "%s of %s answers are truncated: the model's reasoning never ended within max_new_tokens, "
+    "so they have no answer and score as empty ones (truncated=True in predictions.csv); "
+    "raise model.init_params.max_new_tokens, or turn the thinking off (chat_template_kwargs)"
+)
 
 # The tiny offline models answer gibberish: a default run's scores of 0 are theirs, not a bug.
 RANDOM_WEIGHTS_NOTE = (
@@ -276,10 +284,13 @@ def _row(answer: Any, dataset_name: str, model: Any) -> dict[str, Any]:
         "framework": model.framework,
         "prompt": answer.prompt,
         "prediction": prediction.text,
+        "reasoning": prediction.reasoning,
         "call_s": None if answer.call_s is None else round(answer.call_s, 6),
         "batch_size": answer.batch_size,
         "prompt_tokens": prediction.prompt_tokens,
         "completion_tokens": prediction.completion_tokens,
+        "reasoning_tokens": prediction.reasoning_tokens,
+        "truncated": prediction.truncated,
         "image_size": ";".join(f"{w}x{h}" for w, h in prediction.image_sizes or ()),
         "error": prediction.error or "",
     }

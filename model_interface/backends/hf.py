@@ -138,6 +138,7 @@ class HFModel(ModelInterface):
                 template_messages(self.system_prompt, request),
                 tokenize=False,
                 add_generation_prompt=True,
+                **settings.chat_template_kwargs,
             )
             for request in requests
         ]
@@ -186,9 +187,23 @@ class HFModel(ModelInterface):
                 completion_tokens=len(generated[row]),
                 token_ids=tuple(generated[row]),
                 image_sizes=image_sizes[row] if image_sizes else None,
+                reasoning_tokens=self._thinking_tokens(generated[row], settings),
             )
             for row, text in enumerate(texts_out)
         ]
+
+    def _thinking_tokens(self, generated: list[int], settings: GenerationSettings) -> int | None:
+        """The tokens up to and including the end of a reasoning block (its end marker's
+        tokens), if the answer has one."""
+        if settings.reasoning_markers is None:
+            return None
+        end = self.processor.tokenizer.encode(
+            settings.reasoning_markers[1], add_special_tokens=False
+        )
+        for start in range(len(generated) - len(end) + 1):
+            if generated[start : start + len(end)] == end:
+                return start + len(end)
+        return None
 
     def _image_sizes(
         self, inputs: Mapping[str, Any], counts: Sequence[int]

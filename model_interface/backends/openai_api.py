@@ -240,6 +240,8 @@ class OpenAIModel(ModelInterface):
             ),
             **options,
         }
+        if settings.chat_template_kwargs:  # vLLM's and SGLang's servers pass it to the template
+            body["chat_template_kwargs"] = dict(settings.chat_template_kwargs)
         if settings.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
@@ -440,10 +442,21 @@ def _parse_completion(answer: Any) -> Prediction:
             f"the server's answer has no choices[0].message: {_shorten(json.dumps(answer))}"
         ) from None
     usage = answer.get("usage") or {}
+    text = (message.get("content") or "").strip()
+    # A reasoning model's thinking, apart, where the server splits it (vLLM and SGLang with a
+    # reasoning parser: reasoning_content; some servers: reasoning).
+    reasoning = message.get("reasoning_content", message.get("reasoning"))
+    details = usage.get("completion_tokens_details") or {}
     return Prediction(
-        text=(message.get("content") or "").strip(),
+        text=text,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
+        reasoning=reasoning if isinstance(reasoning, str) else None,
+        reasoning_tokens=_int_or_none(details.get("reasoning_tokens")),
+        # Cut by the token limit while thinking: no answer came.
+        truncated=isinstance(reasoning, str)
+        and not text
+        and answer["choices"][0].get("finish_reason") == "length",
     )
 
 

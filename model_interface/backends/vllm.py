@@ -14,6 +14,7 @@ module imports (and its request building can be tested) without it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -117,9 +118,22 @@ class VLLMModel(ModelInterface):
             return []
         if self.llm is None:
             raise RuntimeError(f"{self!r} is closed")
-        conversations = [conversation(self.system_prompt, request) for request in requests]
-        outputs = self.llm.chat(conversations, self._sampling_params(requests), use_tqdm=False)
-        return predictions_from_outputs(outputs)
+        # One call per set of chat-template options: vLLM takes one set per call.
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            options = self.settings_for(request).chat_template_kwargs
+            groups.setdefault(json.dumps(options, sort_keys=True), []).append(index)
+        predictions: dict[int, Prediction] = {}
+        for key, indexes in groups.items():
+            group = [requests[index] for index in indexes]
+            outputs = self.llm.chat(
+                [conversation(self.system_prompt, request) for request in group],
+                self._sampling_params(group),
+                use_tqdm=False,
+                chat_template_kwargs=json.loads(key) or None,
+            )
+            predictions.update(zip(indexes, predictions_from_outputs(outputs), strict=True))
+        return [predictions[index] for index in range(len(requests))]
 
     def _sampling_params(self, requests: Sequence[PredictionRequest]) -> Any:
         """The model's SamplingParams, or one per request where a request has its own."""

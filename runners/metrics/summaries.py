@@ -123,7 +123,8 @@ class RunTally:
     def __init__(self) -> None:
         self.n_samples = self.n_input_errors = self.n_model_errors = 0
         self.model_s = 0.0
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.reasoning_tokens = 0
+        self.n_truncated = 0
         self.call_times = array("d")  # one float per sample that reached the model
 
     def add(self, row: Mapping[str, Any]) -> None:
@@ -141,6 +142,9 @@ class RunTally:
             self.n_model_errors += bool(row["error"])
         self.prompt_tokens += int(cell_number(row["prompt_tokens"]) or 0)
         self.completion_tokens += int(cell_number(row["completion_tokens"]) or 0)
+        # (Rows of runs made before these columns have none.)
+        self.reasoning_tokens += int(cell_number(row.get("reasoning_tokens") or "") or 0)
+        self.n_truncated += row.get("truncated") in (True, "True")
 
     def summary(self) -> dict[str, Any]:
         """Counts, timing and token figures."""
@@ -158,6 +162,9 @@ class RunTally:
             **_percentiles(self.call_times),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            # Answers whose reasoning never ended within max_new_tokens: empty, scored so.
+            "n_truncated": self.n_truncated,
             "tokens_per_s": self.completion_tokens / model_s if model_s else math.nan,
         }
 

@@ -34,12 +34,15 @@ PREDICTION_COLUMNS = [
     "framework",
     "image_paths",
     "prompt",
-    "prediction",
+    "prediction",  # the answer (a reasoning model's thinking apart, in reasoning)
+    "reasoning",
     "reference",
     "call_s",
     "batch_size",
     "prompt_tokens",
     "completion_tokens",
+    "reasoning_tokens",
+    "truncated",  # the reasoning never ended within max_new_tokens: no answer
     "image_size",  # as the model received each image, "448x336" ("a;b" for several)
     "error",
     "split",

@@ -71,3 +71,18 @@ class KnownAnswers(DummyModel):
     def _answer(self, prompt: str) -> str:
         asked = [question for question in self.answers if prompt.startswith(question)]
         return self.answers[max(asked, key=len)] if asked else ""
+
+
+class Thinks(DummyModel):
+    """A reasoning model: ``<think>`` a thought holding the chat-template options it was given
+    ``</think>``, then ``42``; a question holding "cut" is thought about until the token limit
+    ends it, inside the thinking."""
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        answers = []
+        for request in requests:
+            options = json.dumps(self.settings_for(request).chat_template_kwargs, sort_keys=True)
+            thought = f"<think>long thought {options}"
+            text = thought if "cut" in request.prompt else f"{thought}</think>42"
+            answers.append(Prediction(text, prompt_tokens=3, completion_tokens=len(text.split())))
+        return answers
