@@ -29,7 +29,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "sglang": "model_interface.backends.sglang:SGLangModel",
 }
 
-CONFIG_KEYS = ("name", "class_path", "_target_", "init_params")
+# pricing: the model's prices per million tokens, read by the runner (never by the model).
+CONFIG_KEYS = ("name", "class_path", "_target_", "init_params", "pricing")
 
 
 class ModelFactoryError(ValueError):

@@ -34,6 +34,7 @@ from runners.config.job import JobOutcome, hydra_main, run_hydra_command
 from runners.config.paths import CONFIG_DIR, PROJECT_ROOT
 from runners.errors import Interrupted, RunnerError
 from runners.execution import fingerprint
+from runners.execution.budget import Budget
 from runners.execution.pipeline import answer_samples
 from runners.execution.plan import Plan, check
 from runners.execution.scoring import (
@@ -46,6 +47,7 @@ from runners.execution.scoring import (
     write,
 )
 from runners.execution.shards import finish_shard
+from runners.metrics.summaries import Spending
 from runners.rundir.environment import environment_record
 from runners.rundir.files import (
     LOCK_FILE,
@@ -93,13 +95,18 @@ def run_experiment(
                 run_dir / "metrics.csv",
             )
             return finished
-        predictions, todo, n_todo, answered_row = resume(run_dir, plan)
+        predictions, todo, n_todo, kept = resume(run_dir, plan)
+        answered_row = kept[0] if kept else None
         random_weights = False
         if n_todo:
+            spent = Spending(plan.pricing)
+            spent.add(kept)
+            budget = Budget(plan.settings.runner.max_cost, plan.settings.runner.max_tokens_total)
+            budget.check(spent)  # spent already: stop before loading the model
             loaded, reused = models.get(plan.model)
             random_weights = getattr(loaded.model, "random_weights", False)
             _log_start(loaded.model, plan, n_todo)
-            answered = answer(loaded.model, plan, predictions, todo, n_todo)
+            answered = answer(loaded.model, plan, predictions, todo, n_todo, spent, budget)
             cost = RunCost.of(loaded, reused, answered)
         else:
             predictions.close()
@@ -204,8 +211,8 @@ def resume(
 ) -> tuple[Any, Callable[[], Iterator[Any]], int, dict[str, str] | None]:
     """Open predictions.csv, keeping what an earlier attempt answered.
 
-    Returns the file, a function giving the samples still to answer, their number, and one
-    row answered before (None if there is none).
+    Returns the file, a function giving the samples still to answer, their number, and the
+    rows answered before.
     """
     settings = plan.settings
     _seed_everything(settings.seed)
@@ -222,7 +229,7 @@ def resume(
     n_todo = sum(1 for _ in todo()) if done else plan.n_in_slice
     if done:
         log.info("resuming: %d samples already answered, %d to go", len(done), n_todo)
-    return predictions, todo, n_todo, (kept[0] if kept else None)
+    return predictions, todo, n_todo, kept
 
 
 def _log_start(model: Any, plan: Plan, n_todo: int) -> None:
@@ -237,9 +244,16 @@ def _log_start(model: Any, plan: Plan, n_todo: int) -> None:
 
 
 def answer(
-    model: Any, plan: Plan, predictions: Any, todo: Callable[[], Iterator[Any]], n_todo: int
+    model: Any,
+    plan: Plan,
+    predictions: Any,
+    todo: Callable[[], Iterator[Any]],
+    n_todo: int,
+    spent: Spending,
+    budget: Budget,
 ) -> Answered:
-    """Answer the samples still to do, appending each batch to predictions.csv as it comes."""
+    """Answer the samples still to do, appending each batch to predictions.csv as it comes;
+    stop once the answers reach the budget."""
     from model_interface import ModelUnavailable, measure
 
     runner = plan.settings.runner
@@ -257,8 +271,11 @@ def answer(
                 max_image_pixels=runner.max_image_pixels,
                 image_cache_mb=runner.image_cache_mb,
             ):
-                predictions.append([_row(answer, plan.dataset.name, model) for answer in answers])
+                rows = [_row(answer, plan.dataset.name, model) for answer in answers]
+                predictions.append(rows)
                 progress.update(len(answers))
+                spent.add(rows)
+                budget.check(spent)
     except ModelUnavailable as error:
         raise RunnerError(
             f"{error}. The {predictions.n_answered} answers of this run so far are kept: run "

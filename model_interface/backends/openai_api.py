@@ -129,6 +129,7 @@ class OpenAIModel(ModelInterface):
         max_connection_failures: int = 3,
         retry_backoff_s: float = 0.5,
         image_format: str = "PNG",
+        requests_per_minute: float | None = None,
         **generation: Any,
     ) -> None:
         # Unset is not the same as GenerationSettings' default of 512: the server decides.
@@ -146,6 +147,8 @@ class OpenAIModel(ModelInterface):
         for name, value, least in lower_bounds:
             if value < least:
                 raise ValueError(f"{name} must be >= {least}, got {value}")
+        if requests_per_minute is not None and requests_per_minute <= 0:
+            raise ValueError(f"requests_per_minute must be > 0 or null, got {requests_per_minute}")
         if timeout <= 0 or (deadline_s is not None and deadline_s <= 0):
             raise ValueError(f"timeout and deadline_s must be > 0 s, got {timeout}, {deadline_s}")
         self.base_url = base_url.rstrip("/")
@@ -158,6 +161,9 @@ class OpenAIModel(ModelInterface):
         self.max_connection_failures = int(max_connection_failures)
         self.retry_backoff_s = float(retry_backoff_s)
         self.image_format = image_format
+        # A provider's rate limit: request starts spread at least 60 / rpm seconds apart.
+        self.requests_per_minute = requests_per_minute
+        self._next_start = 0.0  # loop time the next request may start at
         self._encoded_images = _EncodedImages(image_format)
         headers = {"Accept": "application/json"}
         if api_key_env:
@@ -285,6 +291,8 @@ class OpenAIModel(ModelInterface):
                     ) from None
             prediction = _parse_completion(answer)
             prediction.text = self._redact(prediction.text)
+            if prediction.reasoning is not None:
+                prediction.reasoning = self._redact(prediction.reasoning)
             return prediction
         except Exception as error:
             described = str(error) if isinstance(error, OpenAIRequestError) else _describe(error)
@@ -319,6 +327,7 @@ class OpenAIModel(ModelInterface):
                 raise OpenAIRequestError(f"{method} {url}: the model was closed")
             retry_after: float | None = None
             connected = True
+            await self._take_turn()
             try:
                 response = await asyncio.wait_for(
                     client.request(method, url, **kwargs), self.timeout
@@ -364,6 +373,17 @@ class OpenAIModel(ModelInterface):
             )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    async def _take_turn(self) -> None:
+        """Wait until ``requests_per_minute`` lets the next request (a retry too) start. Only
+        the event loop's thread runs this, so the turns need no lock."""
+        if self.requests_per_minute is None:
+            return
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._next_start)
+        self._next_start = start + 60 / self.requests_per_minute
+        if start > now:
+            await asyncio.sleep(start - now)
 
     def _count_connection_failure(self, url: str, problem: str) -> None:
         self._connection_failures += 1

@@ -90,6 +90,10 @@ class RunnerConfig:
     progress: bool = True
     # report.html and report.md in the run directory when the run ends (runners/report.py).
     report: bool = True
+    # Stop once the answers (earlier attempts' included) cost this much at model.pricing, or
+    # used this many prompt + completion tokens; null: no limit (runners/execution/budget.py).
+    max_cost: float | None = None
+    max_tokens_total: int | None = None
     # Split the run over workers (runners/execution/shards.py): this one answers the
     # shard_index-th of num_shards equal consecutive slices of the selected samples; the last to
     # end merges them.
@@ -115,6 +119,11 @@ class RunnerConfig:
                 "runner.max_image_pixels must be >= 1 or null",
             ),
             (len(self.metrics) > 0, "runner.metrics must name at least one metric"),
+            (self.max_cost is None or self.max_cost > 0, "runner.max_cost must be > 0 or null"),
+            (
+                self.max_tokens_total is None or self.max_tokens_total > 0,
+                "runner.max_tokens_total must be > 0 or null",
+            ),
         ]
         _raise_first_failure(checks, self)
 

@@ -37,8 +37,8 @@ from runners.tasks import TASKS, Task
 FILE_NAME = "fingerprint.json"
 
 # Init parameters that never change an answer: where the weights are kept, the API key's
-# variable, the HTTP client's patience and parallelism, which device runs the model, how much
-# of it an engine may take.
+# variable, the HTTP client's patience, parallelism and pace, which device runs the model, how
+# much of it an engine may take.
 NOT_ANSWER_SETTINGS = frozenset(
     {
         "cache_dir",
@@ -47,6 +47,7 @@ NOT_ANSWER_SETTINGS = frozenset(
         "max_retries",
         "concurrency",
         "retry_backoff_s",
+        "requests_per_minute",
         "device",
         "device_map",
         "gpu_memory_utilization",

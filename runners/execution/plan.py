@@ -21,6 +21,7 @@ from runners.config.schema import RunConfig, model_config, to_settings
 from runners.datasets import Dataset, DatasetError
 from runners.errors import RunnerError
 from runners.execution.fingerprint import fingerprint
+from runners.metrics.summaries import Pricing
 from runners.rundir.naming import shard_folder
 from runners.tasks import make_task
 from runners.tasks.base import TaskError
@@ -39,6 +40,11 @@ class Plan:
     n_selected: int
     fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     selection_digest: int = 0  # of the selected samples' ids (ids_digest), order aside
+
+    @property
+    def pricing(self) -> Pricing | None:
+        """The model's prices (``model.pricing``), if its config has them."""
+        return Pricing.of(self.model)
 
     @property
     def sharded(self) -> bool:
@@ -73,6 +79,15 @@ def check(cfg: DictConfig) -> Plan:
     settings: RunConfig = to_settings(cfg, RunConfig)
     runner = settings.runner
     model = model_config(settings.model, settings.dataset.root)
+    try:
+        pricing = Pricing.of(model)
+    except ValueError as error:
+        raise RunnerError(str(error)) from None
+    if runner.max_cost is not None and pricing is None:
+        raise RunnerError(
+            "runner.max_cost is set but the model config has no pricing; add "
+            "+model.pricing.input_per_million=... +model.pricing.output_per_million=..."
+        )
     dataset, task, selection = dataset_and_task(
         settings.dataset, settings.task, list(runner.metrics), runner.limit
     )

@@ -114,7 +114,7 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
     for stale in FINISHED_RUN_FILES:  # written again below; until then the run is not finished
         (run_dir / stale).unlink(missing_ok=True)
     reference_of = references_in_order(plan.dataset)
-    run_tally, quality = RunTally(), plan.task.tally(run_dir)
+    run_tally, quality = RunTally(plan.pricing), plan.task.tally(run_dir)
     answers = answers_stream(run_dir / "answers.csv")
 
     def scored(row: dict[str, str]) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def finish_shard(run_dir: Path, plan: Any, cost: Any) -> dict[str, Any]:
     runner = plan.settings.runner
     index, count = runner.shard_index, runner.num_shards
     folder = plan.answers_dir(run_dir)
-    tally = RunTally()
+    tally = RunTally(plan.pricing)
     for row in iter_complete_rows(folder / "predictions.csv"):
         tally.add(row)
     counts = tally.summary()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -14,6 +15,74 @@ from rapidfuzz.distance import Levenshtein
 
 from runners.metrics import Reference
 from runners.rundir.files import cell_number
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """Prices per million tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+    @classmethod
+    def of(cls, model_config: Mapping[str, Any]) -> Pricing | None:
+        """The ``pricing`` of a model config, checked; None where it has none."""
+        given = model_config.get("pricing")
+        if not given:
+            return None
+        known = {"input_per_million", "output_per_million"}
+        if not isinstance(given, Mapping) or set(given) - known:
+            raise ValueError(
+                "model.pricing must be {input_per_million: <price>, output_per_million: "
+                f"<price>}} (per million tokens), got {given!r}"
+            )
+        prices = {key: given.get(key) or 0 for key in known}
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for v in prices.values()
+        )
+        if not numbers:
+            raise ValueError(f"model.pricing prices must be numbers >= 0, got {dict(given)}")
+        return cls(**{key: float(value) for key, value in prices.items()})
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (
+            prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million
+        ) / 1e6
+
+
+@dataclass
+class Spending:
+    """Tokens and cost of the answers so far (``pricing``: the model config's, if any)."""
+
+    pricing: Pricing | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    uncounted: int = 0  # answers the model gave no token counts for
+
+    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Count rows of predictions.csv (as written, or read back as text)."""
+        for row in rows:
+            completion = _count(row.get("completion_tokens"))
+            self.prompt_tokens += int(_count(row.get("prompt_tokens")) or 0)
+            self.completion_tokens += int(completion or 0)
+            # A failed request answered nothing; an answer without counts spent the unknown.
+            self.uncounted += completion is None and not row.get("error")
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost(self) -> float:
+        """The cost at the model's prices; NaN without prices or with answers uncounted."""
+        if self.pricing is None or self.uncounted:
+            return math.nan
+        return self.pricing.cost(self.prompt_tokens, self.completion_tokens)
+
+
+def _count(value: Any) -> float | None:
+    return cell_number("" if value is None else str(value))
 
 
 class QualitySummary:
@@ -120,11 +189,11 @@ class RunTally:
       ``call_s`` seconds, so it accounts for ``call_s / batch_size`` of model time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pricing: Pricing | None = None) -> None:
         self.n_samples = self.n_input_errors = self.n_model_errors = 0
         self.model_s = 0.0
-        self.prompt_tokens = self.completion_tokens = self.reasoning_tokens = 0
-        self.n_truncated = 0
+        self.spent = Spending(pricing)  # tokens, and their cost at the model's prices
+        self.reasoning_tokens = self.n_truncated = 0
         self.call_times = array("d")  # one float per sample that reached the model
 
     def add(self, row: Mapping[str, Any]) -> None:
@@ -140,8 +209,7 @@ class RunTally:
             self.call_times.append(call_s)
             self.model_s += call_s / batch_size
             self.n_model_errors += bool(row["error"])
-        self.prompt_tokens += int(cell_number(row["prompt_tokens"]) or 0)
-        self.completion_tokens += int(cell_number(row["completion_tokens"]) or 0)
+        self.spent.add([row])
         # (Rows of runs made before these columns have none.)
         self.reasoning_tokens += int(cell_number(row.get("reasoning_tokens") or "") or 0)
         self.n_truncated += row.get("truncated") in (True, "True")
@@ -160,12 +228,14 @@ class RunTally:
             "s_per_sample": model_s / reached if reached else math.nan,
             "samples_per_s": reached / model_s if model_s else math.nan,
             **_percentiles(self.call_times),
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
+            "prompt_tokens": self.spent.prompt_tokens,
+            "completion_tokens": self.spent.completion_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             # Answers whose reasoning never ended within max_new_tokens: empty, scored so.
             "n_truncated": self.n_truncated,
-            "tokens_per_s": self.completion_tokens / model_s if model_s else math.nan,
+            "tokens_per_s": self.spent.completion_tokens / model_s if model_s else math.nan,
+            "cost": self.spent.cost,
+            "cost_per_sample": self.spent.cost / self.n_samples if self.n_samples else math.nan,
         }
 
 

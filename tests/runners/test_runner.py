@@ -67,6 +67,8 @@ METRICS_COLUMNS = {
     "reasoning_tokens",
     "n_truncated",
     "tokens_per_s",
+    "cost",
+    "cost_per_sample",
     "answered_now",
     "batch_size",
     "import_s",

@@ -6,6 +6,7 @@ Nothing is mocked: every request goes through httpx and a real socket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -107,7 +108,9 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             prompt = body["messages"][-1]["content"][-1]["text"]
             with server.lock:
-                server.requests.append({"headers": dict(self.headers), "body": body})
+                server.requests.append(
+                    {"headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                )
                 fault = server.faults.pop(0) if server.faults else None
                 server.in_flight += 1
                 server.max_in_flight = max(server.max_in_flight, server.in_flight)
@@ -459,6 +462,21 @@ def test_concurrency_bounds_the_requests_in_flight(fake_server, concurrency) -> 
         assert fake_server.max_in_flight == 1
     else:
         assert 1 < fake_server.max_in_flight <= concurrency
+
+
+def test_requests_per_minute_spreads_the_requests_and_their_retries(fake_server) -> None:
+    fake_server.faults = [Fault(status=503)]  # the first is retried: that request waits its turn
+    model = client_for(
+        fake_server, model_name="m", concurrency=8, requests_per_minute=600, retry_backoff_s=0
+    )
+    predictions = model.predict_batch(requests_for([f"Q{i}" for i in range(5)]))
+    assert all(prediction.error is None for prediction in predictions)
+    arrivals = sorted(request["at"] for request in fake_server.requests)
+    assert len(arrivals) == 6
+    # 600 a minute: one every 0.1 s at most (a lower bound; a slow machine only spreads more).
+    assert min(b - a for a, b in itertools.pairwise(arrivals)) >= 0.09
+    with pytest.raises(ValueError, match="requests_per_minute must be > 0 or null, got 0"):
+        client_for(fake_server, requests_per_minute=0)
 
 
 def test_answers_come_back_in_request_order_when_the_server_answers_out_of_order(
