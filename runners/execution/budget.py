@@ -43,6 +43,8 @@ class Budget:
                     f"{name} can't be kept: {spent.uncounted} answer(s) came without token counts",
                     "unset it for this model",
                 )
+            if used is None:  # no prices: refused before the run, by the plan
+                raise RunnerError(f"{name} is set but the model config has no pricing")
             if used >= limit:
                 raise _stop(f"{name}={limit:g} reached ({used:.6g})", "raise it")
 

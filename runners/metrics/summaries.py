@@ -74,10 +74,11 @@ class Spending:
         return self.prompt_tokens + self.completion_tokens
 
     @property
-    def cost(self) -> float:
-        """The cost at the model's prices; NaN without prices or with answers uncounted."""
+    def cost(self) -> float | None:
+        """The cost at the model's prices; None (unknown) without prices or with answers
+        uncounted."""
         if self.pricing is None or self.uncounted:
-            return math.nan
+            return None
         return self.pricing.cost(self.prompt_tokens, self.completion_tokens)
 
 
@@ -218,6 +219,7 @@ class RunTally:
         """Counts, timing and token figures."""
         n_errors = self.n_input_errors + self.n_model_errors
         reached, model_s = len(self.call_times), self.model_s
+        cost = self.spent.cost if self.n_samples else None
         return {
             "n_samples": self.n_samples,
             "n_errors": n_errors,
@@ -234,8 +236,8 @@ class RunTally:
             # Answers whose reasoning never ended within max_new_tokens: empty, scored so.
             "n_truncated": self.n_truncated,
             "tokens_per_s": self.spent.completion_tokens / model_s if model_s else math.nan,
-            "cost": self.spent.cost,
-            "cost_per_sample": self.spent.cost / self.n_samples if self.n_samples else math.nan,
+            "cost": cost,  # None: unknown (no prices, or answers without token counts)
+            "cost_per_sample": cost / self.n_samples if cost is not None else None,
         }
 
 

@@ -214,20 +214,19 @@ def test_each_image_size_the_model_received_is_reported(model_cache, max_pixels,
 
 @pytest.mark.slow
 def test_chat_template_options_reach_the_template_per_model_and_request(model_cache) -> None:
+    # Qwen2-VL's template numbers the pictures ("Picture 1: ") when add_vision_id is set.
     def model(**options) -> HFModel:
-        loaded = HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=2, **options)
-        # A template that reads an option, as Qwen3's reads enable_thinking.
-        template = loaded.processor.chat_template
-        loaded.processor.chat_template = template + "{% if think %}<think> thinking{% endif %}"
-        return loaded
+        return HFModel("tiny-qwen2-vl", cache_dir=str(model_cache), max_new_tokens=2, **options)
 
     def prompt_tokens(loaded: HFModel, **generation) -> int:
         request = PredictionRequest([BLACK], "q", generation=generation or None)
         return loaded.predict_batch([request])[0].prompt_tokens
 
-    plain, thinking = model(), model(chat_template_kwargs={"think": True})
-    assert prompt_tokens(thinking) > prompt_tokens(plain)
-    assert prompt_tokens(plain, chat_template_kwargs={"think": True}) == prompt_tokens(thinking)
+    plain, numbered = model(), model(chat_template_kwargs={"add_vision_id": True})
+    assert prompt_tokens(numbered) > prompt_tokens(plain)
+    assert prompt_tokens(plain, chat_template_kwargs={"add_vision_id": True}) == prompt_tokens(
+        numbered
+    )
     # The tokens of a reasoning block: up to and including its end marker's.
     tokenizer = plain.processor.tokenizer
     thought, end = (tokenizer.encode(t, add_special_tokens=False) for t in ("x y", "</think>"))

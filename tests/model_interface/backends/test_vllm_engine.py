@@ -87,6 +87,20 @@ def test_the_system_prompt_is_part_of_the_prompt(model_cache, qwen) -> None:
     assert told.prompt_tokens > plain.prompt_tokens
 
 
+def test_chat_template_options_apply_to_their_own_requests(qwen) -> None:
+    # Qwen2-VL's template numbers the pictures ("Picture 1: ") when add_vision_id is set.
+    image = [picture(RED)]
+    numbered = {"chat_template_kwargs": {"add_vision_id": True}}
+    plain, told, plain_again = qwen.predict_batch(
+        [
+            PredictionRequest(image, "What is the total?"),
+            PredictionRequest(image, "What is the total?", generation=numbered),
+            PredictionRequest(image, "What is the total?"),
+        ]
+    )
+    assert told.prompt_tokens > plain.prompt_tokens == plain_again.prompt_tokens
+
+
 def test_a_json_schema_makes_every_answer_valid(qwen) -> None:
     schema = {
         "type": "object",
