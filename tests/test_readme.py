@@ -23,26 +23,13 @@ from omegaconf import OmegaConf
 from model_interface import ModelFactory, tiny
 from runners.config.paths import CONFIG_DIR, PROJECT_ROOT
 from tests.support.helpers import run_cli
+from tests.support.readme import COMMAND, readme_commands
 
-COMMAND = "python -m runners.run"
 SERVE_COMMAND = "python -m runners.serve"
 EVALUATE_COMMAND = "python -m runners.evaluate"
 IMPORT_COMMAND = "python -m runners.import_vlmhyperbench"
 REPORT_COMMAND = "python -m runners.report"
 MERGE_COMMAND = "python -m runners.merge"
-
-
-def readme_lines() -> list[str]:
-    """Every line of README.md's bash blocks, in order, a line continued by ``\\`` joined."""
-    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
-    return [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
-
-
-def readme_commands(command: str = COMMAND) -> list[str]:
-    """Each ``python -m runners.run ...`` (or ``command``) in README.md's bash blocks, in order."""
-    parts = (part.strip() for line in readme_lines() for part in line.split("&&"))
-    return [part for part in parts if part.startswith(command)]
 
 
 def what_it_needs(arguments: list[str]) -> str | None:

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from runners.config.paths import PROJECT_ROOT
-from tests.test_readme import readme_lines
+from tests.support.readme import readme_lines
 
 pytestmark = pytest.mark.slow
 

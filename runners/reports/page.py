@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runners.datasets import inside_root
+from runners.datasets import DatasetError, HubSource, HubTable, inside_root
 from runners.metrics.summaries import percentile
 from runners.reports.compare import Pair
 from runners.reports.read import Run, number_or_none
@@ -71,7 +71,9 @@ class Page:
         self.title = title
         self._html: list[str] = []
         self._md: list[str] = [f"# {_md(title)}", ""]
-        self._thumbnails: dict[Path, str] = {}  # a page's image shown twice is encoded once
+        # A page's image shown twice is encoded once: by file, or by run and table cell.
+        self._thumbnails: dict[Path | tuple[Path, str], str] = {}
+        self._tables: dict[Path, HubTable | None] = {}  # each hf run's split, loaded once
 
     def open_cards(self) -> None:
         """What follows, up to :meth:`close_cards`, sits side by side (in HTML)."""
@@ -215,8 +217,13 @@ class Page:
         images = _image_entries(row)
         if not images:
             return "<div>(no image)</div>"
-        if run.dataset_format == "hf":  # no file: a cell of a table (not shown, for now)
-            return f"<div>(image {_e(images[0])} of the dataset's table)</div>"
+        if run.dataset_format == "hf":  # no file: a cell of the run's own table
+            key = (run.path, images[0])
+            if key not in self._thumbnails:
+                self._thumbnails[key] = _thumbnail_uri(self._table_image(run, images[0]))
+            if not self._thumbnails[key]:
+                return f"<div>(image {_e(images[0])} of the dataset's table: not loaded here)</div>"
+            return f'<div><img alt="{_e(images[0])}" src="{self._thumbnails[key]}"></div>'
         root = run.dataset_root
         path = inside_dataset_root(images[0], root)
         if root is None or path is None:
@@ -228,6 +235,17 @@ class Page:
         if not uri:
             return f"<div>(image not readable: {_e(str(named))})</div>"
         return f'<div><img alt="{_e(named.name)}" src="{uri}"></div>'
+
+    def _table_image(self, run: Run, entry: str) -> bytes | None:
+        """The bytes of a table cell of the split ``run`` read, if this machine can load that
+        split at the revision the run read (the datasets cache it filled, say)."""
+        if run.path not in self._tables:
+            self._tables[run.path] = _run_table(run)
+        table = self._tables[run.path]
+        try:
+            return table.image(entry).read() if table is not None else None
+        except DatasetError:
+            return None
 
     def html(self) -> str:
         stamp = datetime.now().isoformat(timespec="seconds")
@@ -269,15 +287,25 @@ def _image_entries(row: dict[str, str]) -> list[str]:
     return [str(image) for image in images] if isinstance(images, list) else []
 
 
-def _thumbnail_uri(path: Path) -> str:
-    """A small JPEG of the image as a data URI; "" when it is not a readable regular image file
-    (a FIFO would block, a decompression bomb would fill the memory)."""
+def _run_table(run: Run) -> HubTable | None:
+    dataset = (run.fingerprint or {}).get("dataset", {})
+    try:
+        table = HubTable(HubSource.from_config(dataset.get("hf") or {}))
+    except DatasetError:
+        return None
+    return table if table.revision == dataset.get("annotation_sha256") else None
+
+
+def _thumbnail_uri(source: Path | bytes | None) -> str:
+    """A small JPEG of the image (a file, or encoded bytes) as a data URI; "" when it is not a
+    readable regular image file (a FIFO would block, a decompression bomb would fill the
+    memory)."""
     from PIL import Image
 
-    if not path.is_file():
+    if source is None or (isinstance(source, Path) and not source.is_file()):
         return ""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             if image.width * image.height > MAX_THUMBNAIL_SOURCE_PIXELS:
                 return ""
             image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a smaller scale

@@ -102,9 +102,24 @@ def test_known_answers_score_1_on_every_benchmark_offline(offline_cache, tmp_pat
         assert evaluated.returncode == 0, evaluated.stdout[-3000:]
         assert read_metrics(tmp_path / "evaluate" / name)[metric] == 1.0
 
-    # A sample's image is a cell of the table, not a file: its report says so.
-    html = (sweep / "0_custom_docvqa_val" / "report.html").read_text(encoding="utf-8")
-    assert "(image image[0] of the dataset" in html
+    # A sample's image is a cell of the run's table: its report shows it where the split is
+    # at hand (the cache the run read), and says so where it is not.
+    docvqa = sweep / "0_custom_docvqa_val"
+    html = (docvqa / "report.html").read_text(encoding="utf-8")
+    assert "data:image/jpeg;base64," in html and 'alt="image[0]"' in html
+    elsewhere = run_cli(
+        str(docvqa),
+        "--out",
+        str(tmp_path / "elsewhere"),
+        module="runners.report",
+        cwd=tmp_path,
+        cache_dir=tmp_path,
+        env=offline_env(tmp_path / "no_cache"),
+    )
+    assert elsewhere.returncode == 0, elsewhere.stdout
+    html = (tmp_path / "elsewhere" / "report.html").read_text(encoding="utf-8")
+    assert "data:image/jpeg" not in html
+    assert "(image image[0] of the dataset's table: not loaded here)" in html
     # OCRBench's categories, one per row of metrics_by_group.csv; ChartQA's two halves.
     groups = pd.read_csv(sweep / "3_custom_ocrbench" / "metrics_by_group.csv")
     assert "Handwritten Mathematical Expression Recognition" in set(groups["question_type"])

@@ -40,7 +40,7 @@ from tests.support.helpers import (
     run_cli,
     runners_serve,
 )
-from tests.test_readme import readme_lines
+from tests.support.readme import readme_lines
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -220,7 +220,7 @@ def test_the_readmes_vllm_commands_run(model_cache, tmp_path) -> None:
     import shlex
 
     from tests.support.helpers import read_predictions, run_cli
-    from tests.test_readme import readme_commands
+    from tests.support.readme import readme_commands
 
     commands = [command for command in readme_commands() if "model=vllm_tiny" in command]
     assert commands
