@@ -36,7 +36,7 @@ from runners.config.schema import EvaluateConfig, to_settings
 from runners.datasets import decode_reference, encode_reference
 from runners.datasets.text import NotUtf8, read_utf8
 from runners.errors import RunnerError
-from runners.execution.plan import Plan, dataset_and_task
+from runners.execution.plan import Plan, dataset_and_task, judge_of
 from runners.execution.scoring import metrics_row, score, write_metrics
 from runners.rundir.predictions import PredictionsFile, sample_columns
 
@@ -64,7 +64,8 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     predictions.open(resume=False)
     predictions.append(rows)
     predictions.close()
-    run_tally, quality = score(run_dir, predictions, Plan(settings, {}, dataset, task, len(rows)))
+    plan = Plan(settings, {}, dataset, task, len(rows), judge=judge_of(settings))
+    run_tally, quality = score(run_dir, predictions, plan)
     models = {row["model"] for row in rows}
     identity = {
         "model": models.pop() if len(models) == 1 else "",
@@ -73,7 +74,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "task": task.name,
         "answers": str(settings.predictions),
     }
-    row = metrics_row(identity, run_tally, quality)
+    row = metrics_row(identity, run_tally, quality, judge=plan.judge)
     write_metrics(run_dir, row, quality, task, report=settings.runner.report)
     log.info("scored %d answers into %s", len(rows), run_dir)
     return row

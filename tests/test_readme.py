@@ -56,6 +56,8 @@ def what_it_needs(arguments: list[str]) -> str | None:
             module = value.replace(":", ".").rpartition(".")[0]
             if importlib.util.find_spec(module.split(".")[0]) is None:
                 return f"the package of {value}"
+        if key == "judge" and value == "openai_compatible":
+            return "an OpenAI-compatible server to judge (test_judge.py serves one)"
         if key == "hydra/launcher" and value.startswith("slurm"):
             return "SLURM"
         if key == "dataset.root" and not Path(value).exists():

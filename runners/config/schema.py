@@ -160,6 +160,9 @@ class RunConfig:
     run_name: str = MISSING
     seed: int = 0
     tracking: TrackingConfig | None = None  # set by tracking=mlflow
+    # {model, template, batch_size}: a model as judge, for runner.metrics=[...,judge]
+    # (runners/execution/judge.py); set by judge=...
+    judge: Any = None
 
 
 @dataclass
@@ -175,6 +178,7 @@ class EvaluateConfig:
     paths: PathsConfig = MISSING
     seed: int = 0
     run_name: str = MISSING  # names the output directory
+    judge: Any = None  # as runners.run's: verdicts cached then are not asked again
 
 
 @dataclass

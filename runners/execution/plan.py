@@ -21,6 +21,7 @@ from runners.config.schema import RunConfig, model_config, to_settings
 from runners.datasets import Dataset, DatasetError
 from runners.errors import RunnerError
 from runners.execution.fingerprint import fingerprint
+from runners.execution.judge import Judge
 from runners.metrics.summaries import Pricing
 from runners.rundir.naming import shard_folder
 from runners.tasks import make_task
@@ -40,6 +41,7 @@ class Plan:
     n_selected: int
     fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     selection_digest: int = 0  # of the selected samples' ids (ids_digest), order aside
+    judge: Judge | None = None  # the model that scores answers, where runner.metrics has judge
 
     @property
     def pricing(self) -> Pricing | None:
@@ -102,7 +104,29 @@ def check(cfg: DictConfig) -> Plan:
         raise RunnerError(str(error)) from None
     if runner.num_shards > 1:
         current["shards"] = fingerprint_section(settings)
-    return Plan(settings, model, dataset, task, n_selected, current, selection.digest)
+    judge = judge_of(settings)
+    if judge is not None:
+        try:
+            current["judge"] = judge.fingerprint()
+        except Exception as error:  # a judge model that can't be named: the config to fix
+            raise RunnerError(f"judge.model: {error}") from None
+    return Plan(settings, model, dataset, task, n_selected, current, selection.digest, judge)
+
+
+def judge_of(settings: Any) -> Judge | None:
+    """The run's judge: set exactly when runner.metrics asks for its score."""
+    wanted = "judge" in settings.runner.metrics
+    if wanted and not settings.judge:
+        raise RunnerError(
+            "runner.metrics has judge but no judge is set; choose one, e.g. "
+            "judge=openai_compatible judge.model.init_params.base_url=URL"
+        )
+    if settings.judge and not wanted:
+        raise RunnerError(
+            "a judge is set but runner.metrics does not ask for it; add judge to "
+            "runner.metrics, or drop judge=..."
+        )
+    return Judge.from_config(settings.judge, settings.paths.cache_dir) if wanted else None
 
 
 @dataclass

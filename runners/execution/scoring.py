@@ -16,7 +16,7 @@ from runners.errors import RunnerError
 from runners.execution.plan import Plan, ids_digest
 from runners.metrics.summaries import RunTally
 from runners.reports.write import report_run
-from runners.rundir.files import read_metrics, write_csv, write_json
+from runners.rundir.files import iter_complete_rows, read_metrics, write_csv, write_json
 from runners.rundir.predictions import PREDICTION_COLUMNS, answers_stream
 from runners.tasks.base import SCORE_GUIDE_FILE
 
@@ -115,10 +115,14 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
         (run_dir / stale).unlink(missing_ok=True)
     reference_of = references_in_order(plan.dataset)
     run_tally, quality = RunTally(plan.pricing), plan.task.tally(run_dir)
+    if plan.judge is not None:  # every verdict asked (or found cached) before rows are scored
+        plan.judge.judge_all(iter_complete_rows(predictions.path))
     answers = answers_stream(run_dir / "answers.csv")
 
     def scored(row: dict[str, str]) -> dict[str, Any]:
         reference = reference_of(row["sample_id"], int(row["sample_index"]))
+        if plan.judge is not None:
+            row = {**row, **plan.judge.verdict(row)}
         row = {**row, **plan.task.score_row(row, reference)}
         run_tally.add(row)
         quality.add(row, reference)
@@ -126,10 +130,13 @@ def score(run_dir: Path, predictions: Any, plan: Plan) -> tuple[Any, Any]:
         return row
 
     try:
-        predictions.rewrite_in_order(scored, PREDICTION_COLUMNS + plan.task.columns)
+        predictions.rewrite_in_order(scored, prediction_columns(plan))
     except BaseException:
         answers.discard()
         raise
+    finally:
+        if plan.judge is not None:
+            plan.judge.close()
     answers.close()
     quality.close()
     return run_tally, quality
@@ -176,7 +183,7 @@ def finished_run(run_dir: Path, plan: Plan) -> dict[str, Any] | None:
     try:
         with predictions.open(encoding="utf-8", newline="") as handle:
             reader = csv.reader(handle)
-            if next(reader, None) != PREDICTION_COLUMNS + plan.task.columns:
+            if next(reader, None) != prediction_columns(plan):
                 return None  # answered since it was last scored
             id_column, error_column = (PREDICTION_COLUMNS.index(c) for c in ("sample_id", "error"))
             for record in reader:
@@ -200,20 +207,33 @@ def write(run_dir: Path, plan: Plan, cost: RunCost, run_tally: Any, quality: Any
         "dataset": plan.dataset.name,
         "task": plan.task.name,
     }
-    row = metrics_row(identity, run_tally, quality, cost=cost.columns(runner.batch_size))
+    row = metrics_row(
+        identity, run_tally, quality, cost=cost.columns(runner.batch_size), judge=plan.judge
+    )
     row["status"] = "ok" if row["error_rate"] <= runner.max_error_rate else "too_many_errors"
     write_metrics(run_dir, row, quality, plan.task, report=runner.report)
     log.info("results in %s\n%s", run_dir, _table(row))
     return row
 
 
+def prediction_columns(plan: Plan) -> list[str]:
+    """predictions.csv's columns once scored: the run's, the judge's verdict, the task's."""
+    judged = ["judge_reason", "judge_error"] if plan.judge is not None else []
+    return PREDICTION_COLUMNS + judged + plan.task.columns
+
+
 def metrics_row(
-    identity: dict[str, Any], run_tally: Any, quality: Any, cost: dict[str, Any] | None = None
+    identity: dict[str, Any],
+    run_tally: Any,
+    quality: Any,
+    cost: dict[str, Any] | None = None,
+    judge: Any = None,
 ) -> dict[str, Any]:
     """metrics.csv's one row, of a run or of answers scored by ``runners.evaluate``: what ran
-    on what (``identity``), the tally of its answers, what it cost (a run only), then mean
-    quality."""
-    return {**identity, **run_tally.summary(), **(cost or {}), **quality.summary()}
+    on what (``identity``), the tally of its answers, what it cost (a run only), mean quality,
+    then what judging cost (with a judge)."""
+    judging = judge.stats.columns() if judge is not None else {}
+    return {**identity, **run_tally.summary(), **(cost or {}), **quality.summary(), **judging}
 
 
 def write_metrics(

@@ -115,6 +115,19 @@ def reference_list(reference: Reference) -> list[str]:
     return refs
 
 
+def judge(
+    prediction: str | None, reference: Reference, *, row: Mapping[str, Any] | None = None
+) -> float | None:
+    """The judge model's score of the answer, 0 to 1 (``judge=...``: the verdict the run asked
+    for, in the row; runners/execution/judge.py). None where the verdict was no score
+    (``judge_error``): such a sample counts in no mean."""
+    value = (row or {}).get("judge")
+    return None if value in (None, "") else float(value)
+
+
+judge.takes_row = True  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class CorpusMetric:
     """A metric over a whole group's texts at once (BLEU), rather than a mean of per-sample
@@ -145,7 +158,10 @@ METRICS: Registry[Callable[[str | None, Reference], float] | CorpusMetric] = Reg
     kind="metric",
     group="model_interface.metrics",
     builtins={
-        **{name: f"runners.metrics:{name}" for name in ("exact_match", "anls", "cer", "wer")},
+        **{
+            name: f"runners.metrics:{name}"
+            for name in ("exact_match", "anls", "cer", "wer", "judge")
+        },
         **{
             name: f"runners.metrics.benchmarks:{name}"
             for name in ("docvqa_anls", "relaxed_accuracy", "ocrbench_accuracy", "vqa_accuracy")

@@ -86,3 +86,26 @@ class Thinks(DummyModel):
             text = thought if "cut" in request.prompt else f"{thought}</think>42"
             answers.append(Prediction(text, prompt_tokens=3, completion_tokens=len(text.split())))
         return answers
+
+
+class KnownVerdicts(DummyModel):
+    """A judge that knows the verdict: score 1 when the candidate answer in the judge's prompt
+    equals the reference answer, else 0; with ``garbage``, a verdict that is no JSON. Counts the
+    verdicts it was asked for in ``asked_file``, a line each, if given."""
+
+    def __init__(self, *args, garbage: bool = False, asked_file: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.garbage, self.asked_file = garbage, asked_file
+
+    def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
+        if self.asked_file:
+            with open(self.asked_file, "a", encoding="utf-8") as handle:
+                handle.write("".join("asked\n" for _ in requests))
+        return [Prediction(self._verdict(r.prompt), 20, 8) for r in requests]
+
+    def _verdict(self, prompt: str) -> str:
+        if self.garbage:
+            return "I think it is fine."
+        fields = dict(line.split(": ", 1) for line in prompt.splitlines() if line.count(": ") >= 1)
+        same = fields.get("Reference answer") == fields.get("Candidate answer")
+        return json.dumps({"score": int(same), "reason": "same" if same else "different"})
