@@ -100,6 +100,8 @@ def single_jobs(arguments: list[str]) -> list[list[str]]:
 def _sweep_values(value: str) -> list[str]:
     if match := re.fullmatch(r"range\((\d+),\s*(\d+)\)", value):
         return [str(number) for number in range(int(match[1]), int(match[2]))]
+    if value.startswith("["):  # a list is one value, not a sweep over its items
+        return [value]
     return value.split(",")
 
 
