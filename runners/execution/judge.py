@@ -187,11 +187,10 @@ class Judge:
                     prediction = timed.prediction
                     self.stats.prompt_tokens += prediction.prompt_tokens or 0
                     self.stats.completion_tokens += prediction.completion_tokens or 0
-                    text = prediction.text if prediction.error is None else ""
-                    # A failed request is not cached: the next scoring asks again.
-                    if prediction.error is None:
+                    if prediction.error is None:  # a failed request is asked again next time
                         database.execute(
-                            "INSERT OR REPLACE INTO verdicts (key, text) VALUES (?, ?)", (key, text)
+                            "INSERT OR REPLACE INTO verdicts (key, text) VALUES (?, ?)",
+                            (key, prediction.text),
                         )
                 database.commit()  # each batch kept: a killed run does not ask it again
         finally:
