@@ -64,16 +64,8 @@ def fingerprint(
 ) -> dict[str, Any]:
     """The fingerprint of a run of ``model_config`` on ``dataset`` with ``task`` (no model
     import, no image read)."""
-    init_params = model_config.get("init_params") or {}
     return {
-        "model": {
-            "class": ModelFactory.config_target(model_config),
-            "init_params": {
-                key: init_params[key]
-                for key in sorted(init_params)
-                if key not in NOT_ANSWER_SETTINGS
-            },
-        },
+        "model": model_fingerprint(model_config),
         "dataset": {
             "format": dataset.format,
             "sample_ids": "row" if FORMATS[dataset.format].ids_by_row else "id column",
@@ -93,6 +85,18 @@ def fingerprint(
             "class": TASKS.target(task_config["name"]),
             "options": {key: value for key, value in sorted(task_config.items()) if key != "name"},
             **task.fingerprint(),
+        },
+    }
+
+
+def model_fingerprint(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What about a model config decides its answers: the class it names and its init
+    parameters, less :data:`NOT_ANSWER_SETTINGS` (no model import)."""
+    init_params = model_config.get("init_params") or {}
+    return {
+        "class": ModelFactory.config_target(model_config),
+        "init_params": {
+            key: init_params[key] for key in sorted(init_params) if key not in NOT_ANSWER_SETTINGS
         },
     }
 

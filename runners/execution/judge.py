@@ -30,7 +30,7 @@ from model_interface import ModelFactory
 from model_interface.model_interface import PredictionRequest, predict_isolated
 from runners.config.paths import CONFIG_DIR
 from runners.errors import RunnerError
-from runners.execution.fingerprint import NOT_ANSWER_SETTINGS
+from runners.execution.fingerprint import model_fingerprint
 
 VERDICT_SCHEMA = {
     "type": "object",
@@ -123,12 +123,7 @@ class Judge:
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides a verdict: the judge model's class and settings, and the template."""
-        params = self.model_config.get("init_params") or {}
-        return {
-            "class": ModelFactory.config_target(self.model_config),
-            "init_params": {k: params[k] for k in sorted(params) if k not in NOT_ANSWER_SETTINGS},
-            "template": self.template.fingerprint(),
-        }
+        return {**model_fingerprint(self.model_config), "template": self.template.fingerprint()}
 
     def judge_all(self, rows: Iterable[Mapping[str, str]]) -> None:
         """Ask the judge about every answer of ``rows`` not in the cache, a batch at a time."""
