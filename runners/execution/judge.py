@@ -15,6 +15,7 @@ calls, tokens and time are counted apart from the judged model's (``judge_*`` in
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import sqlite3
@@ -106,7 +107,6 @@ class Judge:
     batch_size: int = 8
     stats: JudgeStats = field(default_factory=JudgeStats)
     _lookup: sqlite3.Connection | None = field(default=None, repr=False)
-    _key: Any = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], cache_dir: str) -> Judge:
@@ -127,14 +127,13 @@ class Judge:
 
     def judge_all(self, rows: Iterable[Mapping[str, str]]) -> None:
         """Ask the judge about every answer of ``rows`` not in the cache, a batch at a time."""
-        key_of = self._key_function()
         with self._database() as database:
             pending: dict[str, tuple[str, str, str]] = {}
             for row in rows:
                 if row.get("error"):
                     continue  # nothing answered: nothing to judge
-                case = (row["prompt"], row.get("reference") or "", row["prediction"])
-                key = key_of(*case)
+                case = _case(row)
+                key = self._key(case)
                 if key in pending or _cached(database, key) is not None:
                     self.stats.cached += key not in pending
                     continue
@@ -149,9 +148,7 @@ class Judge:
             return {}
         if self._lookup is None:
             self._lookup = sqlite3.connect(self.cache_path, timeout=30)
-            self._key = self._key_function()
-        key = self._key(row["prompt"], row.get("reference") or "", row["prediction"])
-        found = _cached(self._lookup, key)
+        found = _cached(self._lookup, self._key(_case(row)))
         columns = _parsed(found) if found is not None else {"judge_error": "the judge failed"}
         self.stats.errors += "judge_error" in columns
         return columns
@@ -191,13 +188,13 @@ class Judge:
         finally:
             model.close()
 
-    def _key_function(self) -> Any:
-        judge = json.dumps(self.fingerprint(), sort_keys=True)
+    @functools.cached_property
+    def _identity(self) -> str:
+        return json.dumps(self.fingerprint(), sort_keys=True)
 
-        def key(question: str, reference: str, answer: str) -> str:
-            return _sha256(json.dumps([judge, question, reference, answer]))
-
-        return key
+    def _key(self, case: tuple[str, str, str]) -> str:
+        """A verdict's key in the cache: this judge, and the question, reference and answer."""
+        return _sha256(json.dumps([self._identity, *case]))
 
     def close(self) -> None:
         if self._lookup is not None:
@@ -218,6 +215,11 @@ class Judge:
             yield database
         finally:
             database.close()
+
+
+def _case(row: Mapping[str, str]) -> tuple[str, str, str]:
+    """What a verdict is about: the question as asked, the reference and the answer."""
+    return row["prompt"], row.get("reference") or "", row["prediction"]
 
 
 def _cached(database: sqlite3.Connection, key: str) -> str | None:
