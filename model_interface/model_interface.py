@@ -18,7 +18,7 @@ import inspect
 import logging
 import time
 from abc import ABC
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -368,6 +368,23 @@ PREDICT_METHODS = ("predict_batch", "predict_on_images", "predict_on_image")
 
 def _overrides(cls: type, name: str) -> bool:
     return inspect.getattr_static(cls, name) is not inspect.getattr_static(ModelInterface, name)
+
+
+def predict_in_groups(
+    requests: Sequence[PredictionRequest],
+    key: Callable[[PredictionRequest], Hashable],
+    predict: Callable[[list[PredictionRequest]], list[Prediction]],
+) -> list[Prediction]:
+    """``predict`` once per group of requests with equal ``key`` (those one engine call can
+    take together), the predictions put back in request order."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(key(request), []).append(index)
+    predictions: dict[int, Prediction] = {}
+    for group in groups.values():
+        answers = predict([requests[index] for index in group])
+        predictions.update(zip(group, answers, strict=True))
+    return [predictions[index] for index in range(len(requests))]
 
 
 def predict_isolated(

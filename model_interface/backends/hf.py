@@ -24,6 +24,7 @@ from model_interface.model_interface import (
     Prediction,
     PredictionRequest,
     UnsupportedRequest,
+    predict_in_groups,
 )
 from model_interface.schema import GRAMMAR_WHITESPACE, grammar_schema
 
@@ -116,16 +117,11 @@ class HFModel(ModelInterface):
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         # One generate call per group of requests that can share it: the same generation
         # settings, and images for every prompt or for none (a processor takes one or the other).
-        groups: dict[tuple[bool, str], list[int]] = {}
-        for index, request in enumerate(requests):
-            key = (bool(request.images), _settings_key(self.settings_for(request)))
-            groups.setdefault(key, []).append(index)
-        predictions: dict[int, Prediction] = {}
-        for (with_images, _), group in groups.items():
-            batch = [requests[index] for index in group]
-            answers = self._generate(batch, with_images, self.settings_for(batch[0]))
-            predictions.update(zip(group, answers, strict=True))
-        return [predictions[index] for index in range(len(requests))]
+        return predict_in_groups(
+            requests,
+            lambda request: (bool(request.images), _settings_key(self.settings_for(request))),
+            lambda batch: self._generate(batch, bool(batch[0].images), self.settings_for(batch[0])),
+        )
 
     def _generate(
         self,

@@ -27,6 +27,7 @@ from model_interface.model_interface import (
     ModelInterface,
     Prediction,
     PredictionRequest,
+    predict_in_groups,
 )
 from model_interface.schema import grammar_schema
 
@@ -119,21 +120,24 @@ class VLLMModel(ModelInterface):
         if self.llm is None:
             raise RuntimeError(f"{self!r} is closed")
         # One call per set of chat-template options: vLLM takes one set per call.
-        groups: dict[str, list[int]] = {}
-        for index, request in enumerate(requests):
-            options = self.settings_for(request).chat_template_kwargs
-            groups.setdefault(json.dumps(options, sort_keys=True), []).append(index)
-        predictions: dict[int, Prediction] = {}
-        for key, indexes in groups.items():
-            group = [requests[index] for index in indexes]
-            outputs = self.llm.chat(
-                [conversation(self.system_prompt, request) for request in group],
-                self._sampling_params(group),
-                use_tqdm=False,
-                chat_template_kwargs=json.loads(key) or None,
-            )
-            predictions.update(zip(indexes, predictions_from_outputs(outputs), strict=True))
-        return [predictions[index] for index in range(len(requests))]
+        return predict_in_groups(
+            requests,
+            lambda request: json.dumps(self._template_options(request), sort_keys=True),
+            self._chat,
+        )
+
+    def _chat(self, requests: list[PredictionRequest]) -> list[Prediction]:
+        """One engine call for requests that share their chat-template options."""
+        outputs = self.llm.chat(
+            [conversation(self.system_prompt, request) for request in requests],
+            self._sampling_params(requests),
+            use_tqdm=False,
+            chat_template_kwargs=self._template_options(requests[0]) or None,
+        )
+        return predictions_from_outputs(outputs)
+
+    def _template_options(self, request: PredictionRequest) -> dict[str, Any]:
+        return self.settings_for(request).chat_template_kwargs
 
     def _sampling_params(self, requests: Sequence[PredictionRequest]) -> Any:
         """The model's SamplingParams, or one per request where a request has its own."""
