@@ -81,15 +81,6 @@ def _chart_number(text: str) -> float | None:
 
 # Its handwritten-formula questions (HME100k) are matched with spaces removed and case kept.
 OCRBENCH_FORMULAS = "Handwritten Mathematical Expression Recognition"
-# Its headline: these categories' correct answers, out of 1000 questions in all.
-OCRBENCH_TEXT_RECOGNITION = (
-    "Regular Text Recognition",
-    "Irregular Text Recognition",
-    "Artistic Text Recognition",
-    "Handwriting Recognition",
-    "Digit String Recognition",
-    "Non-Semantic Text Recognition",
-)
 _FULLWIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 
 
@@ -203,7 +194,7 @@ def vqa_normalize(text: str) -> str:
         text = text.replace(mark, "" if touches_space else " ")
     text = _PERIOD.sub("", text, count=32)
     words = []
-    for word in text.lower().split():
+    for word in text.split():
         word = _NUMBER_WORDS.get(word, word)
         if word not in _ARTICLES:
             words.append(_CONTRACTIONS.get(word, word))
