@@ -63,8 +63,8 @@ class Spending:
     def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Count rows of predictions.csv (as written, or read back as text)."""
         for row in rows:
-            completion = _count(row.get("completion_tokens"))
-            self.prompt_tokens += int(_count(row.get("prompt_tokens")) or 0)
+            completion = cell_number(row.get("completion_tokens"))
+            self.prompt_tokens += int(cell_number(row.get("prompt_tokens")) or 0)
             self.completion_tokens += int(completion or 0)
             # A failed request answered nothing; an answer without counts spent the unknown.
             self.uncounted += completion is None and not row.get("error")
@@ -80,10 +80,6 @@ class Spending:
         if self.pricing is None or self.uncounted:
             return None
         return self.pricing.cost(self.prompt_tokens, self.completion_tokens)
-
-
-def _count(value: Any) -> float | None:
-    return cell_number("" if value is None else str(value))
 
 
 class QualitySummary:
@@ -212,7 +208,7 @@ class RunTally:
             self.n_model_errors += bool(row["error"])
         self.spent.add([row])
         # (Rows of runs made before these columns have none.)
-        self.reasoning_tokens += int(cell_number(row.get("reasoning_tokens") or "") or 0)
+        self.reasoning_tokens += int(cell_number(row.get("reasoning_tokens")) or 0)
         self.n_truncated += row.get("truncated") in (True, "True")
 
     def summary(self) -> dict[str, Any]:
