@@ -287,19 +287,20 @@ class HFModel(ModelInterface):
         """The ids generated up to and including the first end-of-sequence token.
 
         A row that finished before the others (an end-of-sequence token, a stop string) is
-        padded to the batch's length; padding is not generated text.
+        padded to the batch's length; padding is not generated text. Padding runs to the row's
+        end, so a pad token the model wrote before other tokens stays in the answer (as vLLM
+        keeps it).
         """
         stop_ids = self.model.generation_config.eos_token_id
         stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids or [])
-        pad_id = self._pad_token_id()
-        if pad_id is not None and pad_id not in stop_ids:
-            padding = (tokens == pad_id).nonzero()
-            if len(padding):
-                tokens = tokens[: int(padding[0, 0])]
         if stop_ids:
             stops = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)).nonzero()
             if len(stops):
-                tokens = tokens[: int(stops[0, 0]) + 1]
+                return tokens[: int(stops[0, 0]) + 1].tolist()
+        pad_id = self._pad_token_id()
+        if pad_id is not None:
+            written = (tokens != pad_id).nonzero()
+            tokens = tokens[: int(written[-1, 0]) + 1 if len(written) else 0]
         return tokens.tolist()
 
 

@@ -92,7 +92,12 @@ def test_a_requests_own_generation_settings_apply_to_it_alone(model: HFModel) ->
 def test_a_stop_string_ends_the_answer_before_it(model: HFModel) -> None:
     question = PredictionRequest([NOISE], "Describe the image.")
     (full,) = model.predict_batch([question])
-    stop = full.text[len(full.text) // 2 :][:2]  # two characters from the answer's second half
+    # One token's text from the answer's second half. A random model also writes special tokens,
+    # which the answer leaves out but generation sees: a stop spanning one could not match.
+    tokenizer = model.processor.tokenizer
+    pieces = [tokenizer.decode([token]) for token in full.token_ids[len(full.token_ids) // 2 :]]
+    special = set(tokenizer.all_special_tokens)
+    stop = next(p for p in pieces if p.strip() and p not in special and "\ufffd" not in p)
     expected = full.text[: full.text.find(stop)].strip()
     stopped, again = model.predict_batch(
         [PredictionRequest([NOISE], "Describe the image.", generation={"stop": [stop]}), question]
@@ -156,6 +161,27 @@ def test_a_character_cut_by_the_token_limit_is_left_out(model_cache: Path) -> No
     decoded = model.processor.tokenizer.decode(prediction.token_ids, skip_special_tokens=True)
     assert decoded.endswith("\ufffd") and len(prediction.token_ids) == 3
     assert prediction.text == decoded.rstrip("\ufffd").strip() != ""
+
+
+@pytest.mark.slow
+def test_a_pad_token_the_model_wrote_is_kept_and_padding_is_not(model_cache: Path) -> None:
+    """Idefics3's pad token is no end-of-sequence token: a batch pads finished rows with it, but
+    a model may also write it mid-answer (vLLM keeps it there)."""
+    import torch
+
+    model = HFModel("tiny-idefics3", cache_dir=str(model_cache))
+    pad = model.processor.tokenizer.pad_token_id
+    (eos,) = model.model.generation_config.eos_token_id
+    assert pad != eos
+
+    def generated(tokens: list[int]) -> list[int]:
+        return model._generated(torch.tensor(tokens))
+
+    assert generated([5, pad, 6]) == [5, pad, 6]
+    assert generated([5, 6, pad, pad]) == [5, 6]  # a row stopped by a stop string, padded
+    assert generated([5, eos, pad, pad]) == [5, eos]
+    assert generated([5, pad, eos, 7]) == [5, pad, eos]
+    assert generated([pad, pad]) == []
 
 
 @pytest.mark.slow
