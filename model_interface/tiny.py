@@ -34,6 +34,9 @@ TINY_MODEL_NAMES: tuple[str, ...] = (
     "tiny-idefics3",
     "tiny-llava",
     "tiny-gemma3",
+    "tiny-qwen3-vl",
+    "tiny-qwen3-vl-thinking",
+    "tiny-internvl3",
 )
 
 # Bump to make ensure_tiny_model() rebuild every cached tiny model (e.g. after changing a config).
@@ -386,11 +389,16 @@ _QWEN_CHAT_TEMPLATE = (
 )
 
 
-def _build_qwen(*, v2_5: bool) -> tuple[Any, Any]:
+def _qwen_tokenizer(
+    specials: Sequence[str] = _QWEN_SPECIALS, plain: Sequence[str] = (), **named: str
+) -> Any:
+    """Qwen's byte-level BPE with its special tokens (``named`` ones also as attributes, e.g.
+    ``video_token``), then ``plain`` added tokens: whole tokens that decoding keeps (Qwen3's
+    ``<think>``, ``</think>``, tool-call tags)."""
     import transformers as tf
 
     pre_tokenizer = tf.Qwen2Tokenizer().backend_tokenizer.pre_tokenizer
-    vocab, merges = _byte_level_vocab(pre_tokenizer, _QWEN_SPECIALS)
+    vocab, merges = _byte_level_vocab(pre_tokenizer, specials)
     tokenizer = tf.Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -398,10 +406,20 @@ def _build_qwen(*, v2_5: bool) -> tuple[Any, Any]:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         # Without these the vision tokens would be split into bytes.
-        extra_special_tokens=_QWEN_SPECIALS[1:],
+        extra_special_tokens=list(specials[1:]),
+        **named,
         padding_side="left",
         model_max_length=_TEXT["max_position_embeddings"],
     )
+    tokenizer.add_tokens(list(plain), special_tokens=False)
+    return tokenizer
+
+
+def _build_qwen(*, v2_5: bool) -> tuple[Any, Any]:
+    import transformers as tf
+
+    tokenizer = _qwen_tokenizer()
+    vocab = tokenizer.get_vocab()
     # Any image becomes at most 56x56 pixels: at most 4x4 patches, merged 2x2 into 4 tokens.
     sizes = {"min_pixels": 28 * 28, "max_pixels": _IMAGE_PX**2, "patch_size": _PATCH_PX}
     # The rotary half-dimensions are split between time, height and width.
@@ -447,6 +465,160 @@ def _build_qwen(*, v2_5: bool) -> tuple[Any, Any]:
         chat_template=_QWEN_CHAT_TEMPLATE,
     )
     _finish(model, tokenizer, _QWEN_CHAT_TEMPLATE, ["<|im_end|>", "<|endoftext|>"])
+    return model, processor
+
+
+# Qwen3-VL ------------------------------------------------------------------------------------
+
+# Qwen3's added tokens that are not special: decoding keeps them, so a reasoning block's
+# markers stay in the answer text for the runner to split off.
+_QWEN3_PLAIN_TOKENS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+]
+_TEMPLATES = pathlib.Path(__file__).parent / "chat_templates"
+
+
+def _build_qwen3_vl(*, thinking: bool) -> tuple[Any, Any]:
+    """Qwen3-VL: Qwen3 text layers (q/k norms, interleaved multimodal rotary positions), a vision
+    tower of 16-px patches with learned position embeddings, and DeepStack (features of early
+    vision layers added to the first text layers).  The two checkpoints of a size differ only in
+    weights and chat template: -Instruct never thinks; -Thinking's template opens a ``<think>``
+    block in every answer (its template has no switch to turn that off)."""
+    import transformers as tf
+
+    tokenizer = _qwen_tokenizer(plain=_QWEN3_PLAIN_TOKENS)
+    vocab = tokenizer.get_vocab()
+    template_file = "qwen3_vl_thinking.jinja" if thinking else "qwen3_vl_instruct.jinja"
+    chat_template = (_TEMPLATES / template_file).read_text()
+    patch_px = 16
+    # A 64x64 image is 4x4 patches, merged 2x2 into 4 tokens; larger images are scaled down.
+    sizes = {
+        "size": {"shortest_edge": (2 * patch_px) ** 2, "longest_edge": (4 * patch_px) ** 2},
+        "patch_size": patch_px,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    # The real checkpoints split the rotary half-dimensions 24:20:20 (time:height:width),
+    # interleaved; the same proportions over this head's 16.
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 5e6,
+        "mrope_section": [6, 5, 5],
+        "mrope_interleaved": True,
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": _VISION["hidden_size"],
+        "intermediate_size": _VISION["intermediate_size"],
+        "num_heads": 2,
+        "patch_size": patch_px,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": _TEXT["hidden_size"],
+        "num_position_embeddings": 16,  # a 4x4 grid, interpolated to other grids
+        "deepstack_visual_indexes": [0],
+    }
+    config = tf.Qwen3VLConfig(
+        text_config=_text_config(tokenizer, head_dim=_HEAD_DIM, rope_parameters=rope),
+        vision_config=vision,
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = tf.Qwen3VLForConditionalGeneration(config)
+    processor = tf.Qwen3VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(**sizes),
+        tokenizer=tokenizer,
+        video_processor=tf.Qwen3VLVideoProcessor(**sizes),
+        chat_template=chat_template,
+    )
+    _finish(model, tokenizer, chat_template, ["<|im_end|>", "<|endoftext|>"])
+    return model, processor
+
+
+# InternVL3 -----------------------------------------------------------------------------------
+
+# OpenGVLab/InternVL3-*-hf: Qwen2.5's tokenizer with InternVL's tokens added after it.
+_INTERNVL_SPECIALS = [
+    *_QWEN_SPECIALS,
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<quad>",
+    "</quad>",
+    "<ref>",
+    "</ref>",
+    "<box>",
+    "</box>",
+    "<video>",
+]
+# The -hf checkpoints' template (transformers' InternVL conversion script): no default system
+# message, an image is <IMG_CONTEXT> and a line break, which the processor widens into
+# <img>, one <IMG_CONTEXT> per image token and tile, </img>.
+_INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _build_internvl3() -> tuple[Any, Any]:
+    """InternVL3: an InternViT tower (CLS token, layer scale), pixel shuffle to a quarter of the
+    patches, an MLP projector, Qwen2.5 text layers.  As in the real processor, an image larger
+    than one tile is cut into up to 12 tiles plus a thumbnail, each its own image tokens."""
+    import transformers as tf
+
+    tokenizer = _qwen_tokenizer(
+        _INTERNVL_SPECIALS,
+        start_image_token="<img>",
+        end_image_token="</img>",
+        context_image_token="<IMG_CONTEXT>",
+        video_token="<video>",
+    )
+    tokens_per_tile = (_IMAGE_PX // _PATCH_PX) ** 2 // 4  # pixel shuffle halves each side
+    vision = {
+        **_VISION,
+        "num_hidden_layers": 2,
+        "image_size": [_IMAGE_PX, _IMAGE_PX],
+        "patch_size": [_PATCH_PX, _PATCH_PX],
+    }
+    config = tf.InternVLConfig(
+        vision_config=vision,
+        text_config=_text_config(tokenizer, model_type="qwen2"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=tokens_per_tile,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    model = tf.InternVLForConditionalGeneration(config)
+    tile = {"height": _IMAGE_PX, "width": _IMAGE_PX}
+    imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    processor = tf.InternVLProcessor(
+        image_processor=tf.GotOcr2ImageProcessor(
+            size=tile, crop_to_patches=True, min_patches=1, max_patches=12, **imagenet
+        ),
+        tokenizer=tokenizer,
+        video_processor=tf.InternVLVideoProcessor(size=tile, **imagenet),
+        image_seq_length=tokens_per_tile,
+        chat_template=_INTERNVL_CHAT_TEMPLATE,
+    )
+    _finish(model, tokenizer, _INTERNVL_CHAT_TEMPLATE, ["<|im_end|>"])
     return model, processor
 
 
@@ -767,4 +939,7 @@ _BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "tiny-idefics3": _build_idefics3,
     "tiny-llava": _build_llava,
     "tiny-gemma3": _build_gemma3,
+    "tiny-qwen3-vl": lambda: _build_qwen3_vl(thinking=False),
+    "tiny-qwen3-vl-thinking": lambda: _build_qwen3_vl(thinking=True),
+    "tiny-internvl3": _build_internvl3,
 }

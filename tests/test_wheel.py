@@ -65,7 +65,8 @@ def test_the_wheel_holds_every_module_config_and_sample_file(wheel) -> None:
         *(
             str(path.relative_to(PROJECT_ROOT))
             for package in ("model_interface", "runners")
-            for path in (PROJECT_ROOT / package).rglob("*.py")
+            for path in (PROJECT_ROOT / package).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts
         ),
         *(
             f"runners/{path.relative_to(PROJECT_ROOT)}"
@@ -77,6 +78,7 @@ def test_the_wheel_holds_every_module_config_and_sample_file(wheel) -> None:
     assert (
         "runners/conf/config.yaml" in expected
         and "runners/data/sample_docs/annotation.csv" in expected
+        and "model_interface/chat_templates/qwen3_vl_thinking.jinja" in expected
     )
     assert sorted(expected - shipped) == []
 

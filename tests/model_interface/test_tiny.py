@@ -29,6 +29,9 @@ EXPECTED_CLASSES = {
     "tiny-idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor"),
     "tiny-llava": ("LlavaForConditionalGeneration", "LlavaProcessor"),
     "tiny-gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
+    "tiny-qwen3-vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    "tiny-qwen3-vl-thinking": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    "tiny-internvl3": ("InternVLForConditionalGeneration", "InternVLProcessor"),
 }
 REPO_ROOT = pathlib.Path(tiny.__file__).resolve().parent.parent
 
@@ -122,7 +125,7 @@ def mtimes(path: pathlib.Path) -> dict[str, int]:
 
 
 def test_names():
-    assert len(tiny.TINY_MODEL_NAMES) == 6
+    assert len(tiny.TINY_MODEL_NAMES) == 9
     assert all(tiny.is_tiny_model(name) for name in tiny.TINY_MODEL_NAMES)
     assert not tiny.is_tiny_model("qwen2-vl")
 
@@ -327,3 +330,40 @@ def test_ensure_from_two_racing_processes(tmp_path):
     # A cache hit only reads the marker: it imports neither torch nor transformers.
     out, err = python(f"{ensure}; {LOADED_HEAVY_MODULES}", name, str(tmp_path)).communicate()
     assert out.splitlines() == [str(target), "[]"], err
+
+
+# --- the newer families' released chat templates ---------------------------------------------
+
+# SHA-256 of Qwen3-VL-8B-Instruct's template as Qwen/Qwen3-VL-8B-Instruct-GGUF ships it
+# (tokenizer.chat_template, 5292 bytes), which tiny-qwen3-vl carries byte for byte.
+QWEN3_VL_INSTRUCT_TEMPLATE_SHA256 = (
+    "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
+)
+
+
+def test_the_qwen3_vl_instruct_template_is_the_released_one():
+    import hashlib
+
+    template = REPO_ROOT / "model_interface" / "chat_templates" / "qwen3_vl_instruct.jinja"
+    assert hashlib.sha256(template.read_bytes()).hexdigest() == QWEN3_VL_INSTRUCT_TEMPLATE_SHA256
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "opening"),
+    [("tiny-qwen3-vl", ""), ("tiny-qwen3-vl-thinking", "<think>\n"), ("tiny-internvl3", "")],
+)
+def test_the_newer_templates_render_as_their_checkpoints_do(name, opening, loaded):
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Total?"}]}
+    image = loaded.processor.image_token if name == "tiny-internvl3" else None
+    text = loaded.processor.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    # No default system message (Qwen2-VL's template adds one); Thinking opens its block.
+    shown = "<|vision_start|><|image_pad|><|vision_end|>" if image is None else f"{image}\n"
+    assert text == f"<|im_start|>user\n{shown}Total?<|im_end|>\n<|im_start|>assistant\n{opening}"
+    if opening:
+        # An earlier turn's thinking is dropped from the history, as Qwen3's templates do.
+        answered = {"role": "assistant", "content": "<think>\nhm\n</think>\n\n42"}
+        history = loaded.processor.apply_chat_template(
+            [user, answered, user], tokenize=False, add_generation_prompt=True
+        )
+        assert "hm" not in history and "<|im_start|>assistant\n42<|im_end|>" in history
