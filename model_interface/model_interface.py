@@ -69,6 +69,9 @@ class Prediction:
     reasoning: str | None = None
     reasoning_tokens: int | None = None
     truncated: bool = False
+    # The chat template opened a reasoning block at the end of the prompt (Qwen3-VL-Thinking,
+    # DeepSeek-R1): the text starts inside it, without the start marker (prompt_opens_reasoning).
+    prompt_opens_reasoning: bool = False
 
 
 class UnsupportedRequest(ValueError):
@@ -433,14 +436,16 @@ def split_reasoning(prediction: Prediction, markers: Sequence[str] | None) -> Pr
     The thinking is what lies between ``markers`` (start, end) at the start of the text, or
     before the end marker alone (templates that open the block in the prompt, as DeepSeek-R1's
     does); the answer is what follows. A text that starts the block and never ends it is
-    ``truncated``: all thinking, no answer (its tokens all reasoning). A prediction a backend
-    already split (a server's ``reasoning_content``), or one without markers, is left as it is.
+    ``truncated``: all thinking, no answer (its tokens all reasoning); so is one that never ends
+    a block its prompt opened (``prompt_opens_reasoning``). A prediction a backend already
+    split (a server's ``reasoning_content``), or one without markers, is left as it is.
     """
     if markers is None or prediction.reasoning is not None or prediction.error:
         return prediction
     start, end = markers
     text = prediction.text.lstrip()
-    opened = text.startswith(start)
+    opened = text.startswith(start) or prediction.prompt_opens_reasoning
+    text = text.removeprefix(start)
     closed_at = text.find(end)
     if not opened and (closed_at < 0 or start in text[:closed_at]):  # no block at the start
         return prediction
@@ -448,13 +453,21 @@ def split_reasoning(prediction: Prediction, markers: Sequence[str] | None) -> Pr
         return dataclasses.replace(
             prediction,
             text="",
-            reasoning=text[len(start) :].strip(),
+            reasoning=text.strip(),
             truncated=True,
             reasoning_tokens=prediction.reasoning_tokens or prediction.completion_tokens,
         )
-    thinking = text[len(start) : closed_at] if opened else text[:closed_at]
     answer = text[closed_at + len(end) :].strip()
-    return dataclasses.replace(prediction, text=answer, reasoning=thinking.strip())
+    return dataclasses.replace(prediction, text=answer, reasoning=text[:closed_at].strip())
+
+
+def prompt_opens_reasoning(prompt: str | None, markers: Sequence[str] | None) -> bool:
+    """Whether a rendered prompt ends inside a reasoning block: its last start marker comes
+    after its last end marker (a template that writes an empty, closed block does not)."""
+    if not prompt or markers is None:
+        return False
+    start, end = markers
+    return prompt.rfind(start) > prompt.rfind(end)
 
 
 def _markers(model: ModelInterface, request: PredictionRequest) -> Sequence[str] | None:

@@ -126,7 +126,8 @@ def run_experiment(
 TRUNCATED_NOTE = (
     "%s of %s answers are truncated: the model's reasoning never ended within max_new_tokens, "
     "so they have no answer and score as empty ones (truncated=True in predictions.csv); "
-    "raise model.init_params.max_new_tokens, or turn the thinking off (chat_template_kwargs)"
+    "raise model.init_params.max_new_tokens, or turn the thinking off where the chat template "
+    "has a switch (chat_template_kwargs)"
 )
 
 # The tiny offline models answer gibberish: a default run's scores of 0 are theirs, not a bug.

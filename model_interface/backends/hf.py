@@ -25,6 +25,7 @@ from model_interface.model_interface import (
     PredictionRequest,
     UnsupportedRequest,
     predict_in_groups,
+    prompt_opens_reasoning,
 )
 from model_interface.schema import GRAMMAR_WHITESPACE, grammar_schema
 
@@ -184,6 +185,9 @@ class HFModel(ModelInterface):
                 token_ids=tuple(generated[row]),
                 image_sizes=image_sizes[row] if image_sizes else None,
                 reasoning_tokens=self._thinking_tokens(generated[row], settings),
+                prompt_opens_reasoning=prompt_opens_reasoning(
+                    texts[row], settings.reasoning_markers
+                ),
             )
             for row, text in enumerate(texts_out)
         ]

@@ -28,6 +28,7 @@ from model_interface.model_interface import (
     Prediction,
     PredictionRequest,
     UnsupportedRequest,
+    prompt_opens_reasoning,
 )
 
 INSTALL_HINT = "pip install 'model-interface[sglang]'"
@@ -109,7 +110,11 @@ class SGLangModel(ModelInterface):
                 for request in requests
             ],
         )
-        return predictions_from_outputs(outputs)
+        opens = [
+            prompt_opens_reasoning(prompt, self.settings_for(request).reasoning_markers)
+            for prompt, request in zip(prompts, requests, strict=True)
+        ]
+        return predictions_from_outputs(outputs, opens)
 
     def close(self) -> None:
         engine, self.engine = getattr(self, "engine", None), None
@@ -182,15 +187,18 @@ def engine_options(
     return options
 
 
-def predictions_from_outputs(outputs: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+def predictions_from_outputs(
+    outputs: Sequence[Mapping[str, Any]], prompts_open_reasoning: Sequence[bool]
+) -> list[Prediction]:
     """One :class:`Prediction` per ``Engine.generate`` output dict, in the same order."""
     return [
         Prediction(
             output["text"].strip(),
             prompt_tokens=output["meta_info"].get("prompt_tokens"),
             completion_tokens=output["meta_info"].get("completion_tokens"),
+            prompt_opens_reasoning=opens,
         )
-        for output in outputs
+        for output, opens in zip(outputs, prompts_open_reasoning, strict=True)
     ]
 
 

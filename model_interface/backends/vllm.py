@@ -28,6 +28,7 @@ from model_interface.model_interface import (
     Prediction,
     PredictionRequest,
     predict_in_groups,
+    prompt_opens_reasoning,
 )
 from model_interface.schema import grammar_schema
 
@@ -134,7 +135,8 @@ class VLLMModel(ModelInterface):
             use_tqdm=False,
             chat_template_kwargs=self._template_options(requests[0]) or None,
         )
-        return predictions_from_outputs(outputs)
+        markers = [self.settings_for(request).reasoning_markers for request in requests]
+        return predictions_from_outputs(outputs, markers)
 
     def _template_options(self, request: PredictionRequest) -> dict[str, Any]:
         return self.settings_for(request).chat_template_kwargs
@@ -305,10 +307,13 @@ def options_for(settings: GenerationSettings, sampling_params: Any = None) -> di
     return options
 
 
-def predictions_from_outputs(outputs: Sequence[Any]) -> list[Prediction]:
-    """One :class:`Prediction` per ``vllm.RequestOutput``, in the same order."""
+def predictions_from_outputs(
+    outputs: Sequence[Any], reasoning_markers: Sequence[Sequence[str] | None]
+) -> list[Prediction]:
+    """One :class:`Prediction` per ``vllm.RequestOutput``, in the same order; each request's
+    reasoning markers tell whether its rendered prompt opened a reasoning block."""
     predictions = []
-    for output in outputs:
+    for output, markers in zip(outputs, reasoning_markers, strict=True):
         completion = output.outputs[0]
         prompt_ids = output.prompt_token_ids
         predictions.append(
@@ -317,6 +322,7 @@ def predictions_from_outputs(outputs: Sequence[Any]) -> list[Prediction]:
                 prompt_tokens=None if prompt_ids is None else len(prompt_ids),
                 completion_tokens=len(completion.token_ids),
                 token_ids=tuple(completion.token_ids),
+                prompt_opens_reasoning=prompt_opens_reasoning(output.prompt, markers),
             )
         )
     return predictions

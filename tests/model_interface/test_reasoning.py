@@ -14,6 +14,7 @@ from model_interface.model_interface import (
     Prediction,
     PredictionRequest,
     predict_isolated,
+    prompt_opens_reasoning,
     split_reasoning,
 )
 from tests.support.helpers import (
@@ -45,6 +46,38 @@ def test_the_thinking_is_split_from_the_answer(text, answer, reasoning, truncate
     split = split_reasoning(Prediction(text, completion_tokens=9), MARKERS)
     assert (split.text, split.reasoning, split.truncated) == (answer, reasoning, truncated)
     assert split.reasoning_tokens == (9 if truncated else None)  # cut: every token thought
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "reasoning", "truncated"),
+    [
+        ("step 1</think>\n\n42", "42", "step 1", False),
+        ("step 1, step 2, and never", "", "step 1, step 2, and never", True),
+        ("<think>again</think>42", "42", "again", False),
+    ],
+)
+def test_a_block_the_prompt_opened_is_thinking_until_it_ends(
+    text, answer, reasoning, truncated
+) -> None:
+    """Qwen3-VL-Thinking's template ends the prompt with <think>: an answer cut before
+    </think> is thinking, never an answer to score."""
+    split = split_reasoning(Prediction(text, prompt_opens_reasoning=True), MARKERS)
+    assert (split.text, split.reasoning, split.truncated) == (answer, reasoning, truncated)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "opens"),
+    [
+        ("<|im_start|>assistant\n<think>\n", True),
+        ("<|im_start|>assistant\n<think>\n\n</think>\n\n", False),  # thinking switched off
+        ("<|im_start|>user\n<think>a</think>b<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<|im_start|>assistant\n", False),
+        (None, False),  # a backend that can't see its prompt
+    ],
+)
+def test_whether_a_prompt_opens_a_reasoning_block(prompt, opens) -> None:
+    assert prompt_opens_reasoning(prompt, MARKERS) is opens
+    assert prompt_opens_reasoning(prompt, None) is False
 
 
 def test_markers_are_settable_and_none_turns_the_split_off() -> None:
@@ -130,3 +163,22 @@ def test_a_run_scores_the_answer_and_counts_truncated_thinking(through, tmp_path
     assert json.loads((tmp_path / "run" / "fingerprint.json").read_text())["model"]["init_params"][
         "chat_template_kwargs"
     ] == {"enable_thinking": True}
+
+
+@pytest.mark.slow
+def test_a_run_of_the_tiny_thinking_model_counts_its_unfinished_thinking(
+    model_cache, tmp_path
+) -> None:
+    """tiny-qwen3-vl-thinking, with the real -Thinking template, through the runner: a random
+    model rarely writes </think> within 16 tokens, so its answers are truncated thinking."""
+    from runners.run import run_experiment
+    from tests.support.helpers import make_config
+
+    config = make_config(model_cache, "model=tiny_qwen3_vl_thinking", "runner.limit=6")
+    row = run_experiment(config, tmp_path)
+    rows = read_predictions(tmp_path)
+    cut = rows[rows["truncated"]]
+    assert len(cut) and (cut["prediction"].fillna("") == "").all()
+    assert cut["reasoning"].str.len().gt(0).all()
+    assert (cut["reasoning_tokens"] == cut["completion_tokens"]).all()
+    assert row["n_truncated"] == read_metrics(tmp_path)["n_truncated"] == len(cut)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from model_interface import tiny
 from model_interface.backends.hf import HFModel
-from model_interface.model_interface import PredictionRequest
+from model_interface.model_interface import PredictionRequest, predict_isolated
 from tests.support.helpers import REPO_ROOT
 
 SAMPLE_IMAGE = REPO_ROOT / "data" / "sample_docs" / "images" / "invoice_001.png"
@@ -182,6 +182,30 @@ def test_a_pad_token_the_model_wrote_is_kept_and_padding_is_not(model_cache: Pat
     assert generated([5, eos, pad, pad]) == [5, eos]
     assert generated([5, pad, eos, 7]) == [5, pad, eos]
     assert generated([pad, pad]) == []
+
+
+@pytest.mark.slow
+def test_a_thinking_models_answer_is_thinking_until_it_writes_the_end_marker(
+    model_cache: Path,
+) -> None:
+    """tiny-qwen3-vl-thinking's real template opens <think> in the prompt: what the model
+    writes before </think> is reasoning, and an answer cut before it is truncated, not scored.
+    The -Instruct template opens no block."""
+    requests = [PredictionRequest([image], "What is it?") for image in (NOISE, BLACK, WHITE)]
+    thinking = HFModel("tiny-qwen3-vl-thinking", cache_dir=str(model_cache), max_new_tokens=8)
+    end = thinking.processor.tokenizer.convert_tokens_to_ids("</think>")
+    for timed in predict_isolated(thinking, requests):
+        prediction = timed.prediction
+        assert prediction.prompt_opens_reasoning
+        if end in prediction.token_ids:  # a random model may write it
+            cut = prediction.token_ids.index(end) + 1
+            assert (prediction.truncated, prediction.reasoning_tokens) == (False, cut)
+        else:
+            assert (prediction.truncated, prediction.text) == (True, "")
+            assert prediction.reasoning and prediction.reasoning_tokens == 8
+    instruct = HFModel("tiny-qwen3-vl", cache_dir=str(model_cache), max_new_tokens=8)
+    for timed in predict_isolated(instruct, requests):
+        assert not timed.prediction.prompt_opens_reasoning and not timed.prediction.truncated
 
 
 @pytest.mark.slow

@@ -193,10 +193,15 @@ def test_vllm_engine_kwargs_override_named_options():
 # --- vLLM: outputs ---------------------------------------------------------------------------
 
 
-def request_output(text: str, prompt_ids: list[int] | None, token_ids: list[int]):
+def request_output(
+    text: str, prompt_ids: list[int] | None, token_ids: list[int], prompt: str | None = None
+):
     """Shaped like ``vllm.RequestOutput`` (only the fields the backend reads)."""
     completion = SimpleNamespace(text=text, token_ids=token_ids)
-    return SimpleNamespace(prompt_token_ids=prompt_ids, outputs=[completion])
+    return SimpleNamespace(prompt=prompt, prompt_token_ids=prompt_ids, outputs=[completion])
+
+
+THINK = ("<think>", "</think>")
 
 
 def test_vllm_outputs_become_predictions_in_order():
@@ -204,14 +209,24 @@ def test_vllm_outputs_become_predictions_in_order():
         request_output(" first \n", [1, 2, 3], [7, 8]),
         request_output("second", [1, 2, 3, 4, 5], [9]),
     ]
-    assert vllm_backend.predictions_from_outputs(outputs) == [
+    assert vllm_backend.predictions_from_outputs(outputs, [THINK, None]) == [
         Prediction("first", prompt_tokens=3, completion_tokens=2, token_ids=(7, 8)),
         Prediction("second", prompt_tokens=5, completion_tokens=1, token_ids=(9,)),
     ]
 
 
+def test_vllm_a_prompt_that_opens_a_reasoning_block_is_marked():
+    outputs = [
+        request_output("a", [1], [2], prompt="<|im_start|>assistant\n<think>\n"),
+        request_output("b", [1], [2], prompt="<think>\n\n</think>\n\n"),  # closed: no thinking
+        request_output("c", [1], [2], prompt="<|im_start|>assistant\n<think>\n"),
+    ]
+    opens = vllm_backend.predictions_from_outputs(outputs, [THINK, THINK, None])
+    assert [prediction.prompt_opens_reasoning for prediction in opens] == [True, False, False]
+
+
 def test_vllm_unknown_prompt_length_is_none():
-    (prediction,) = vllm_backend.predictions_from_outputs([request_output("x", None, [1])])
+    (prediction,) = vllm_backend.predictions_from_outputs([request_output("x", None, [1])], [None])
     assert prediction.prompt_tokens is None
     assert prediction.completion_tokens == 1
 
@@ -371,9 +386,9 @@ def test_sglang_outputs_become_predictions_in_order():
         {"text": " one ", "meta_info": {"prompt_tokens": 12, "completion_tokens": 3}},
         {"text": "two", "meta_info": {"prompt_tokens": 20, "completion_tokens": 1}},
     ]
-    assert sglang_backend.predictions_from_outputs(outputs) == [
+    assert sglang_backend.predictions_from_outputs(outputs, [False, True]) == [
         Prediction("one", prompt_tokens=12, completion_tokens=3),
-        Prediction("two", prompt_tokens=20, completion_tokens=1),
+        Prediction("two", prompt_tokens=20, completion_tokens=1, prompt_opens_reasoning=True),
     ]
 
 
