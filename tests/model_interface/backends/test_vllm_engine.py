@@ -167,6 +167,25 @@ def test_every_tiny_family_answers_in_vllm_as_in_transformers(model_cache, name)
     assert [a.token_ids for a in by_vllm] == [a.token_ids for a in by_transformers]
 
 
+def test_a_thinking_models_cut_answer_is_truncated_in_vllm_too(model_cache) -> None:
+    """vLLM renders Qwen3-VL-Thinking's template, which opens <think> in the prompt: the
+    backend sees it there, so an answer cut before </think> is thinking, not an answer."""
+    from model_interface.model_interface import predict_isolated
+
+    model = VLLMModel(
+        "tiny-qwen3-vl-thinking", cache_dir=str(model_cache), max_new_tokens=8, **ENGINE
+    )
+    with model:
+        end = model.llm.get_tokenizer().convert_tokens_to_ids("</think>")
+        answers = predict_isolated(model, [PredictionRequest([picture(RED)], "What is it?")] * 2)
+    for timed in answers:
+        prediction = timed.prediction
+        assert prediction.prompt_opens_reasoning
+        assert prediction.truncated == (end not in prediction.token_ids)
+        if prediction.truncated:
+            assert prediction.text == "" and prediction.reasoning
+
+
 def test_a_closed_engine_refuses_and_the_next_one_starts(model_cache) -> None:
     """A sweep closes one model before it loads the next, in the same process."""
     first = VLLMModel("tiny-smolvlm", cache_dir=str(model_cache), max_new_tokens=2, **ENGINE)
