@@ -462,12 +462,12 @@ def split_reasoning(prediction: Prediction, markers: Sequence[str] | None) -> Pr
 
 
 def prompt_opens_reasoning(prompt: str | None, markers: Sequence[str] | None) -> bool:
-    """Whether a rendered prompt ends inside a reasoning block: its last start marker comes
-    after its last end marker (a template that writes an empty, closed block does not)."""
+    """Whether a rendered prompt ends with a reasoning block's start marker, as the templates
+    that open the block write it last. A marker in the user's own text, or an empty block a
+    template writes to switch thinking off, does not end the prompt."""
     if not prompt or markers is None:
         return False
-    start, end = markers
-    return prompt.rfind(start) > prompt.rfind(end)
+    return prompt.rstrip().endswith(markers[0])
 
 
 def _markers(model: ModelInterface, request: PredictionRequest) -> Sequence[str] | None:

@@ -108,6 +108,7 @@ AGGREGATORS = {"by_id", "by_doc_question", "by_doc_type", "general"}
 HUB_ORGS = {
     "Qwen2-VL": "Qwen",
     "Qwen2.5-VL": "Qwen",
+    "Qwen3-VL": "Qwen",
     "SmolVLM": "HuggingFaceTB",
     "Gemma3": "google",
     "Gemma-3": "google",

@@ -71,6 +71,7 @@ def test_a_block_the_prompt_opened_is_thinking_until_it_ends(
         ("<|im_start|>assistant\n<think>\n", True),
         ("<|im_start|>assistant\n<think>\n\n</think>\n\n", False),  # thinking switched off
         ("<|im_start|>user\n<think>a</think>b<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<|im_start|>user\nWhat does <think> mean?<|im_end|>\n<|im_start|>assistant\n", False),
         ("<|im_start|>assistant\n", False),
         (None, False),  # a backend that can't see its prompt
     ],
