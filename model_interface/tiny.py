@@ -415,11 +415,22 @@ def _qwen_tokenizer(
     return tokenizer
 
 
+def _qwen_vision_token_ids(tokenizer: Any) -> dict[str, int]:
+    """The ids of the tokens around and inside an image or video, as the Qwen-VL configs name
+    them."""
+    names = {
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
+    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
+
+
 def _build_qwen(*, v2_5: bool) -> tuple[Any, Any]:
     import transformers as tf
 
     tokenizer = _qwen_tokenizer()
-    vocab = tokenizer.get_vocab()
     # Any image becomes at most 56x56 pixels: at most 4x4 patches, merged 2x2 into 4 tokens.
     sizes = {"min_pixels": 28 * 28, "max_pixels": _IMAGE_PX**2, "patch_size": _PATCH_PX}
     # The rotary half-dimensions are split between time, height and width.
@@ -451,10 +462,7 @@ def _build_qwen(*, v2_5: bool) -> tuple[Any, Any]:
     config = config_cls(
         text_config=_text_config(tokenizer, rope_parameters=rope),
         vision_config=vision,
-        image_token_id=vocab["<|image_pad|>"],
-        video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"],
-        vision_end_token_id=vocab["<|vision_end|>"],
+        **_qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     model = model_cls(config)
@@ -492,7 +500,6 @@ def _build_qwen3_vl(*, thinking: bool) -> tuple[Any, Any]:
     import transformers as tf
 
     tokenizer = _qwen_tokenizer(plain=_QWEN3_PLAIN_TOKENS)
-    vocab = tokenizer.get_vocab()
     template_file = "qwen3_vl_thinking.jinja" if thinking else "qwen3_vl_instruct.jinja"
     chat_template = (_TEMPLATES / template_file).read_text()
     patch_px = 16
@@ -528,10 +535,7 @@ def _build_qwen3_vl(*, thinking: bool) -> tuple[Any, Any]:
     config = tf.Qwen3VLConfig(
         text_config=_text_config(tokenizer, head_dim=_HEAD_DIM, rope_parameters=rope),
         vision_config=vision,
-        image_token_id=vocab["<|image_pad|>"],
-        video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"],
-        vision_end_token_id=vocab["<|vision_end|>"],
+        **_qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     model = tf.Qwen3VLForConditionalGeneration(config)
