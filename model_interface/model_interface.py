@@ -424,21 +424,27 @@ def predict_isolated(
     call_s = time.perf_counter() - start
     return [
         TimedPrediction(
-            split_reasoning(prediction, _markers(model, request)), call_s, len(requests)
+            split_reasoning(prediction, *_reasoning_settings(model, request)),
+            call_s,
+            len(requests),
         )
         for prediction, request in zip(predictions, requests, strict=True)
     ]
 
 
-def split_reasoning(prediction: Prediction, markers: Sequence[str] | None) -> Prediction:
+def split_reasoning(
+    prediction: Prediction, markers: Sequence[str] | None, max_new_tokens: int | None = None
+) -> Prediction:
     """``prediction`` with a reasoning model's thinking moved from ``text`` to ``reasoning``.
 
     The thinking is what lies between ``markers`` (start, end) at the start of the text, or
     before the end marker alone (templates that open the block in the prompt, as DeepSeek-R1's
-    does); the answer is what follows. A text that starts the block and never ends it is
-    ``truncated``: all thinking, no answer (its tokens all reasoning); so is one that never ends
-    a block its prompt opened (``prompt_opens_reasoning``). A prediction a backend already
-    split (a server's ``reasoning_content``), or one without markers, is left as it is.
+    does, ``prompt_opens_reasoning``); the answer is what follows. A block that never ends
+    leaves no answer, all its tokens thinking; it is ``truncated`` where the token limit cut it
+    (the answer used ``max_new_tokens``, or its length or the limit is unknown), as a server
+    says ``finish_reason: length``; a model that stopped mid-thought just gave no answer. A
+    prediction a backend already split (a server's ``reasoning_content``), or one without
+    markers, is left as it is.
     """
     if markers is None or prediction.reasoning is not None or prediction.error:
         return prediction
@@ -450,12 +456,13 @@ def split_reasoning(prediction: Prediction, markers: Sequence[str] | None) -> Pr
     if not opened and (closed_at < 0 or start in text[:closed_at]):  # no block at the start
         return prediction
     if closed_at < 0:
+        used = prediction.completion_tokens
         return dataclasses.replace(
             prediction,
             text="",
             reasoning=text.strip(),
-            truncated=True,
-            reasoning_tokens=prediction.reasoning_tokens or prediction.completion_tokens,
+            truncated=used is None or max_new_tokens is None or used >= max_new_tokens,
+            reasoning_tokens=prediction.reasoning_tokens or used,
         )
     answer = text[closed_at + len(end) :].strip()
     return dataclasses.replace(prediction, text=answer, reasoning=text[:closed_at].strip())
@@ -470,8 +477,12 @@ def prompt_opens_reasoning(prompt: str | None, markers: Sequence[str] | None) ->
     return prompt.rstrip().endswith(markers[0])
 
 
-def _markers(model: ModelInterface, request: PredictionRequest) -> Sequence[str] | None:
+def _reasoning_settings(
+    model: ModelInterface, request: PredictionRequest
+) -> tuple[Sequence[str] | None, int | None]:
+    """The request's reasoning markers and token limit (None, None where it failed on them)."""
     try:
-        return model.settings_for(request).reasoning_markers
+        settings = model.settings_for(request)
     except UnsupportedRequest:  # the request failed on it already
-        return None
+        return None, None
+    return settings.reasoning_markers, settings.max_new_tokens

@@ -471,7 +471,8 @@ def _parse_completion(answer: Any) -> Prediction:
         text=text,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        reasoning=reasoning if isinstance(reasoning, str) else None,
+        # Stripped as the answer is, and as split_reasoning leaves the thinking it splits.
+        reasoning=reasoning.strip() if isinstance(reasoning, str) else None,
         reasoning_tokens=_int_or_none(details.get("reasoning_tokens")),
         # Cut by the token limit while thinking: no answer came.
         truncated=isinstance(reasoning, str)

@@ -43,9 +43,24 @@ PICTURE = Image.new("RGB", (8, 8))
     ],
 )
 def test_the_thinking_is_split_from_the_answer(text, answer, reasoning, truncated) -> None:
-    split = split_reasoning(Prediction(text, completion_tokens=9), MARKERS)
+    split = split_reasoning(Prediction(text, completion_tokens=9), MARKERS, max_new_tokens=9)
     assert (split.text, split.reasoning, split.truncated) == (answer, reasoning, truncated)
     assert split.reasoning_tokens == (9 if truncated else None)  # cut: every token thought
+
+
+@pytest.mark.parametrize(
+    ("completion_tokens", "max_new_tokens", "truncated"),
+    [(9, 9, True), (5, 9, False), (None, 9, True), (5, None, True)],
+)
+def test_unfinished_thinking_is_truncated_where_the_token_limit_cut_it(
+    completion_tokens, max_new_tokens, truncated
+) -> None:
+    """Thinking the model ended itself, before the limit, is no answer but no cut either (a
+    server says finish_reason 'stop'); where the length or the limit is unknown, it counts as
+    cut."""
+    prediction = Prediction("<think>long and never", completion_tokens=completion_tokens)
+    split = split_reasoning(prediction, MARKERS, max_new_tokens)
+    assert (split.text, split.reasoning, split.truncated) == ("", "long and never", truncated)
 
 
 @pytest.mark.parametrize(
@@ -93,11 +108,15 @@ def test_markers_are_settable_and_none_turns_the_split_off() -> None:
 
 def test_every_prediction_the_runner_or_server_gets_is_split() -> None:
     model = Thinks("thinks", reasoning_markers=["<think>", "</think>"])
-    answered, cut = predict_isolated(
-        model, [PredictionRequest([PICTURE], "q"), PredictionRequest([PICTURE], "cut q")]
+    answered, cut, stopped = predict_isolated(
+        model,
+        [PredictionRequest([PICTURE], q) for q in ("q", "cut q", "stop q")],
     )
     assert (answered.prediction.text, answered.prediction.reasoning) == ("42", "long thought {}")
     assert (cut.prediction.text, cut.prediction.truncated) == ("", True)
+    # Ended inside the thinking before the token limit: no answer, but not cut by the limit.
+    assert (stopped.prediction.text, stopped.prediction.truncated) == ("", False)
+    assert stopped.prediction.reasoning == "long thought {}"
     plain = Thinks("thinks", reasoning_markers=None)
     (raw,) = predict_isolated(plain, [PredictionRequest([PICTURE], "q")])
     assert raw.prediction.text == "<think>long thought {}</think>42"
@@ -123,7 +142,7 @@ def test_through_runners_serve_and_the_client_the_thinking_is_reasoning_content(
     )
     assert answered.reasoning_tokens is None  # the dummy thinker does not count them
     assert (cut.text, cut.reasoning, cut.truncated) == ("", "long thought {}", True)
-    assert cut.reasoning_tokens == cut.completion_tokens == 3
+    assert cut.reasoning_tokens == cut.completion_tokens == 512  # the default token limit
     # A request's chat-template options reach the model through the client and the server.
     assert configured.reasoning == 'long thought {"mode": "x"}'
     message = raw.json()["choices"][0]["message"]

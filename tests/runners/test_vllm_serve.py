@@ -248,6 +248,60 @@ def test_a_server_killed_mid_run_ends_it_in_one_line_and_the_run_resumes(
     assert (answers.compared, answers.as_written) == (48, 48)
 
 
+def test_vllm_serves_a_thinking_models_reasoning_as_the_backend_splits_it(
+    model_cache, tmp_path
+) -> None:
+    """tiny-qwen3-vl-thinking behind vLLM's server with its own reasoning parser: the client
+    reads reasoning_content, and each answer, thinking and truncation is what the engine in
+    process and split_reasoning make of the same tokens."""
+    from model_interface.backends.vllm import VLLMModel
+    from model_interface.model_interface import predict_isolated
+
+    name = "tiny-qwen3-vl-thinking"
+    options = [option.replace("tiny-qwen2-vl", name) for option in SERVER_OPTIONS]
+    server = ServerProcess(
+        [
+            *(sys.executable, "-m", SERVER_MODULE, "--model"),
+            str(ensure_tiny_model(name, model_cache)),
+            *options,
+            *("--reasoning-parser", "qwen3"),
+        ],
+        log=tmp_path / "server.log",
+        env=IN_PROCESS,
+    )
+    requests = [
+        PredictionRequest([image], question)
+        for image in SAMPLE_IMAGES
+        for question in ("What is the total?", "Who is the seller?")
+    ]
+    try:
+        server.start(timeout_s=300)
+        with OpenAIModel(base_url=server.base_url, max_new_tokens=64, concurrency=4) as client:
+            served = [timed.prediction for timed in predict_isolated(client, requests)]
+    finally:
+        server.stop()
+    engine = VLLMModel(
+        name,
+        cache_dir=str(model_cache),
+        max_new_tokens=64,
+        dtype="float32",
+        max_model_len=1024,
+        multiprocessing=False,
+        limit_mm_per_prompt={"image": 4},
+        engine_kwargs={"enforce_eager": True},
+    )
+    with engine:
+        alone = [timed.prediction for timed in predict_isolated(engine, requests)]
+    assert [(p.reasoning, p.truncated) for p in served] == [
+        (p.reasoning, p.truncated) for p in alone
+    ]
+    # The answer after the first </think>; a random model may write a second one, which vLLM's
+    # parser drops from the answer and split_reasoning leaves in it.
+    assert [p.text for p in served] == [p.text.replace("</think>", "") for p in alone]
+    # A random model writes </think> now and then: both kinds of answer are compared.
+    assert {p.truncated for p in alone} == {True, False}
+
+
 def test_the_readmes_vllm_serve_commands_run(model_cache, tmp_path) -> None:
     """README's three lines, as written: the tiny model fetched, served by vLLM, benchmarked by
     the runner (on a free port instead of 8000, and 2 samples)."""

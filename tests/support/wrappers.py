@@ -76,15 +76,18 @@ class KnownAnswers(DummyModel):
 class Thinks(DummyModel):
     """A reasoning model: ``<think>`` a thought holding the chat-template options it was given
     ``</think>``, then ``42``; a question holding "cut" is thought about until the token limit
-    ends it, inside the thinking."""
+    ends it, inside the thinking; one holding "stop" ends its turn inside the thinking."""
 
     def predict_batch(self, requests: Sequence[PredictionRequest]) -> list[Prediction]:
         answers = []
         for request in requests:
-            options = json.dumps(self.settings_for(request).chat_template_kwargs, sort_keys=True)
-            thought = f"<think>long thought {options}"
-            text = thought if "cut" in request.prompt else f"{thought}</think>42"
-            answers.append(Prediction(text, prompt_tokens=3, completion_tokens=len(text.split())))
+            settings = self.settings_for(request)
+            options = json.dumps(settings.chat_template_kwargs, sort_keys=True)
+            text = f"<think>long thought {options}"
+            used = settings.max_new_tokens if "cut" in request.prompt else len(text.split())
+            if "cut" not in request.prompt and "stop" not in request.prompt:
+                text += "</think>42"
+            answers.append(Prediction(text, prompt_tokens=3, completion_tokens=used))
         return answers
 
 
