@@ -47,6 +47,7 @@ from runners.datasets.hub import HubSource, HubTable, TableImage
 from runners.datasets.text import (
     DatasetError,
     NotUtf8,
+    files_sha256,
     not_utf8,
     parse_json,
     read_utf8,
@@ -223,14 +224,8 @@ class Dataset:
         belong to exactly this content."""
         if self.table is not None:
             return self.table.revision
-        digest = hashlib.sha256()
         files = sorted(self.file.glob("*.json")) if self.file.is_dir() else [self.file]
-        for path in files:
-            digest.update(path.name.encode() + b"\0")
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(2**20), b""):
-                    digest.update(block)
-        return digest.hexdigest()
+        return files_sha256(files)
 
     def samples(self, records: Iterable[Sample] | None = None) -> Iterator[Sample]:
         """The dataset's samples after filters, shuffling and ``limit``: the selection, of

@@ -16,7 +16,6 @@ images; predictions.csv writes these in ``image_paths``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mmap
 import re
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runners.datasets.text import DatasetError
+from runners.datasets.text import DatasetError, files_sha256
 
 # What hf.columns may map, and to which record key.
 COLUMN_ROLES = {
@@ -278,13 +277,7 @@ def _revision(builder: Any, split: str) -> str:
     cache by), or for local files a SHA-256 of their names and content."""
     files = [str(path) for path in (builder.config.data_files or {}).get(split, [])]
     if files and all(Path(path).is_file() for path in files):
-        digest = hashlib.sha256()
-        for path in sorted(files):
-            digest.update(Path(path).name.encode() + b"\0")
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(2**20), b""):
-                    digest.update(block)
-        return "sha256:" + digest.hexdigest()
+        return "sha256:" + files_sha256(Path(path) for path in sorted(files))
     return str(builder.hash)
 
 

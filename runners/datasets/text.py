@@ -1,18 +1,31 @@
 """Reading the text files a dataset is made of: UTF-8 only (a file in another encoding is
-refused with how to re-save it), JSON errors told with file and line, and
-:class:`DatasetError`, the one error a dataset raises.
+refused with how to re-save it), JSON errors told with file and line, the hash of their
+content, and :class:`DatasetError`, the one error a dataset raises.
 """
 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 
 class DatasetError(ValueError):
     """The dataset can't be read as configured; the message says what to fix."""
+
+
+def files_sha256(paths: Iterable[Path]) -> str:
+    """The SHA-256 of each file's name and content, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def parse_json(text: str, where: str, what: str = "the JSON") -> Any:
