@@ -64,15 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in paths
         ]
         out = arguments.out or _default_out(arguments.runs)
-        pair = len(runs) == 2 and not spans_datasets(runs)
-        html_path, _ = write_report(runs, out, worst=arguments.worst, pair=pair)
+        results = results_table(runs) if spans_datasets(runs) else []
+        pair = len(runs) == 2 and not results
+        html_path, _ = write_report(runs, out, worst=arguments.worst, pair=pair, results=results)
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     if pair:  # compared sample by sample above
         print(agreement(paired_rows(*runs)).summary())
-    if spans_datasets(runs):  # also in results.csv beside the report
-        print(results_markdown(results_table(runs)))
+    if results:  # also in results.csv beside the report
+        print(results_markdown(results))
     print(html_path)
     return 0
 

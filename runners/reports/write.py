@@ -29,19 +29,26 @@ SPEED = {
 
 
 def write_report(
-    runs: Sequence[Run], out_dir: Path, *, worst: int = 12, pair: bool | None = None
+    runs: Sequence[Run],
+    out_dir: Path,
+    *,
+    worst: int = 12,
+    pair: bool | None = None,
+    results: Sequence[dict[str, str]] | None = None,
 ) -> tuple[Path, Path]:
     """report.html and report.md of ``runs`` in ``out_dir``.
 
     ``pair``: compare two runs sample by sample (refused for different datasets); ``None``:
-    when there are exactly two runs of the same dataset.
+    when there are exactly two runs of the same dataset. ``results``: the runs' results table
+    (results.csv), if the caller has made it; ``None``: made here where they span datasets.
     """
     if pair and len(runs) != 2:
         raise ReportError(f"a sample-by-sample comparison takes exactly two runs, not {len(runs)}")
     if pair is None:
         pair = len(runs) == 2 and same_dataset(runs[0], runs[1])
+    if results is None:
+        results = results_table(runs) if spans_datasets(runs) else []
     page = Page(_title(runs))
-    results = results_table(runs) if spans_datasets(runs) else []
     if len(runs) == 1:
         _one_run(page, runs[0], worst)
     else:
