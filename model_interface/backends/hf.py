@@ -175,6 +175,12 @@ class HFModel(ModelInterface):
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         generated = [self._generated(row) for row in new_tokens]
         image_sizes = self._image_sizes(inputs, [len(r.images) for r in requests])
+        markers = settings.reasoning_markers
+        thinking_end = (
+            None
+            if markers is None
+            else self.processor.tokenizer.encode(markers[1], add_special_tokens=False)
+        )
         return [
             Prediction(
                 # Stopped by the token limit inside a multi-byte character, the text ends in
@@ -184,26 +190,11 @@ class HFModel(ModelInterface):
                 completion_tokens=len(generated[row]),
                 token_ids=tuple(generated[row]),
                 image_sizes=image_sizes[row] if image_sizes else None,
-                reasoning_tokens=self._thinking_tokens(generated[row], settings),
-                prompt_opens_reasoning=prompt_opens_reasoning(
-                    texts[row], settings.reasoning_markers
-                ),
+                reasoning_tokens=_thinking_tokens(generated[row], thinking_end),
+                prompt_opens_reasoning=prompt_opens_reasoning(texts[row], markers),
             )
             for row, text in enumerate(texts_out)
         ]
-
-    def _thinking_tokens(self, generated: list[int], settings: GenerationSettings) -> int | None:
-        """The tokens up to and including the end of a reasoning block (its end marker's
-        tokens), if the answer has one."""
-        if settings.reasoning_markers is None:
-            return None
-        end = self.processor.tokenizer.encode(
-            settings.reasoning_markers[1], add_special_tokens=False
-        )
-        for start in range(len(generated) - len(end) + 1):
-            if generated[start : start + len(end)] == end:
-                return start + len(end)
-        return None
 
     def _image_sizes(
         self, inputs: Mapping[str, Any], counts: Sequence[int]
@@ -306,6 +297,17 @@ class HFModel(ModelInterface):
             written = (tokens != pad_id).nonzero()
             tokens = tokens[: int(written[-1, 0]) + 1 if len(written) else 0]
         return tokens.tolist()
+
+
+def _thinking_tokens(generated: list[int], end: list[int] | None) -> int | None:
+    """The tokens up to and including the end of a reasoning block (``end``: its end marker's
+    tokens), if the answer has one."""
+    if end is None:
+        return None
+    for start in range(len(generated) - len(end) + 1):
+        if generated[start : start + len(end)] == end:
+            return start + len(end)
+    return None
 
 
 def _pick_device(device: str) -> str:

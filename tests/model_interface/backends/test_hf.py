@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from model_interface import tiny
+from model_interface.backends import hf
 from model_interface.backends.hf import HFModel
 from model_interface.model_interface import PredictionRequest, predict_isolated
 from tests.support.helpers import REPO_ROOT
@@ -282,8 +283,8 @@ def test_chat_template_options_reach_the_template_per_model_and_request(model_ca
     tokenizer = plain.processor.tokenizer
     thought, end = (tokenizer.encode(t, add_special_tokens=False) for t in ("x y", "</think>"))
     generated = thought + end + tokenizer.encode("42", add_special_tokens=False)
-    assert plain._thinking_tokens(generated, plain.generation) == len(thought) + len(end)
-    assert plain._thinking_tokens(thought, plain.generation) is None
+    assert hf._thinking_tokens(generated, end) == len(thought) + len(end)
+    assert hf._thinking_tokens(thought, end) is None
 
 
 @pytest.mark.slow
